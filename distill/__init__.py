@@ -1,0 +1,1 @@
+"""Consistency distillation: solver, boundary conditions, losses, trainer and data."""

@@ -1,0 +1,1 @@
+"""Evaluation: VBench (generation, running, aggregation) and the mini world's MiniBench."""

@@ -1,0 +1,80 @@
+"""The one interface of all reward models, and the registry configs name them by.
+
+A reward takes decoded pixels (B, C, T, H, W) in [-1, 1] and the prompts, and returns one score
+per sample (B,), differentiable with respect to the pixels: every preprocessing step
+(resize, pad, crop, normalise) is a tensor op.
+
+Frame-level rewards score some frames with an image-text model and average; clip-level rewards
+score a clip of frames with a video-text model. ``frame_indices`` says which frames a reward
+needs, so a trainer decodes only those (``score`` then receives exactly those frames, in order).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Callable, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., "VideoReward"]] = {}
+
+
+class VideoReward(nn.Module, abc.ABC):
+    #: "frame" (image-text model on selected frames) or "clip" (video-text model on a clip)
+    granularity: ClassVar[str] = "frame"
+
+    @abc.abstractmethod
+    def frame_indices(self, num_frames: int, generator: torch.Generator | None = None) -> list[int]:
+        """Indices (sorted, within [0, num_frames)) of the frames this reward will score."""
+
+    @abc.abstractmethod
+    def score(self, frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Scores (B,) of the selected frames (B, C, T', H, W) in [-1, 1] against ``prompts``."""
+
+    def forward(
+        self, video: torch.Tensor, prompts: Sequence[str], generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        if video.ndim != 5:
+            raise ValueError(f"reward input must be (B, C, T, H, W), got shape {tuple(video.shape)}")
+        if len(prompts) != video.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for a batch of {video.shape[0]} videos")
+        idx = self.frame_indices(video.shape[2], generator)
+        return self.score(video[:, :, idx], prompts)
+
+
+def register_reward(name: str) -> Callable:
+    """Decorator: register a builder (class or function returning a ``VideoReward``) as ``name``."""
+
+    def wrap(builder: Callable) -> Callable:
+        if name in _REGISTRY:
+            raise ValueError(f"reward {name!r} is registered twice")
+        _REGISTRY[name] = builder
+        return builder
+
+    return wrap
+
+
+def _load_builtin_rewards() -> None:
+    # Importing the modules fills the registry; kept lazy so `import rewards` stays cheap.
+    import importlib
+
+    for module in ("rewards.image_text", "rewards.video_text"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
+def list_rewards() -> list[str]:
+    _load_builtin_rewards()
+    return sorted(_REGISTRY)
+
+
+def build_reward(name: str, **kwargs) -> VideoReward:
+    """Build a registered reward by name (e.g. ``hpsv2.1``, ``viclip``) with its keyword arguments."""
+    _load_builtin_rewards()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown reward {name!r}; registered rewards: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](**kwargs)

@@ -1,0 +1,41 @@
+"""t2v-turbo: distil text-to-video diffusion models into fast 4-step generators with mixed reward feedback."""
+from setuptools import find_packages, setup
+
+setup(
+    name="t2v-turbo",
+    version="0.1.0",
+    description="Consistency distillation with mixed reward feedback for text-to-video diffusion models",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["t2v_turbo*", "distill*", "rewards*", "eval*"]),
+    include_package_data=True,
+    package_data={"t2v_turbo": ["assets/**/*", "configs/*.yaml"], "eval": ["data/*"]},
+    install_requires=[
+        # torch/torchvision pinned together: open_clip needs a torchvision that matches torch.
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "diffusers>=0.35",
+        "transformers>=4.50",
+        "open_clip_torch>=2.24",
+        "accelerate>=1.0",
+        "safetensors>=0.4",
+        "peft>=0.15",
+        "av>=12",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+        "tensorboard>=2.15",
+        "imageio>=2.30",
+        "matplotlib>=3.7",
+        "numpy",
+        "pillow",
+        "ftfy",
+        "regex",
+    ],
+    extras_require={
+        "gpu": ["xformers", "bitsandbytes"],
+        "wandb": ["wandb"],
+        "test": ["pytest>=8", "pytest-timeout"],
+    },
+    entry_points={"console_scripts": ["t2v-turbo=t2v_turbo.cli:main"]},
+)

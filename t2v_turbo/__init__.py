@@ -1,0 +1,1 @@
+"""t2v-turbo core: teacher adapters, student, samplers, pipeline, export, config and CLI."""

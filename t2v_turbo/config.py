@@ -1,0 +1,211 @@
+"""Run configs: YAML files that are the whole record of a run.
+
+A config is a nested mapping. A node that holds a ``_component_`` key names a dotted import
+path (a class or a builder function); its other keys are that callable's keyword arguments.
+``instantiate`` builds such a node, ``validate_component`` checks its keys against the
+callable's signature without building anything, so a misspelt key is named before any
+weights are loaded.
+
+Command-line overrides are dotted ``key=value`` pairs (``optimizer.lr=2e-5``); the value is
+parsed as YAML, so numbers, booleans, lists and ``null`` work. ``~key`` deletes a key.
+An override of a key that does not exist is an error unless it is prefixed with ``+``
+(``+reward.extra=1``), so that typos never silently add a new, ignored key.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+COMPONENT_KEY = "_component_"
+
+
+class ConfigError(ValueError):
+    """A config is malformed: the message names the file, key and value at fault."""
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    base = data.pop("_base_", None)
+    if base is not None:
+        # `_base_: other.yaml` (relative to this file) is merged under this file's keys.
+        merged = load_yaml(path.parent / base)
+        data = merge(merged, data)
+    return data
+
+
+def merge(base: Mapping, override: Mapping) -> dict:
+    """Recursive dict merge; ``override`` wins, a ``_component_`` change replaces the node."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if (
+            isinstance(value, Mapping)
+            and isinstance(out.get(key), Mapping)
+            and value.get(COMPONENT_KEY, out[key].get(COMPONENT_KEY)) == out[key].get(COMPONENT_KEY)
+        ):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value``, ``+new.key=value`` and ``~key`` overrides to a copy of ``cfg``."""
+    cfg = copy.deepcopy(cfg)
+    for item in overrides:
+        if item.startswith("--"):
+            raise ConfigError(
+                f"unknown flag {item!r}: config overrides are written key=value, e.g. optimizer.lr=1e-5"
+            )
+        if item.startswith("~"):
+            parent, leaf = _walk(cfg, item[1:], create=False)
+            del parent[leaf]
+            continue
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        allow_new = key.startswith("+")
+        key = key.lstrip("+")
+        parent, leaf = _walk(cfg, key, create=allow_new)
+        if not allow_new and leaf not in parent:
+            raise ConfigError(
+                f"override {key!r}: no such key in the config (known here: {sorted(parent)}); "
+                f"write +{key}={raw} to add a new key"
+            )
+        parent[leaf] = yaml.safe_load(raw) if raw != "" else ""
+    return cfg
+
+
+def _walk(cfg: dict, dotted: str, create: bool) -> tuple[dict, str]:
+    parts = dotted.split(".")
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        if part not in node:
+            if not create:
+                raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} does not exist")
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is not a mapping")
+    if not create and parts[-1] not in node:
+        raise ConfigError(
+            f"config key {dotted!r} does not exist (known at that level: {sorted(node)})"
+        )
+    return node, parts[-1]
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> dict:
+    return apply_overrides(load_yaml(path), list(overrides or []))
+
+
+def save_config(cfg: Mapping, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(dict(cfg), f, sort_keys=False)
+
+
+def resolve_component(dotted: str) -> Any:
+    """Import ``package.module.Name`` and return the attribute."""
+    if not isinstance(dotted, str) or "." not in dotted:
+        raise ConfigError(f"{COMPONENT_KEY} must be a dotted import path, got {dotted!r}")
+    module_name, _, attr = dotted.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(f"{COMPONENT_KEY} {dotted!r}: cannot import module {module_name!r}: {err}") from err
+    try:
+        return getattr(module, attr)
+    except AttributeError as err:
+        raise ConfigError(f"{COMPONENT_KEY} {dotted!r}: module {module_name!r} has no {attr!r}") from err
+
+
+def validate_component(node: Mapping, where: str = "config", extra_kwargs: tuple[str, ...] = ()) -> list[str]:
+    """Check the keys of a ``_component_`` node (recursively) against signatures.
+
+    Returns a list of error messages (empty when the node is valid); nothing is built.
+    ``extra_kwargs`` are keyword arguments the caller passes at build time.
+    """
+    errors: list[str] = []
+    if COMPONENT_KEY not in node:
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                errors += validate_component(value, f"{where}.{key}")
+        return errors
+    try:
+        target = resolve_component(node[COMPONENT_KEY])
+    except ConfigError as err:
+        return [f"{where}: {err}"]
+    kwargs = {k: v for k, v in node.items() if k != COMPONENT_KEY}
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return errors
+    accepts_var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    if not accepts_var_kw:
+        for key in kwargs:
+            if key not in sig.parameters:
+                errors.append(
+                    f"{where}.{key}: {node[COMPONENT_KEY]} takes no argument {key!r} "
+                    f"(it takes: {', '.join(p for p in sig.parameters if p != 'self')})"
+                )
+    for key, value in kwargs.items():
+        if isinstance(value, Mapping):
+            errors += validate_component(value, f"{where}.{key}")
+    bound_names = set(kwargs) | set(extra_kwargs)
+    for name, param in sig.parameters.items():
+        if (
+            param.default is inspect.Parameter.empty
+            and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+            and name not in bound_names
+            and name != "self"
+        ):
+            errors.append(f"{where}: {node[COMPONENT_KEY]} needs argument {name!r}, which is missing")
+    return errors
+
+
+def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
+    """Build a ``_component_`` node; nested component nodes are built first.
+
+    Positional ``args`` and keyword ``kwargs`` are passed on top of the node's own keys
+    (a key given both ways is an error, named).
+    """
+    if isinstance(node, list):
+        return [instantiate(item) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    if COMPONENT_KEY not in node:
+        return {k: instantiate(v) for k, v in node.items()}
+    errors = validate_component(node, node[COMPONENT_KEY], extra_kwargs=tuple(kwargs))
+    if errors:
+        raise ConfigError("; ".join(errors))
+    target = resolve_component(node[COMPONENT_KEY])
+    node_kwargs = {k: instantiate(v) for k, v in node.items() if k != COMPONENT_KEY}
+    clash = set(node_kwargs) & set(kwargs)
+    if clash:
+        raise ConfigError(f"{node[COMPONENT_KEY]}: {sorted(clash)} given both in the config and by the caller")
+    return target(*args, **node_kwargs, **kwargs)
+
+
+def check_keys(section: Mapping, allowed: Mapping[str, Any] | set[str], where: str) -> None:
+    """Reject keys of a plain (non-component) section that are not in ``allowed``."""
+    unknown = sorted(set(section) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(allowed)}"
+        )
