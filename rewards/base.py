@@ -59,7 +59,7 @@ def _load_builtin_rewards() -> None:
     # Importing the modules fills the registry; kept lazy so `import rewards` stays cheap.
     import importlib
 
-    for module in ("rewards.image_text", "rewards.video_text"):
+    for module in ("rewards.image_text", "rewards.video_text", "rewards.miniworld"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:
