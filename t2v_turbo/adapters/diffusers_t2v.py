@@ -1,0 +1,205 @@
+"""Teachers in the diffusers ModelScope-T2V layout.
+
+A model folder (or hub repository, e.g. ``ali-vilab/text-to-video-ms-1.7b``) holds
+``unet/`` (``UNet3DConditionModel``), ``vae/`` (``AutoencoderKL``), ``text_encoder/``
+(``CLIPTextModel``), ``tokenizer/`` and ``scheduler/`` (a DDIM-style scheduler config, which
+gives the noise schedule). The UNet takes latents (B, c, T, h, w), has no fps conditioning,
+and accepts the guidance embedding as ``timestep_cond``: diffusers adds
+``time_embedding.cond_proj(timestep_cond)`` to the sinusoidal timestep features before
+``time_embedding.linear_1``, which is exactly where T2V-Turbo's ``time_cond_proj`` enters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from distill.schedule import scaled_linear_alphas_cumprod
+from t2v_turbo.adapters.base import TeacherAdapter
+
+#: components a ModelScope-layout folder must hold
+REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+#: state-dict name of the guidance-embedding layer inside diffusers' UNet3DConditionModel
+GUIDANCE_LAYER_KEY = "time_embedding.cond_proj.weight"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def resolve_model_location(path: str | os.PathLike) -> tuple[str, bool]:
+    """(location, is_local) for a local model folder or a hub id.
+
+    A local folder must hold every subfolder in ``REQUIRED_SUBFOLDERS``; a string that is not an
+    existing folder is treated as a hub id only if it looks like one (``owner/name``).
+    """
+    location = str(path)
+    folder = Path(location).expanduser()
+    if folder.is_dir():
+        missing = [name for name in REQUIRED_SUBFOLDERS if not (folder / name).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"diffusers text-to-video folder {folder.resolve()} is missing the subfolder(s) "
+                f"{', '.join(missing)} (expected {', '.join(REQUIRED_SUBFOLDERS)})"
+            )
+        return str(folder.resolve()), True
+    if _HUB_ID.match(location) and not location.startswith((".", "~")):
+        return location, False
+    raise FileNotFoundError(
+        f"no diffusers text-to-video model folder at {folder.resolve()} "
+        f"(expected a folder with {', '.join(REQUIRED_SUBFOLDERS)} or a hub id owner/name)"
+    )
+
+
+class DiffusersT2VAdapter(TeacherAdapter):
+    """ModelScope-T2V style teacher: ``UNet3DConditionModel`` + ``AutoencoderKL`` + CLIP text."""
+
+    family = "diffusers"
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, source: str | None = None):
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler_config = dict(scheduler.config)
+        #: where the teacher was loaded from (written into student checkpoints)
+        self.source = source
+        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
+        self.alphas_cumprod = self._alphas_cumprod_from_scheduler(scheduler)
+        self.vae_scale_factor = float(vae.config.scaling_factor)
+        #: pixels per latent pixel: 2 ** (number of VAE downsamplings)
+        self.vae_spatial_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.default_height = self.default_width = int(unet.config.sample_size) * self.vae_spatial_factor
+
+    @staticmethod
+    def _alphas_cumprod_from_scheduler(scheduler) -> torch.Tensor:
+        """alpha_bar_t of the scheduler config.
+
+        For "scaled_linear" betas the schedule is recomputed in float64 by
+        ``distill.schedule.scaled_linear_alphas_cumprod`` (the trainer and samplers share it);
+        diffusers computes the same values in float32 (they agree to about 1e-7). Other beta
+        schedules are taken from the scheduler as it computes them.
+        """
+        config = scheduler.config
+        if config.get("trained_betas") is None and config.beta_schedule == "scaled_linear":
+            return scaled_linear_alphas_cumprod(config.num_train_timesteps, config.beta_start, config.beta_end)
+        return scheduler.alphas_cumprod.detach().clone().float()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        torch_dtype: torch.dtype | None = None,
+        local_files_only: bool = True,
+        device: str | torch.device | None = None,
+        revision: str | None = None,
+    ) -> "DiffusersT2VAdapter":
+        """Load a teacher from a local folder or a hub id (only the local cache unless
+        ``local_files_only=False``). The returned adapter is frozen and in eval mode."""
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        location, is_local = resolve_model_location(path)
+        common = dict(local_files_only=local_files_only or is_local, revision=revision)
+        try:
+            unet = UNet3DConditionModel.from_pretrained(location, subfolder="unet", torch_dtype=torch_dtype, **common)
+            vae = AutoencoderKL.from_pretrained(location, subfolder="vae", torch_dtype=torch_dtype, **common)
+            text_encoder = CLIPTextModel.from_pretrained(location, subfolder="text_encoder", dtype=torch_dtype, **common)
+            tokenizer = AutoTokenizer.from_pretrained(location, subfolder="tokenizer", **common)
+            scheduler = DDIMScheduler.from_pretrained(location, subfolder="scheduler", **common)
+        except OSError as err:
+            if is_local:
+                raise
+            raise FileNotFoundError(
+                f"could not load the hub model {location!r} "
+                f"({'from the local cache only' if local_files_only else 'from the hub'}): {err}"
+            ) from err
+        adapter = cls(unet, vae, text_encoder, tokenizer, scheduler, source=location)
+        if device is not None:
+            adapter.to(device)
+        return adapter.freeze()
+
+    # ---- text -------------------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """CLIP last hidden state (B, L, D), padded to ``tokenizer.model_max_length`` and truncated,
+        as ``TextToVideoSDPipeline`` encodes prompts."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        device = next(self.text_encoder.parameters()).device
+        return self.text_encoder(tokens.input_ids.to(device))[0]
+
+    # ---- VAE --------------------------------------------------------------------------
+    def encode_video(self, pixels: torch.Tensor, generator: torch.Generator | None = None, frame_chunk_size: int = 8) -> torch.Tensor:
+        """(B, 3, T, H, W) pixels in [-1, 1] -> scaled latents (B, c, T, h, w), a posterior sample."""
+        batch, _, frames = pixels.shape[:3]
+        flat = pixels.transpose(1, 2).flatten(0, 1)
+        param_dtype = next(self.vae.parameters()).dtype
+        chunks = [
+            self.vae.encode(chunk.to(param_dtype)).latent_dist.sample(generator)
+            for chunk in flat.split(frame_chunk_size)
+        ]
+        latents = torch.cat(chunks) * self.vae_scale_factor
+        return latents.unflatten(0, (batch, frames)).transpose(1, 2)
+
+    def decode_latents(self, latents: torch.Tensor, frame_chunk_size: int = 8) -> torch.Tensor:
+        """Scaled latents (B, c, T, h, w) -> pixels (B, 3, T, H, W), unclamped; differentiable."""
+        batch, _, frames = latents.shape[:3]
+        flat = latents.transpose(1, 2).flatten(0, 1) / self.vae_scale_factor
+        param_dtype = next(self.vae.parameters()).dtype
+        chunks = [self.vae.decode(chunk.to(param_dtype)).sample for chunk in flat.split(frame_chunk_size)]
+        return torch.cat(chunks).unflatten(0, (batch, frames)).transpose(1, 2)
+
+    # ---- UNet -------------------------------------------------------------------------
+    def predict_eps(
+        self,
+        unet: nn.Module,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_embedding: torch.Tensor,
+        timestep_cond: torch.Tensor | None = None,
+        fps: int | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """eps of ``unet`` at (latents, timesteps); ModelScope has no fps input, so ``fps`` is ignored."""
+        dtype = next(unet.parameters()).dtype
+        if timestep_cond is not None:
+            timestep_cond = timestep_cond.to(dtype)
+        return unet(
+            latents.to(dtype),
+            timesteps,
+            encoder_hidden_states=text_embedding.to(dtype),
+            timestep_cond=timestep_cond,
+        ).sample
+
+    def build_student_unet(self, time_cond_proj_dim: int = 256) -> nn.Module:
+        """The teacher UNet plus ``time_embedding.cond_proj`` (guidance-embedding layer, no bias).
+
+        The teacher's weights load strictly: ``time_embedding.cond_proj.weight`` is the only key
+        allowed to be missing. It is zero-initialised, so the student's output equals the
+        teacher's at every guidance scale when distillation starts (the consistency targets are
+        then the teacher's own predictions), and the initialisation needs no seed to reproduce.
+        """
+        from diffusers import UNet3DConditionModel
+
+        config = {k: v for k, v in self.unet.config.items() if not k.startswith("_")}
+        config["time_cond_proj_dim"] = time_cond_proj_dim
+        student = UNet3DConditionModel.from_config(config)
+        missing, unexpected = student.load_state_dict(self.unet.state_dict(), strict=False)
+        if set(missing) != {GUIDANCE_LAYER_KEY} or unexpected:
+            raise RuntimeError(
+                f"loading the teacher UNet into the student: expected only {GUIDANCE_LAYER_KEY!r} to be "
+                f"missing, got missing={sorted(missing)} unexpected={sorted(unexpected)}"
+            )
+        nn.init.zeros_(student.time_embedding.cond_proj.weight)
+        param = next(self.unet.parameters())
+        if param.dtype != student.dtype:
+            student.to(dtype=param.dtype)
+        return student.to(param.device).eval()

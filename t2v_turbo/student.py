@@ -1,0 +1,305 @@
+"""The consistency student: the teacher's UNet plus the guidance-embedding layer, with LoRA or not.
+
+T2V-Turbo trains either LoRA adapters on a frozen copy of the teacher UNet (v1: rank 32 on the
+attention projections for ModelScope, rank 64 on every Linear/Conv for VideoCrafter2) or the full
+UNet (v2). In both cases the UNet gains ``time_cond_proj`` (in diffusers' UNet3DConditionModel:
+``time_embedding.cond_proj``), which maps the guidance-scale embedding into the timestep
+features. That layer is zero-initialised by the adapter, trained when ``train_guidance_layer``
+is set, and always saved with the student.
+
+A student checkpoint is a folder:
+
+- ``student.safetensors``: the LoRA weights under peft's names (``<module>.lora_A.weight``,
+  ``<module>.lora_B.weight``) plus ``time_embedding.cond_proj.weight``; or, without LoRA, the
+  full UNet state dict;
+- ``student.json``: ``StudentMeta`` (teacher adapter and path, LoRA settings, guidance layer
+  size, sampling defaults).
+
+Loading is strict: the saved key set must equal the rebuilt student's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+WEIGHTS_NAME = "student.safetensors"
+META_NAME = "student.json"
+#: peft adapter name used for the student's LoRA
+ADAPTER_NAME = "default"
+#: module-name suffixes of the attention projections (T2V-Turbo MS preset)
+ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+#: module types the "every Linear/Conv" preset wraps (the public VideoCrafter2 recipe)
+LINEAR_CONV_TYPES = (nn.Linear, nn.Conv2d, nn.Conv3d)
+
+
+@dataclasses.dataclass
+class LoraSettings:
+    """LoRA on the student UNet: y = W x + (alpha / rank) · B A dropout(x).
+
+    ``target_modules`` is a preset name or an explicit list of module names under the UNet:
+
+    - ``"attention"``: every ``to_q``/``to_k``/``to_v``/``to_out.0`` (T2V-Turbo MS, rank 32);
+    - ``"all_linear_conv"``: every ``nn.Linear``/``nn.Conv2d``/``nn.Conv3d`` (the public
+      VideoCrafter2 recipe, rank 64).
+
+    The guidance-embedding layer is never a LoRA target: it is trained directly (or frozen)
+    according to ``train_guidance_layer``.
+    """
+
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: str | list[str] = "attention"
+
+    @classmethod
+    def preset(cls, name: str) -> "LoraSettings":
+        """``"t2v_turbo_ms"`` (rank 32 on attention) or ``"t2v_turbo_vc2"`` (rank 64 on every Linear/Conv)."""
+        presets = {
+            "t2v_turbo_ms": cls(rank=32, alpha=32.0, dropout=0.1, target_modules="attention"),
+            "t2v_turbo_vc2": cls(rank=64, alpha=64.0, dropout=0.1, target_modules="all_linear_conv"),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown LoRA preset {name!r}; choose one of {sorted(presets)}")
+        return presets[name]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def guidance_layer_name(unet: nn.Module) -> str:
+    """Module name of the guidance-embedding layer (``time_embedding.cond_proj`` in diffusers)."""
+    for name, module in unet.named_modules():
+        if name.endswith("cond_proj") or name.endswith("time_cond_proj"):
+            if isinstance(module, nn.Linear):
+                return name
+    raise ValueError("the UNet has no guidance-embedding layer (time_embedding.cond_proj / time_cond_proj)")
+
+
+def resolve_target_modules(unet: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
+    """Full module names LoRA wraps, in traversal order (guidance layer excluded)."""
+    guidance = guidance_layer_name(unet)
+    modules = dict(unet.named_modules())
+    if target_modules == "attention":
+        names = [n for n, m in modules.items() if isinstance(m, nn.Linear) and n.endswith(ATTENTION_PROJECTIONS)]
+    elif target_modules == "all_linear_conv":
+        names = [n for n, m in modules.items() if type(m) in LINEAR_CONV_TYPES]
+    elif isinstance(target_modules, str):
+        raise ValueError(
+            f"`target_modules`={target_modules!r} is not a preset ('attention', 'all_linear_conv'); "
+            "pass a list of module names for an explicit choice"
+        )
+    else:
+        names = list(target_modules)
+        unknown = [n for n in names if n not in modules]
+        if unknown:
+            raise ValueError(f"LoRA target modules not found in the UNet: {unknown}")
+    names = [n for n in names if n != guidance and not n.startswith(guidance + ".")]
+    if not names:
+        raise ValueError(f"LoRA `target_modules`={target_modules!r} matched no module of the UNet")
+    return names
+
+
+def inject_lora(unet: nn.Module, lora: LoraSettings, seed: int = 0) -> nn.Module:
+    """Wrap the target modules with peft LoRA layers (B = 0, so the output is unchanged).
+
+    A is drawn from a generator seeded with ``seed`` (forked RNG: the global RNG is untouched),
+    so two builds of the same student are identical.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    names = resolve_target_modules(unet, lora.target_modules)
+    config = LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        # a full-match regex over exact names: peft's list form matches by suffix
+        target_modules="^(" + "|".join(re.escape(n) for n in names) + ")$",
+        init_lora_weights=True,
+    )
+    devices = [unet.device] if hasattr(unet, "device") and unet.device.type != "cpu" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(config, unet, adapter_name=ADAPTER_NAME)
+    return unet
+
+
+def has_lora(unet: nn.Module) -> bool:
+    return any(".lora_A." in name for name, _ in unet.named_parameters())
+
+
+def build_student(
+    adapter,
+    time_cond_proj_dim: int = 256,
+    lora: LoraSettings | dict | None = None,
+    train_guidance_layer: bool = True,
+    seed: int = 0,
+) -> nn.Module:
+    """The student UNet: the teacher's UNet + zero-initialised guidance layer, then
+
+    - with ``lora``: base weights frozen, LoRA injected and trainable;
+    - without: every weight trainable (full fine-tuning, as T2V-Turbo v2).
+
+    The guidance layer is trainable iff ``train_guidance_layer``; when frozen it stays at its
+    deterministic zero initialisation (never a random, unsaved one).
+    """
+    unet = adapter.build_student_unet(time_cond_proj_dim)
+    if isinstance(lora, dict):
+        lora = LoraSettings(**lora)
+    if lora is not None:
+        unet.requires_grad_(False)
+        inject_lora(unet, lora, seed=seed)
+    else:
+        unet.requires_grad_(True)
+    dict(unet.named_modules())[guidance_layer_name(unet)].requires_grad_(train_guidance_layer)
+    return unet
+
+
+def trainable_parameter_names(unet: nn.Module) -> list[str]:
+    return [name for name, param in unet.named_parameters() if param.requires_grad]
+
+
+def student_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores: LoRA weights (peft names, no adapter name) + the guidance layer,
+    or the full state dict for a student without LoRA."""
+    if not has_lora(unet):
+        return {k: v.detach() for k, v in unet.state_dict().items()}
+    guidance_key = guidance_layer_name(unet) + ".weight"
+    out = {}
+    for name, tensor in unet.state_dict().items():
+        if ".lora_A." in name or ".lora_B." in name:
+            out[name.replace(f".{ADAPTER_NAME}.", ".")] = tensor.detach()
+        elif name == guidance_key:
+            out[name] = tensor.detach()
+    return out
+
+
+@dataclasses.dataclass
+class StudentMeta:
+    """``student.json``: what is needed to rebuild and sample the student.
+
+    ``teacher_adapter`` is the dotted path of the adapter class whose ``from_pretrained`` loads
+    ``teacher_path``.
+    """
+
+    teacher_adapter: str
+    teacher_path: str
+    family: str
+    time_cond_proj_dim: int = 256
+    lora: dict | None = None
+    train_guidance_layer: bool = True
+    guidance_scale: float = 7.5
+    num_inference_steps: int = 4
+    num_ddim_timesteps: int = 50
+    timestep_scaling: float = 10.0
+    sigma_data: float = 0.5
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def for_adapter(cls, adapter, **kwargs) -> "StudentMeta":
+        adapter_cls = type(adapter)
+        lora = kwargs.pop("lora", None)
+        if isinstance(lora, LoraSettings):
+            lora = lora.to_dict()
+        return cls(
+            teacher_adapter=f"{adapter_cls.__module__}.{adapter_cls.__qualname__}",
+            teacher_path=str(getattr(adapter, "source", None)),
+            family=adapter.family,
+            lora=lora,
+            **kwargs,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = META_NAME) -> "StudentMeta":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise ValueError(f"{source}: unknown keys {unknown}; expected a subset of {sorted(fields)}")
+        return cls(**data)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write via ``write(tmp_path)`` to a temporary file in the same folder, then ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_student(folder: str | Path, unet: nn.Module, meta: StudentMeta | dict) -> Path:
+    """Write ``student.safetensors`` and ``student.json`` into ``folder`` (each atomically)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(meta, dict):
+        meta = StudentMeta.from_dict(meta)
+    if (meta.lora is not None) != has_lora(unet):
+        raise ValueError(
+            f"student meta says lora={meta.lora!r} but the UNet {'has' if has_lora(unet) else 'has no'} LoRA layers"
+        )
+    tensors = {k: v.to("cpu").contiguous().clone() for k, v in student_state_dict(unet).items()}
+    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    text = json.dumps(dataclasses.asdict(meta), indent=2, sort_keys=True) + "\n"
+    _atomic_write(folder / META_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return folder
+
+
+def read_student_meta(folder: str | Path) -> StudentMeta:
+    path = Path(folder) / META_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no student checkpoint at {Path(folder).resolve()}: {META_NAME} not found")
+    return StudentMeta.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+
+
+def load_teacher_for(meta: StudentMeta, **kwargs: Any):
+    """The teacher adapter named in a student's meta, loaded with ``from_pretrained``."""
+    module_name, _, class_name = meta.teacher_adapter.rpartition(".")
+    adapter_cls = getattr(importlib.import_module(module_name), class_name)
+    return adapter_cls.from_pretrained(meta.teacher_path, **kwargs)
+
+
+def load_student(folder: str | Path, adapter) -> tuple[nn.Module, StudentMeta]:
+    """Rebuild the student saved in ``folder`` on top of ``adapter``'s teacher; returns (unet, meta).
+
+    Strict: the saved tensors must be exactly the rebuilt student's checkpoint keys, with the
+    same shapes. The UNet is returned in eval mode with no parameter requiring gradients.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = read_student_meta(folder)
+    weights_path = folder / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"student checkpoint {folder.resolve()} has {META_NAME} but no {WEIGHTS_NAME}")
+    if meta.family != adapter.family:
+        raise ValueError(f"{folder / META_NAME}: student of family {meta.family!r} cannot load on a {adapter.family!r} teacher")
+    lora = LoraSettings(**meta.lora) if meta.lora is not None else None
+    unet = build_student(adapter, meta.time_cond_proj_dim, lora=lora, train_guidance_layer=False)
+    saved = load_file(str(weights_path))
+    expected = student_state_dict(unet)
+    missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if missing or unexpected:
+        raise RuntimeError(f"{weights_path}: keys do not match the student; missing={missing[:10]} unexpected={unexpected[:10]}")
+    params = {name.replace(f".{ADAPTER_NAME}.", "."): t for name, t in unet.state_dict(keep_vars=True).items()}
+    with torch.no_grad():
+        for key, value in saved.items():
+            if params[key].shape != value.shape:
+                raise RuntimeError(f"{weights_path}: {key} has shape {tuple(value.shape)}, the student expects {tuple(params[key].shape)}")
+            params[key].copy_(value)
+    unet.requires_grad_(False)
+    return unet.eval(), meta

@@ -1,0 +1,162 @@
+"""Builders of tiny teachers in the diffusers (ModelScope) layout, for tests, benches and CI.
+
+A tiny teacher is written to disk exactly like a real one (``save_pretrained`` of every
+component plus ``model_index.json``), so code under test loads it through the same
+``from_pretrained`` path it uses for ``ali-vilab/text-to-video-ms-1.7b``. Nothing is downloaded:
+the tokenizer is a word-level ``PreTrainedTokenizerFast`` built with the ``tokenizers`` library,
+and every weight is drawn from a seeded generator.
+
+Sizes are chosen so that a UNet forward on (2, 4, 4, 8, 8) latents takes milliseconds on one
+CPU core while every input still matters:
+
+- ``norm_num_groups=8`` keeps several channels per GroupNorm group. With one channel per group
+  the per-channel timestep embedding a ResNet block adds before its second GroupNorm would be
+  normalised away, and the UNet would be blind to the timestep and to ``timestep_cond``.
+- parameters that diffusers initialises to exactly zero or one are re-drawn around those
+  values, so no branch of the tiny network is an identity that could hide a wiring bug.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+#: the words the tiny tokenizer knows; anything else maps to ``[UNK]``
+DEFAULT_VOCABULARY: tuple[str, ...] = (
+    "a", "an", "the", "of", "on", "in", "with", "and", "at", "is",
+    "cat", "dog", "bird", "fish", "horse", "car", "boat", "tree", "house", "person",
+    "red", "green", "blue", "yellow", "white", "black", "small", "big", "fast", "slow",
+    "running", "jumping", "flying", "swimming", "walking", "sitting", "dancing", "playing",
+    "beach", "forest", "city", "street", "sky", "sea", "river", "mountain", "snow", "rain",
+    "sunset", "night", "day", "video", "photo", "cinematic", "slow-motion", "close-up",
+)
+SPECIAL_TOKENS = {"pad": "[PAD]", "bos": "[BOS]", "eos": "[EOS]", "unk": "[UNK]"}
+
+
+def build_word_tokenizer(vocabulary: Sequence[str] = DEFAULT_VOCABULARY, model_max_length: int = 16):
+    """A word-level ``PreTrainedTokenizerFast``: lower-cased whitespace words, ``[BOS] ... [EOS]``.
+
+    Ids 0..3 are ``[PAD]``, ``[BOS]``, ``[EOS]``, ``[UNK]``; padding is on the right, as CLIP's.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = [SPECIAL_TOKENS[k] for k in ("pad", "bos", "eos", "unk")]
+    vocab = {token: i for i, token in enumerate(specials)}
+    for word in vocabulary:
+        vocab.setdefault(word.lower(), len(vocab))
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    bos, eos = SPECIAL_TOKENS["bos"], SPECIAL_TOKENS["eos"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {eos}", special_tokens=[(bos, vocab[bos]), (eos, vocab[eos])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        model_max_length=model_max_length,
+        pad_token=SPECIAL_TOKENS["pad"],
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=SPECIAL_TOKENS["unk"],
+        padding_side="right",
+    )
+
+
+def _redraw_degenerate_parameters(module: torch.nn.Module, generator: torch.Generator) -> None:
+    """Re-draw parameters that are all zeros (as 0.05·randn) or all ones (as 1 + 0.1·randn)."""
+    with torch.no_grad():
+        for param in module.parameters():
+            if torch.all(param == 0):
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+            elif torch.all(param == 1):
+                param.copy_(1 + 0.1 * torch.randn(param.shape, generator=generator))
+
+
+def tiny_unet_config(cross_attention_dim: int = 32, time_cond_proj_dim: int | None = None) -> dict:
+    """Constructor kwargs of the tiny ``UNet3DConditionModel`` (2 levels, one cross-attention level)."""
+    return dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4,
+        time_cond_proj_dim=time_cond_proj_dim,
+    )
+
+
+def build_tiny_diffusers_t2v(
+    folder: str | Path,
+    seed: int = 0,
+    vocabulary: Sequence[str] = DEFAULT_VOCABULARY,
+    text_hidden_size: int = 32,
+    max_text_length: int = 16,
+    latent_channels: int = 4,
+) -> Path:
+    """Write a tiny ModelScope-layout text-to-video model to ``folder`` and return the path.
+
+    Layout (what ``TextToVideoSDPipeline.from_pretrained(folder)`` reads): ``unet/``
+    (UNet3DConditionModel), ``vae/`` (AutoencoderKL, 3 -> ``latent_channels``, downsampling x2),
+    ``text_encoder/`` (CLIPTextModel), ``tokenizer/`` (word-level fast tokenizer),
+    ``scheduler/`` (DDIMScheduler with the ModelScope schedule) and ``model_index.json``.
+    The same ``seed`` always writes the same weights.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder)
+    generator = torch.Generator().manual_seed(seed)
+    tokenizer = build_word_tokenizer(vocabulary, model_max_length=max_text_length)
+
+    torch.manual_seed(seed)
+    unet = UNet3DConditionModel(**tiny_unet_config(cross_attention_dim=text_hidden_size))
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=16,
+        scaling_factor=0.18215,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=text_hidden_size,
+            intermediate_size=2 * text_hidden_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=max_text_length,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    for module in (unet, vae, text_encoder):
+        _redraw_degenerate_parameters(module, generator)
+        module.eval()
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    pipeline = TextToVideoSDPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+    )
+    pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
