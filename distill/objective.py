@@ -1,0 +1,287 @@
+"""The T2V-Turbo training objective on one batch: consistency distillation + mixed reward.
+
+Pure of I/O and of process ranks: it takes latents, text embeddings and the batch's global
+sample positions, and returns the loss with each term separately. All randomness of a sample
+(solver index n, noise eps, guidance scale w) comes from a generator seeded by
+(seed, global position), so a sample's draw does not depend on the batch size, the number of
+processes or on resuming; the frames the rewards score are drawn once per batch from a
+generator seeded by (seed, first position of the batch).
+
+Objective (T2V-Turbo, arXiv 2405.18750, Algorithm 1 and Eq. 10):
+
+    L = L_CD - sum_i beta_i R_i,
+    L_CD = d(f_theta(z_{t_{n+k}}, w, c, t_{n+k}), f_target(z_hat_{t_n}, w, c, t_n)),
+    R_i = mean score of reward i on the decoded frames of f_theta(z_{t_{n+k}}, ...).
+
+Public-code weighting (``video_only_fraction`` q > 0): samples whose global position p
+satisfies ``p mod D >= D - K`` (q = K / D as a reduced fraction) are *video-only*: they compute
+only the clip-level reward terms; all other samples compute L_CD and the frame-level terms.
+Every term is summed over its samples and divided by the batch size B, so the loss is
+
+    L = (1/B) [ sum_{regular b} (L_CD,b - sum_frame beta R_b) + sum_{video-only b} (- sum_clip beta R_b) ],
+
+whose expectation is (1 - q)(L_CD - sum_frame beta R) + q (- sum_clip beta R). With q = 2/8
+and one sample per process on 8 processes this is exactly the public code's
+[6 (L_CD - beta_img R_img) + 2 (- beta_vid R_vid)] / 8, but chosen by sample position, not by
+rank, so it does not change with the number of processes. q = 0 (default) is the paper's
+objective: every sample computes every term.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from fractions import Fraction
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from distill.boundary import consistency_output
+from distill.ema import EMATarget
+from distill.losses import consistency_distance
+from distill.schedule import ddim_timesteps, previous_timestep
+from distill.solver import add_noise, cfg_lcm_form, ddim_solver_step, extract, guidance_scale_embedding, x0_from_eps
+from rewards.base import VideoReward
+
+
+@dataclasses.dataclass
+class ConsistencySettings:
+    """The ``distill:`` section of a run config (T2V-Turbo v1 defaults)."""
+
+    num_ddim_timesteps: int = 50
+    w_min: float = 5.0
+    w_max: float = 15.0
+    loss_type: str = "huber"
+    huber_c: float = 0.001
+    sigma_data: float = 0.5
+    timestep_scaling: float = 10.0
+    target: str = "online"
+    ema_decay: float = 0.95
+
+    def __post_init__(self):
+        if self.target not in ("online", "ema"):
+            raise ValueError(f"distill.target={self.target!r} is not one of 'online' (public code), 'ema' (paper)")
+        if self.loss_type not in ("huber", "l2"):
+            raise ValueError(f"distill.loss_type={self.loss_type!r} is not one of 'huber', 'l2'")
+        if not self.w_min <= self.w_max:
+            raise ValueError(f"distill.w_min={self.w_min} must not exceed distill.w_max={self.w_max}")
+
+
+@dataclasses.dataclass
+class RewardTerm:
+    """One weighted reward: its loss contribution is -weight * mean score."""
+
+    name: str
+    reward: VideoReward
+    weight: float
+
+
+@dataclasses.dataclass
+class ObjectiveOutput:
+    """``loss`` = sum of ``terms`` (each term already weighted and divided by the batch size).
+
+    ``cd_loss`` and ``rewards`` are the plain means over the samples that computed them (for
+    logging); ``reward_grad_norms`` holds, when asked for, the norm of d(term)/d(pixels) of
+    each reward term with respect to the decoded pixels that reward scored.
+    """
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    cd_loss: torch.Tensor | None
+    rewards: dict[str, torch.Tensor]
+    reward_grad_norms: dict[str, float]
+    #: (number of samples, number of frames) decoded for each group of samples
+    decoded: list[tuple[int, int]]
+    video_only: torch.Tensor
+
+
+def video_only_mask(positions: Sequence[int], fraction: float) -> torch.Tensor:
+    """(B,) bool: samples at global ``positions`` that compute only the clip-level terms.
+
+    With ``fraction`` = K / D (reduced, D <= 1000), position p is video-only iff p mod D >= D - K.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"reward_options.video_only_fraction={fraction} must lie in [0, 1)")
+    ratio = Fraction(fraction).limit_denominator(1000)
+    den, num = ratio.denominator, ratio.numerator
+    return torch.tensor([p % den >= den - num for p in positions], dtype=torch.bool)
+
+
+def sample_generator(seed: int, position: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + position)
+
+
+class T2VTurboObjective:
+    """L = L_CD - sum_i beta_i R_i on a batch of latents (see the module docstring)."""
+
+    def __init__(
+        self,
+        adapter,
+        settings: ConsistencySettings,
+        rewards: Sequence[RewardTerm] = (),
+        guidance_embedding_dim: int = 256,
+        video_only_fraction: float = 0.0,
+        decode_chunk_size: int = 8,
+        vae_gradient_checkpointing: bool = False,
+    ):
+        self.adapter = adapter
+        self.settings = settings
+        self.rewards = list(rewards)
+        self.guidance_embedding_dim = guidance_embedding_dim
+        self.video_only_fraction = video_only_fraction
+        video_only_mask([0], video_only_fraction)  # validates the fraction
+        self.decode_chunk_size = decode_chunk_size
+        self.vae_gradient_checkpointing = vae_gradient_checkpointing
+        self.grid = ddim_timesteps(adapter.num_train_timesteps, settings.num_ddim_timesteps)
+        self.skip = adapter.num_train_timesteps // settings.num_ddim_timesteps
+
+    # ---- per-sample draws ---------------------------------------------------------------
+    def draw(self, positions: Sequence[int], latent_shape: Sequence[int], seed: int):
+        """(n, w, eps) for each sample, from generators seeded by (seed, position)."""
+        index, w, noise = [], [], []
+        for p in positions:
+            g = sample_generator(seed, p)
+            index.append(torch.randint(0, len(self.grid), (), generator=g))
+            w.append(self.settings.w_min + (self.settings.w_max - self.settings.w_min) * torch.rand((), generator=g))
+            noise.append(torch.randn(tuple(latent_shape), generator=g))
+        return torch.stack(index), torch.stack(w), torch.stack(noise)
+
+    def consistency_fn(self, unet: nn.Module, z_t, t, text_embedding, w_embedding) -> torch.Tensor:
+        """f(z_t, w, c, t) = c_skip(t) z_t + c_out(t) x0(eps_unet(z_t, t, w, c))."""
+        eps = self.adapter.predict_eps(unet, z_t, t, text_embedding, timestep_cond=w_embedding)
+        x0 = x0_from_eps(z_t, eps.to(z_t.dtype), extract(self.adapter.alphas_cumprod, t, z_t.ndim))
+        return consistency_output(z_t, x0, t, self.settings.sigma_data, self.settings.timestep_scaling)
+
+    # ---- the loss -----------------------------------------------------------------------
+    def __call__(
+        self,
+        student: nn.Module,
+        latents: torch.Tensor,
+        text_embedding: torch.Tensor,
+        uncond_embedding: torch.Tensor,
+        prompts: Sequence[str],
+        positions: Sequence[int],
+        seed: int = 0,
+        target_unet: nn.Module | None = None,
+        ema: EMATarget | None = None,
+        grad_norms: bool = False,
+    ) -> ObjectiveOutput:
+        """One T2V-Turbo loss on latents z_0 (B, c, T, h, w) at global sample ``positions``.
+
+        ``student`` is called with gradient (it may be a DDP wrapper); ``target_unet`` (default
+        ``student``) is the plain module the no-grad target runs on, with the EMA weights
+        swapped in when ``ema`` is given.
+        """
+        s = self.settings
+        device, batch = latents.device, latents.shape[0]
+        if len(positions) != batch or len(prompts) != batch:
+            raise ValueError(f"{len(positions)} positions and {len(prompts)} prompts for a batch of {batch}")
+        abar = self.adapter.alphas_cumprod
+        video_only = video_only_mask(positions, self.video_only_fraction)
+        # 1. n ~ U{0..N-1}: t_{n+k} = grid[n], t_n = t_{n+k} - k (floored at 0); w ~ U[w_min, w_max]; eps ~ N(0, I)
+        index, w, eps = self.draw(positions, latents.shape[1:], seed)
+        t_nk = self.grid[index].to(device)
+        t_n = previous_timestep(t_nk, self.skip)
+        eps = eps.to(device=device, dtype=latents.dtype)
+        w = w.to(device)
+        # 2. z_{t_{n+k}} = sqrt(abar) z_0 + sqrt(1 - abar) eps
+        z_nk = add_noise(latents, eps, extract(abar, t_nk, latents.ndim))
+        # 3. guidance embedding of w (LCM convention: the CFG scale is 1 + w)
+        w_emb = guidance_scale_embedding(w, self.guidance_embedding_dim).to(device)
+
+        terms: dict[str, torch.Tensor] = {}
+        cd_rows = (~video_only).nonzero().flatten().tolist() if self.video_only_fraction > 0 else list(range(batch))
+        cd_loss = None
+        if cd_rows:
+            # 4-5. teacher CFG + DDIM step to z_hat_{t_n}; target f at t_n without gradient
+            rows = torch.tensor(cd_rows, device=device)
+            target = self.target(target_unet or student, z_nk[rows], t_nk[rows], t_n[rows], w[rows], w_emb[rows],
+                                 text_embedding[rows], uncond_embedding[rows], ema)
+        # 6. student: f_theta(z_{t_{n+k}}, w, c, t_{n+k}) with gradient (computed after the target so
+        #    that EMA weights are swapped in and out before any autograd graph of the student exists)
+        f_theta = self.consistency_fn(student, z_nk, t_nk, text_embedding, w_emb)
+        if cd_rows:
+            # 7. L_CD = d(f_theta, f_target), per sample, summed over CD samples / B
+            per_sample = torch.stack(
+                [consistency_distance(f_theta[b], target[i], s.loss_type, s.huber_c) for i, b in enumerate(cd_rows)]
+            )
+            cd_loss = per_sample.mean()
+            terms["cd"] = per_sample.sum() / batch
+
+        # 8. rewards on the decoded single-step prediction f_theta(z_{t_{n+k}})
+        reward_values, norms, decoded = self.reward_terms(f_theta, prompts, positions, seed, video_only, grad_norms, terms)
+        loss = sum(terms.values()) if terms else f_theta.sum() * 0.0
+        return ObjectiveOutput(loss, terms, cd_loss, reward_values, norms, decoded, video_only)
+
+    @torch.no_grad()
+    def target(self, unet, z_nk, t_nk, t_n, w, w_emb, text_embedding, uncond_embedding, ema):
+        """Steps 4-5: teacher CFG + DDIM to z_hat_{t_n}, then the target f at (z_hat_{t_n}, t_n), no grad."""
+        abar = self.adapter.alphas_cumprod
+        teacher = self.adapter.unet
+        abar_nk = extract(abar, t_nk, z_nk.ndim)
+        # 4. teacher eps at (z_{t_{n+k}}, t_{n+k}) with the prompt and with the empty prompt;
+        #    LCM-form CFG on x0 and eps: x0 = x0_c + w (x0_c - x0_u); DDIM step (eta 0) to t_n
+        eps_c = self.adapter.predict_eps(teacher, z_nk, t_nk, text_embedding).to(z_nk.dtype)
+        eps_u = self.adapter.predict_eps(teacher, z_nk, t_nk, uncond_embedding).to(z_nk.dtype)
+        x0_c, x0_u = x0_from_eps(z_nk, eps_c, abar_nk), x0_from_eps(z_nk, eps_u, abar_nk)
+        w_b = w.reshape(-1, *([1] * (z_nk.ndim - 1))).to(z_nk.dtype)
+        x0 = cfg_lcm_form(x0_c, x0_u, w_b)
+        eps = cfg_lcm_form(eps_c, eps_u, w_b)
+        z_n = ddim_solver_step(x0, eps, extract(abar, t_n, z_nk.ndim))
+        # 5. target f(z_hat_{t_n}, w, c, t_n): the online student (public code) or theta^- (paper)
+        swap = ema.swapped_into(unet) if ema is not None else contextlib.nullcontext()
+        with swap:
+            return self.consistency_fn(unet, z_n, t_n, text_embedding, w_emb)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE-decode with gradient, optionally checkpointing each chunk of frames."""
+        if not self.vae_gradient_checkpointing:
+            return self.adapter.decode_latents(latents, self.decode_chunk_size)
+        chunks = latents.split(self.decode_chunk_size, dim=2)
+        return torch.cat(
+            [checkpoint(self.adapter.decode_latents, c, self.decode_chunk_size, use_reentrant=False) for c in chunks],
+            dim=2,
+        )
+
+    def reward_terms(self, f_theta, prompts, positions, seed, video_only, grad_norms, terms):
+        """Decode only the frames some reward needs (per group of samples needing the same
+        frames) and add -beta_i * sum_b R_i,b / B to ``terms`` for every reward."""
+        if not self.rewards:
+            return {}, {}, []
+        batch, num_frames = f_theta.shape[0], f_theta.shape[2]
+        g = sample_generator(seed, positions[0] + 7_777_777)
+        frame_idx = [list(r.reward.frame_indices(num_frames, g)) for r in self.rewards]
+        split = self.video_only_fraction > 0
+        # which samples each reward scores
+        rows = []
+        for r in self.rewards:
+            clip = r.reward.granularity == "clip"
+            rows.append([b for b in range(batch) if not split or bool(video_only[b]) == clip])
+        needed = [sorted({f for i, r in enumerate(rows) if b in r for f in frame_idx[i]}) for b in range(batch)]
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for b in range(batch):
+            if needed[b]:
+                groups.setdefault(tuple(needed[b]), []).append(b)
+        pixels_of: dict[int, tuple[torch.Tensor, dict[int, int]]] = {}
+        decoded = []
+        for frames, members in groups.items():
+            pixels = self.decode(f_theta[members][:, :, list(frames)])
+            decoded.append((len(members), len(frames)))
+            where = {f: j for j, f in enumerate(frames)}
+            for j, b in enumerate(members):
+                pixels_of[b] = (pixels[j], where)
+        values, norms = {}, {}
+        for term, idx, members in zip(self.rewards, frame_idx, rows):
+            if not members:
+                continue
+            frames = torch.stack([pixels_of[b][0][:, [pixels_of[b][1][f] for f in idx]] for b in members])
+            reward_dtype = next(term.reward.parameters(), frames).dtype
+            scores = term.reward.score(frames.to(reward_dtype), [prompts[b] for b in members]).float()
+            values[term.name] = scores.mean()
+            terms[term.name] = -term.weight * scores.sum() / batch
+            if grad_norms and terms[term.name].requires_grad:
+                (grad,) = torch.autograd.grad(terms[term.name], frames, retain_graph=True)
+                norms[term.name] = float(grad.float().norm())
+        return values, norms, decoded
