@@ -1,0 +1,327 @@
+"""Sample the VBench suite: ``{prompt}-{i}.mp4`` for every prompt, one recorded seed per video.
+
+Output layout (``out`` is the run folder)::
+
+    out/videos/       only the mp4 files VBench reads (nothing else: VBench takes the video suffix
+                      from the first file it lists)
+    out/.partial/     files being written; moved into videos/ with os.replace when complete
+    out/manifest.json model, checkpoint hash, every video's seed, sampler settings, versions
+
+The model is any ``VideoFn``: ``fn(prompts, seeds) -> sequence of uint8 (T, H, W, 3) videos``, one
+per prompt, each sampled from its own seed (so a video does not depend on batching or sharding).
+:func:`pipeline_video_fn` wraps the project's pipelines into one.
+
+Resuming: a video whose file exists and decodes to the configured number of frames is skipped;
+a missing, truncated or undecodable one is generated again. Sharding: with ``accelerate launch``
+each process takes every ``num_processes``-th job starting at its ``process_index`` (only the job
+list is split; nothing is gathered).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from eval.vbench.naming import check_case_collisions, video_filename
+from eval.vbench.suite import Suite, samples_per_prompt
+
+VideoFn = Callable[[list[str], list[int]], Sequence[np.ndarray]]
+VIDEOS_DIR = "videos"
+PARTIAL_DIR = ".partial"
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+_VERSION_PACKAGES = ("t2v-turbo", "torch", "diffusers", "transformers", "accelerate", "av", "numpy", "vbench")
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    prompt: str  # names the file
+    sample_prompt: str  # what the model is given (augmented prompt or the prompt itself)
+    index: int
+    seed: int
+
+    @property
+    def filename(self) -> str:
+        return video_filename(self.prompt, self.index)
+
+
+@dataclass
+class GenerationSettings:
+    num_frames: int = 16
+    height: int = 320
+    width: int = 512
+    fps: int = 16
+    num_samples: int = 5
+    flicker_samples: int = 25
+    base_seed: int = 0
+    sampler: dict | None = None  # steps, guidance, scheduler name ... recorded verbatim
+
+
+@dataclass
+class GenerationSummary:
+    total: int
+    shard: int
+    generated: int
+    skipped: int
+    redone: int
+    seconds: float
+
+
+def seed_for(prompt: str, index: int, base_seed: int = 0) -> int:
+    """Deterministic 31-bit seed from (base_seed, prompt, index): the same on every machine and shard."""
+    digest = hashlib.sha256(f"{base_seed}\x00{prompt}\x00{index}".encode("utf-8")).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def build_jobs(suite: Suite, settings: GenerationSettings) -> list[VideoJob]:
+    jobs = []
+    for entry in suite.entries:
+        n = samples_per_prompt(entry, settings.num_samples, settings.flicker_samples)
+        for i in range(n):
+            jobs.append(VideoJob(entry.prompt, entry.text_for_sampling, i, seed_for(entry.prompt, i, settings.base_seed)))
+    return jobs
+
+
+def shard_jobs(jobs: Sequence[VideoJob], process_index: int, num_processes: int) -> list[VideoJob]:
+    if not 0 <= process_index < num_processes:
+        raise ValueError(f"process_index {process_index} outside 0..{num_processes - 1}")
+    return list(jobs[process_index::num_processes])
+
+
+def process_layout() -> tuple[int, int, bool]:
+    """(process_index, num_processes, is_main_process) from accelerate's ``PartialState``."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes, state.is_main_process
+
+
+# ---------------------------------------------------------------------------------------- mp4 io
+
+
+def write_mp4(path: str | os.PathLike, video: np.ndarray, fps: int, crf: int = 17) -> None:
+    """Write uint8 (T, H, W, 3) frames as H.264 (yuv420p) mp4."""
+    import av
+
+    video = np.asarray(video)
+    if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"{path}: expected uint8 (T, H, W, 3) frames, got {video.dtype} {video.shape}")
+    t, h, w, _ = video.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"{path}: H.264 yuv420p needs even height and width, got {h}x{w}")
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in video:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Frames decoded from ``path``; 0 if the file is missing or cannot be decoded (e.g. truncated)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return sum(1 for _ in container.decode(video=0))
+    except (OSError, av.error.FFmpegError, IndexError, ValueError):
+        return 0
+
+
+def is_complete(path: str | os.PathLike, num_frames: int) -> bool:
+    return Path(path).is_file() and count_frames(path) == num_frames
+
+
+# ---------------------------------------------------------------------------------------- manifest
+
+
+def package_versions() -> dict[str, str | None]:
+    out = {}
+    for name in _VERSION_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def hash_checkpoint(path: str | os.PathLike | None) -> str | None:
+    """sha256 over a file, or over (relative path, content) of every file in a folder; None if no path."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint to hash not found: {path}")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for file in files:
+        h.update(str(file.relative_to(path) if path.is_dir() else file.name).encode("utf-8") + b"\x00")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _identity(model: dict, settings: GenerationSettings) -> dict:
+    """What must match for a resumed run to continue an existing folder."""
+    return {"model": model, "settings": asdict(settings)}
+
+
+def write_manifest(out: Path, suite: Suite, jobs: Sequence[VideoJob], settings: GenerationSettings, model: dict, num_processes: int) -> Path:
+    path = out / MANIFEST
+    identity = _identity(model, settings)
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        old_identity = {"model": old.get("model"), "settings": old.get("settings")}
+        if old_identity != identity:
+            diff = [k for k in ("model", "settings") if old_identity[k] != identity[k]]
+            raise ValueError(
+                f"{path} describes a different run (differs in: {', '.join(diff)}); resuming would mix videos "
+                f"of two configurations. Use another --out folder or delete {out / VIDEOS_DIR} and {path}."
+            )
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        **identity,
+        "suite": {"source": suite.source, "dimensions": suite.dimensions, "num_prompts": len(suite)},
+        "num_processes": num_processes,
+        "versions": package_versions(),
+        "videos": [
+            {"file": j.filename, "prompt": j.prompt, "sample_prompt": j.sample_prompt, "index": j.index, "seed": j.seed}
+            for j in jobs
+        ],
+    }
+    tmp = out / PARTIAL_DIR / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+
+def generate_suite(
+    video_fn: VideoFn,
+    suite: Suite,
+    out: str | os.PathLike,
+    settings: GenerationSettings,
+    model: dict | None = None,
+    batch_size: int = 1,
+    process_index: int | None = None,
+    num_processes: int | None = None,
+    case_sensitive: bool | None = None,
+    progress: bool = True,
+) -> GenerationSummary:
+    """Generate this process's share of the suite into ``out/videos`` (resumable, atomic)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    videos, partial = out / VIDEOS_DIR, out / PARTIAL_DIR
+    videos.mkdir(parents=True, exist_ok=True)
+    partial.mkdir(parents=True, exist_ok=True)
+    check_case_collisions(suite.prompts, videos, case_sensitive=case_sensitive)
+    if process_index is None or num_processes is None:
+        process_index, num_processes, is_main = process_layout()
+    else:
+        is_main = process_index == 0
+    jobs = build_jobs(suite, settings)
+    if is_main:
+        write_manifest(out, suite, jobs, settings, model or {}, num_processes)
+    mine = shard_jobs(jobs, process_index, num_processes)
+
+    start = time.perf_counter()
+    todo, skipped, redone = [], 0, 0
+    for job in mine:
+        target = videos / job.filename
+        if target.exists():
+            if is_complete(target, settings.num_frames):
+                skipped += 1
+                continue
+            redone += 1  # truncated or unreadable: generate again
+        todo.append(job)
+
+    bar = tqdm(total=len(todo), desc=f"VBench videos [{process_index + 1}/{num_processes}]", unit="video",
+               position=process_index, disable=not progress, dynamic_ncols=True)
+    for b in range(0, len(todo), batch_size):
+        batch = todo[b:b + batch_size]
+        frames = list(video_fn([j.sample_prompt for j in batch], [j.seed for j in batch]))
+        if len(frames) != len(batch):
+            raise RuntimeError(f"video function returned {len(frames)} videos for {len(batch)} prompts")
+        for job, video in zip(batch, frames):
+            video = np.asarray(video)
+            expected = (settings.num_frames, settings.height, settings.width, 3)
+            if video.shape != expected:
+                raise ValueError(f"video for {job.filename!r} has shape {video.shape}, settings ask for {expected}")
+            tmp = partial / f"p{process_index}-{job.index}-{hashlib.sha1(job.prompt.encode()).hexdigest()[:12]}.mp4"
+            write_mp4(tmp, video, settings.fps)
+            os.replace(tmp, videos / job.filename)
+        bar.update(len(batch))
+    bar.close()
+    return GenerationSummary(total=len(jobs), shard=len(mine), generated=len(todo), skipped=skipped, redone=redone,
+                             seconds=time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------- models
+
+
+def to_uint8_videos(videos) -> list[np.ndarray]:
+    """(B, C, T, H, W) float in [-1, 1] (torch or numpy) -> list of uint8 (T, H, W, 3)."""
+    arr = videos.detach().float().cpu().numpy() if hasattr(videos, "detach") else np.asarray(videos, dtype=np.float32)
+    if arr.ndim != 5 or arr.shape[1] != 3:
+        raise ValueError(f"expected (B, 3, T, H, W) pixels in [-1, 1], got shape {arr.shape}")
+    arr = np.clip((arr + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return [np.ascontiguousarray(v.transpose(1, 2, 3, 0)) for v in arr]
+
+
+def pipeline_video_fn(pipeline, settings: GenerationSettings, num_inference_steps: int, guidance_scale: float, device: str = "cpu") -> VideoFn:
+    """Wrap a project pipeline (``T2VTurboPipeline`` / ``TeacherPipeline``: prompts -> (B,C,T,H,W) in [-1,1]).
+
+    Each video gets its own ``torch.Generator`` seeded with its recorded seed and is sampled alone,
+    so its content depends only on (prompt, seed, settings).
+    """
+    import torch
+
+    def fn(prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
+        out = []
+        for prompt, seed in zip(prompts, seeds):
+            generator = torch.Generator(device=device).manual_seed(int(seed))
+            with torch.no_grad():
+                video = pipeline([prompt], num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                 num_frames=settings.num_frames, height=settings.height, width=settings.width,
+                                 generator=generator, fps=settings.fps)
+            out.extend(to_uint8_videos(video))
+        return out
+
+    return fn
+
+
+def diffusers_video_fn(folder: str | os.PathLike, settings: GenerationSettings, num_inference_steps: int, guidance_scale: float, device: str = "cpu") -> VideoFn:
+    """Stock diffusers ``TextToVideoSDPipeline`` from a ModelScope-layout folder (a teacher without our pipeline)."""
+    import torch
+    from diffusers import TextToVideoSDPipeline
+
+    pipe = TextToVideoSDPipeline.from_pretrained(str(folder)).to(device)
+    pipe.set_progress_bar_config(disable=True)
+
+    def fn(prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
+        out = []
+        for prompt, seed in zip(prompts, seeds):
+            generator = torch.Generator(device=device).manual_seed(int(seed))
+            frames = pipe(prompt, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                          num_frames=settings.num_frames, height=settings.height, width=settings.width,
+                          generator=generator, output_type="pt").frames  # (B, T, C, H, W) in [0, 1]
+            v = frames[0].permute(0, 2, 3, 1).clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+            out.append(np.ascontiguousarray(v))
+        return out
+
+    return fn
