@@ -1,0 +1,194 @@
+"""Prompts -> videos: the 4-step student (``T2VTurboPipeline``) and the teacher (``TeacherPipeline``).
+
+Both talk to the model only through a ``TeacherAdapter`` (text encoding, ``predict_eps``, VAE
+decode), so they work for every teacher family. Videos come back as (B, 3, T, H, W) in [-1, 1]
+(``output_type="pt"``) or as latents (``output_type="latent"``).
+
+Random draws follow diffusers' ``TextToVideoSDPipeline``: the initial latents are
+``torch.randn((B, c, T, h, w), generator)``, and the scheduler sees frames as a batch
+(B·T, c, h, w), so a student exported with ``t2v_turbo.export`` and run by stock diffusers with
+the same generator reproduces our samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from distill.solver import guidance_scale_embedding
+from t2v_turbo.sampler.scheduling_ddim_cfg import DDIMCFGScheduler, classifier_free_guidance
+from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
+
+
+def frames_as_batch(latents: torch.Tensor) -> torch.Tensor:
+    """(B, c, T, h, w) -> (B·T, c, h, w), the layout diffusers' video pipelines step in."""
+    return latents.transpose(1, 2).flatten(0, 1)
+
+
+def frames_from_batch(flat: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Inverse of ``frames_as_batch``."""
+    return flat.unflatten(0, (batch_size, -1)).transpose(1, 2)
+
+
+class _VideoPipelineBase:
+    """Shared geometry, initial noise and decoding of the two pipelines."""
+
+    def __init__(self, adapter, unet: nn.Module, scheduler):
+        self.adapter = adapter
+        self.unet = unet
+        self.scheduler = scheduler
+        #: UNet forward passes and batch rows evaluated since construction (for benchmarks)
+        self.unet_calls = 0
+        self.unet_evaluations = 0
+
+    def _predict_eps(self, latents, timesteps, text, timestep_cond, fps):
+        self.unet_calls += 1
+        self.unet_evaluations += latents.shape[0]
+        return self.adapter.predict_eps(self.unet, latents, timesteps, text, timestep_cond=timestep_cond, fps=fps)
+
+    def _initial_latents(self, batch_size, num_frames, height, width, generator, latents, device, dtype):
+        factor = getattr(self.adapter, "vae_spatial_factor", 8)
+        if height % factor or width % factor:
+            raise ValueError(f"`height`={height} and `width`={width} must be multiples of the VAE factor {factor}")
+        shape = (batch_size, self.unet.config.in_channels, num_frames, height // factor, width // factor)
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"`latents` has shape {tuple(latents.shape)}, expected {shape}")
+            return latents.to(device=device, dtype=dtype)
+        noise_device = generator.device if generator is not None else device
+        return torch.randn(shape, generator=generator, device=noise_device, dtype=dtype).to(device)
+
+    def _finish(self, latents, output_type, frame_chunk_size):
+        if output_type == "latent":
+            return latents
+        if output_type != "pt":
+            raise ValueError(f"`output_type`={output_type!r} is not one of 'pt', 'latent'")
+        return self.adapter.decode_latents(latents, frame_chunk_size=frame_chunk_size).float().clamp(-1, 1)
+
+    def _geometry(self, num_frames, height, width, fps):
+        a = self.adapter
+        return (num_frames or a.default_num_frames, height or a.default_height, width or a.default_width, fps or a.default_fps)
+
+
+class T2VTurboPipeline(_VideoPipelineBase):
+    """Multistep consistency sampling of a student: one UNet call per step, guidance scale w
+    passed only through the guidance embedding (``timestep_cond``)."""
+
+    def __init__(self, adapter, unet: nn.Module, scheduler: T2VTurboScheduler | None = None):
+        super().__init__(adapter, unet, scheduler or T2VTurboScheduler.from_adapter(adapter))
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        num_inference_steps: int = 4,
+        guidance_scale: float = 7.5,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | None = None,
+        fps: int | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pt",
+        timesteps: list[int] | None = None,
+        frame_chunk_size: int = 8,
+    ) -> torch.Tensor:
+        """Sample videos (B, 3, T, H, W) in [-1, 1] (or latents with ``output_type="latent"``).
+
+        ``timesteps`` overrides ``num_inference_steps`` with an explicit descending list.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        num_frames, height, width, fps = self._geometry(num_frames, height, width, fps)
+        device, dtype = self.adapter.device, next(self.unet.parameters()).dtype
+        text = self.adapter.encode_prompts(prompts).to(device=device, dtype=dtype)
+        batch = len(prompts)
+        w = torch.full((batch,), float(guidance_scale), device=device)
+        w_embedding = guidance_scale_embedding(w, self.unet.config.time_cond_proj_dim).to(dtype)
+        z = self._initial_latents(batch, num_frames, height, width, generator, latents, device, dtype)
+        z = z * self.scheduler.init_noise_sigma
+        if timesteps is not None:
+            self.scheduler.set_timesteps(timesteps=timesteps, device=device)
+        else:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+        for t in self.scheduler.timesteps:
+            t_batch = torch.full((batch,), int(t), dtype=torch.long, device=device)
+            eps = self._predict_eps(z, t_batch, text, w_embedding, fps)
+            step = self.scheduler.step(frames_as_batch(eps), t, frames_as_batch(z), generator=generator)
+            z = frames_from_batch(step.prev_sample, batch)
+        return self._finish(z, output_type, frame_chunk_size)
+
+
+class TeacherPipeline(_VideoPipelineBase):
+    """The teacher's DDIM (eta = 0) sampler with classifier-free guidance, standard scale s:
+    eps = eps_u + s (eps_c - eps_u). Conditional and unconditional rows share one UNet call."""
+
+    def __init__(self, adapter, unet: nn.Module | None = None, scheduler: DDIMCFGScheduler | None = None):
+        super().__init__(adapter, unet if unet is not None else adapter.unet, scheduler or DDIMCFGScheduler.from_adapter(adapter))
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | None = None,
+        fps: int | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pt",
+        negative_prompts: Sequence[str] | None = None,
+        frame_chunk_size: int = 8,
+    ) -> torch.Tensor:
+        """Sample videos (B, 3, T, H, W) in [-1, 1]; ``guidance_scale`` 1 disables guidance."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        num_frames, height, width, fps = self._geometry(num_frames, height, width, fps)
+        device, dtype = self.adapter.device, next(self.unet.parameters()).dtype
+        batch = len(prompts)
+        text = self.adapter.encode_prompts(prompts)
+        use_cfg = guidance_scale > 1.0
+        if use_cfg:
+            uncond = self.adapter.encode_prompts(negative_prompts) if negative_prompts else self.adapter.empty_prompt_embedding(batch)
+            text = torch.cat([uncond, text])
+        text = text.to(device=device, dtype=dtype)
+        z = self._initial_latents(batch, num_frames, height, width, generator, latents, device, dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        for t in self.scheduler.timesteps:
+            model_input = torch.cat([z, z]) if use_cfg else z
+            t_batch = torch.full((model_input.shape[0],), int(t), dtype=torch.long, device=device)
+            eps = self._predict_eps(model_input, t_batch, text, None, fps)
+            if use_cfg:
+                eps_uncond, eps_cond = eps.chunk(2)
+                eps = classifier_free_guidance(eps_cond, eps_uncond, guidance_scale)
+            z = self.scheduler.step(eps, t, z).prev_sample
+        return self._finish(z, output_type, frame_chunk_size)
+
+
+def load_student_pipeline(
+    student_folder: str | Path,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    spacing: str = "t2v_turbo",
+) -> T2VTurboPipeline:
+    """The student saved in ``student_folder`` on its teacher (loaded from the path in its
+    ``student.json``), with a scheduler configured from the student's distillation grid."""
+    from t2v_turbo.student import load_student, load_teacher_for, read_student_meta
+
+    meta = read_student_meta(student_folder)
+    adapter = load_teacher_for(meta, torch_dtype=dtype)
+    unet, meta = load_student(student_folder, adapter)
+    if device is not None or dtype is not None:
+        adapter.to(device=device, dtype=dtype)
+        unet.to(device=device, dtype=dtype)
+    scheduler = T2VTurboScheduler.from_adapter(
+        adapter,
+        num_ddim_timesteps=meta.num_ddim_timesteps,
+        sigma_data=meta.sigma_data,
+        timestep_scaling=meta.timestep_scaling,
+        spacing=spacing,
+    )
+    return T2VTurboPipeline(adapter, unet, scheduler)

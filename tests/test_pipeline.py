@@ -1,0 +1,95 @@
+"""T2VTurboPipeline / TeacherPipeline on the tiny teacher, and against stock diffusers."""
+
+import pytest
+import torch
+
+from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+from t2v_turbo.pipeline import T2VTurboPipeline, TeacherPipeline, load_student_pipeline
+from t2v_turbo.student import LoraSettings, StudentMeta, build_student, save_student
+from t2v_turbo.testing import build_tiny_diffusers_t2v
+
+GEOMETRY = dict(num_frames=3, height=16, width=16)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    return build_tiny_diffusers_t2v(tmp_path_factory.mktemp("teacher"))
+
+
+@pytest.fixture(scope="module")
+def adapter(teacher_dir):
+    return DiffusersT2VAdapter.from_pretrained(teacher_dir)
+
+
+@pytest.fixture(scope="module")
+def student(adapter):
+    unet = build_student(adapter, 256, lora=LoraSettings(rank=4, alpha=4))
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for _, p in sorted((n, p) for n, p in unet.named_parameters() if p.requires_grad):
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    return unet.eval()
+
+
+def test_student_pipeline_shapes_range_calls_and_determinism(adapter, student):
+    pipe = T2VTurboPipeline(adapter, student)
+    video = pipe(["a cat", "a red car"], num_inference_steps=4, generator=torch.Generator().manual_seed(0), **GEOMETRY)
+    assert video.shape == (2, 3, 3, 16, 16)
+    assert video.min() >= -1 and video.max() <= 1
+    assert pipe.unet_calls == 4 and pipe.unet_evaluations == 8
+    again = pipe(["a cat", "a red car"], num_inference_steps=4, generator=torch.Generator().manual_seed(0), **GEOMETRY)
+    assert torch.equal(video, again)
+    assert pipe.scheduler.timesteps.tolist() == [999, 759, 519, 279]
+
+
+def test_guidance_scale_reaches_the_student(adapter, student):
+    pipe = T2VTurboPipeline(adapter, student)
+    latents = [
+        pipe("a cat", guidance_scale=w, generator=torch.Generator().manual_seed(0), output_type="latent", **GEOMETRY)
+        for w in (2.0, 12.0)
+    ]
+    assert (latents[0] - latents[1]).abs().max() > 1e-4
+
+
+def test_explicit_latents_and_timesteps(adapter, student):
+    pipe = T2VTurboPipeline(adapter, student)
+    z = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    one_step = pipe("a dog", latents=z, timesteps=[999], output_type="latent", **GEOMETRY)
+    assert pipe.unet_calls == 1
+    from distill.boundary import consistency_output
+    from distill.solver import guidance_scale_embedding, x0_from_eps
+
+    t = torch.tensor([999])
+    with torch.no_grad():
+        eps = adapter.predict_eps(student, z, t, adapter.encode_prompts(["a dog"]), guidance_scale_embedding(torch.tensor([7.5])))
+    expected = consistency_output(z, x0_from_eps(z, eps, adapter.alphas_cumprod[999]), t)
+    torch.testing.assert_close(one_step, expected, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"`latents` has shape \(1, 4, 3, 8, 8\), expected \(2,"):
+        pipe(["a", "b"], latents=z, **GEOMETRY)
+
+
+def test_teacher_pipeline_equals_stock_diffusers(teacher_dir, adapter):
+    from diffusers import TextToVideoSDPipeline
+
+    stock = TextToVideoSDPipeline.from_pretrained(teacher_dir)
+    stock.set_progress_bar_config(disable=True)
+    prompts = ["a cat running", "a blue boat"]
+    expected = stock(
+        prompts, num_inference_steps=5, guidance_scale=7.5, generator=torch.Generator().manual_seed(3),
+        output_type="latent", **GEOMETRY,
+    ).frames
+    pipe = TeacherPipeline(adapter)
+    ours = pipe(prompts, num_inference_steps=5, guidance_scale=7.5, generator=torch.Generator().manual_seed(3), output_type="latent", **GEOMETRY)
+    assert pipe.unet_calls == 5 and pipe.unet_evaluations == 20
+    # same algorithm and random draws; alpha_bar float64-vs-float32 rounding only
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_load_student_pipeline_reproduces_the_in_memory_student(teacher_dir, adapter, student, tmp_path):
+    settings = LoraSettings(rank=4, alpha=4)
+    save_student(tmp_path, student, StudentMeta.for_adapter(adapter, lora=settings))
+    loaded = load_student_pipeline(tmp_path)
+    kwargs = dict(generator=torch.Generator().manual_seed(5), output_type="latent", **GEOMETRY)
+    ours = T2VTurboPipeline(adapter, student)("a bird flying", **kwargs)
+    kwargs["generator"] = torch.Generator().manual_seed(5)
+    torch.testing.assert_close(loaded("a bird flying", **kwargs), ours, atol=0, rtol=0)
