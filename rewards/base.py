@@ -7,6 +7,11 @@ per sample (B,), differentiable with respect to the pixels: every preprocessing 
 Frame-level rewards score some frames with an image-text model and average; clip-level rewards
 score a clip of frames with a video-text model. ``frame_indices`` says which frames a reward
 needs, so a trainer decodes only those (``score`` then receives exactly those frames, in order).
+A reward may also weight its frames (InstructVideo's temporal attenuation): ``frame_weights``
+returns those weights for the chosen indices, and ``score`` takes them as ``frame_weights=``.
+Rewards whose ``frame_weights`` returns ``None`` (the default) are called without it.
+
+Reward models are frozen: ``train()`` keeps every reward in eval mode.
 """
 
 from __future__ import annotations
@@ -28,9 +33,17 @@ class VideoReward(nn.Module, abc.ABC):
     def frame_indices(self, num_frames: int, generator: torch.Generator | None = None) -> list[int]:
         """Indices (sorted, within [0, num_frames)) of the frames this reward will score."""
 
+    def frame_weights(self, indices: list[int], num_frames: int) -> torch.Tensor | None:
+        """Weights (T',) of the frames ``indices`` of a ``num_frames`` video, or None (unweighted)."""
+        return None
+
     @abc.abstractmethod
     def score(self, frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Scores (B,) of the selected frames (B, C, T', H, W) in [-1, 1] against ``prompts``."""
+
+    def train(self, mode: bool = True) -> "VideoReward":
+        """Rewards are frozen models: stay in eval mode whatever ``mode`` is."""
+        return super().train(False)
 
     def forward(
         self, video: torch.Tensor, prompts: Sequence[str], generator: torch.Generator | None = None
@@ -40,7 +53,10 @@ class VideoReward(nn.Module, abc.ABC):
         if len(prompts) != video.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for a batch of {video.shape[0]} videos")
         idx = self.frame_indices(video.shape[2], generator)
-        return self.score(video[:, :, idx], prompts)
+        weights = self.frame_weights(idx, video.shape[2])
+        if weights is None:
+            return self.score(video[:, :, idx], prompts)
+        return self.score(video[:, :, idx], prompts, frame_weights=weights)
 
 
 def register_reward(name: str) -> Callable:
