@@ -23,14 +23,14 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
+
+from t2v_turbo.fileio import atomic_write
 
 WEIGHTS_NAME = "student.safetensors"
 META_NAME = "student.json"
@@ -227,19 +227,6 @@ class StudentMeta:
         return cls(**data)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via ``write(tmp_path)`` to a temporary file in the same folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_student(folder: str | Path, unet: nn.Module, meta: StudentMeta | dict) -> Path:
     """Write ``student.safetensors`` and ``student.json`` into ``folder`` (each atomically)."""
     from safetensors.torch import save_file
@@ -253,9 +240,9 @@ def save_student(folder: str | Path, unet: nn.Module, meta: StudentMeta | dict) 
             f"student meta says lora={meta.lora!r} but the UNet {'has' if has_lora(unet) else 'has no'} LoRA layers"
         )
     tensors = {k: v.to("cpu").contiguous().clone() for k, v in student_state_dict(unet).items()}
-    _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     text = json.dumps(dataclasses.asdict(meta), indent=2, sort_keys=True) + "\n"
-    _atomic_write(folder / META_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    atomic_write(folder / META_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return folder
 
 

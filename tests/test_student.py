@@ -102,7 +102,7 @@ def test_save_load_round_trip(adapter, inputs, lora, tmp_path):
     assert loaded_meta.lora == (lora.to_dict() if lora else None)
     unet.eval()
     torch.testing.assert_close(eps(adapter, loaded, inputs), eps(adapter, unet, inputs), atol=0, rtol=0)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob("*.tmp*"))
 
 
 def test_lora_checkpoint_holds_only_lora_and_guidance_layer(adapter, tmp_path):
