@@ -94,4 +94,4 @@ def test_bfloat16_features_stay_float32_and_close(fixture_tensors):
     with torch.no_grad():
         video = model.encode_video(fixture_tensors["input.video"], normalize=True)
     assert video.dtype == torch.float32
-    torch.testing.assert_close(video, fixture_tensors["output.video_feat"], atol=5e-2, rtol=0)
+    torch.testing.assert_close(video, fixture_tensors["output.video_feat"], atol=1e-2, rtol=0)  # measured 3e-3
