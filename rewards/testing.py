@@ -72,8 +72,10 @@ def save_clip_bpe_tokenizer(folder: str | Path) -> Path:
     return Path(folder)
 
 
-def save_tiny_transformers_clip(folder: str | Path, image_size: int = 32, seed: int = 0) -> Path:
-    """A random tiny transformers ``CLIPModel`` + CLIP tokenizer + ``CLIPImageProcessor`` folder,
+def save_tiny_transformers_clip(
+    folder: str | Path, image_size: int = 32, seed: int = 0, with_tokenizer: bool = True
+) -> Path:
+    """A random tiny transformers ``CLIPModel`` + ``CLIPImageProcessor`` (+ CLIP tokenizer) folder,
     the layout of ``yuvalkirstain/PickScore_v1`` / ``openai/clip-vit-large-patch14``."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
@@ -93,7 +95,8 @@ def save_tiny_transformers_clip(folder: str | Path, image_size: int = 32, seed: 
     CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     ).save_pretrained(str(folder))
-    save_clip_bpe_tokenizer(folder)
+    if with_tokenizer:
+        save_clip_bpe_tokenizer(folder)
     return Path(folder)
 
 
@@ -136,9 +139,14 @@ def _pickscore_kwargs(folder: Path) -> dict:
 
 def _aesthetic_kwargs(folder: Path) -> dict:
     return {
-        "clip_model": save_tiny_transformers_clip(Path(folder) / "clip-l14"),
+        "clip_model": save_tiny_transformers_clip(Path(folder) / "clip-l14", with_tokenizer=False),
         "head_checkpoint": save_tiny_aesthetic_head(Path(folder) / "sac+logos+ava1-l14-linearMSE.pth"),
     }
+
+
+def _viclip_kwargs(folder: Path) -> dict:
+    # random weights of the "tiny" config; its loading path is tested with the reference fixture
+    return {"config": "tiny", "checkpoint": None, "stride": 1}
 
 
 TINY_REWARD_KWARGS: dict[str, Callable[[Path], dict]] = {
@@ -148,4 +156,5 @@ TINY_REWARD_KWARGS: dict[str, Callable[[Path], dict]] = {
     "open_clip": _open_clip_kwargs,
     "pickscore": _pickscore_kwargs,
     "aesthetic": _aesthetic_kwargs,
+    "viclip": _viclip_kwargs,
 }
