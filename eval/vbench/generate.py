@@ -325,3 +325,41 @@ def diffusers_video_fn(folder: str | os.PathLike, settings: GenerationSettings, 
         return out
 
     return fn
+
+
+def load_model_video_fn(
+    settings: GenerationSettings,
+    checkpoint: str | os.PathLike | None = None,
+    teacher: str | os.PathLike | None = None,
+    num_inference_steps: int | None = None,
+    guidance_scale: float = 7.5,
+    device: str = "cpu",
+    hash_weights: bool = True,
+) -> tuple[VideoFn, dict]:
+    """(video function, manifest model record) for a student folder or a teacher path.
+
+    A student samples with ``T2VTurboPipeline`` (default 4 steps), a teacher with ``TeacherPipeline``
+    (DDIM + CFG, default 50 steps). ``settings.sampler`` is filled with what was used.
+    """
+    if (checkpoint is None) == (teacher is None):
+        raise ValueError("give exactly one of a student checkpoint folder or a teacher path")
+    if checkpoint is not None:
+        from t2v_turbo.pipeline import load_student_pipeline
+
+        steps = num_inference_steps or 4
+        pipe = load_student_pipeline(checkpoint, device=device)
+        record = {"kind": "student", "path": str(Path(checkpoint).resolve()), "sha256": hash_checkpoint(checkpoint) if hash_weights else None}
+        sampler = "T2VTurboPipeline (multistep consistency)"
+    else:
+        from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+        from t2v_turbo.pipeline import TeacherPipeline
+
+        steps = num_inference_steps or 50
+        adapter = DiffusersT2VAdapter.from_pretrained(str(teacher)).to(device=device)
+        pipe = TeacherPipeline(adapter)
+        local = Path(teacher).exists()
+        record = {"kind": "teacher", "path": str(Path(teacher).resolve()) if local else str(teacher),
+                  "sha256": hash_checkpoint(teacher) if (hash_weights and local) else None}
+        sampler = "TeacherPipeline (DDIM + classifier-free guidance)"
+    settings.sampler = {"pipeline": sampler, "num_inference_steps": steps, "guidance_scale": guidance_scale, "device": device}
+    return pipeline_video_fn(pipe, settings, steps, guidance_scale, device=device), record

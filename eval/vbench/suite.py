@@ -140,3 +140,17 @@ def samples_per_prompt(entry: PromptEntry, num_samples: int = 5, flicker_samples
 
 def iter_dimension_names(suite: Suite) -> Iterable[str]:
     return iter(suite.dimensions)
+
+
+def write_subset_full_info(prompts: Sequence[str], dest: str | os.PathLike, full_info: str | os.PathLike | None = None) -> Path:
+    """Copy the rows of ``full_info`` whose prompt is in ``prompts`` to ``dest`` (a smaller suite VBench can read)."""
+    path = Path(full_info) if full_info is not None else locate_full_info_json()
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    keep = set(prompts)
+    unknown = keep - {r["prompt_en"] for r in rows}
+    if unknown:
+        raise KeyError(f"prompts not in {path}: {sorted(unknown)[:5]}")
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps([r for r in rows if r["prompt_en"] in keep], indent=1, ensure_ascii=False), encoding="utf-8")
+    return dest
