@@ -109,6 +109,22 @@ def test_stock_diffusers_pipeline_equals_our_sampler(student_dir, student_pipe, 
         output_type="latent", **GEOMETRY,
     )
     student_pipe.scheduler.register_to_config(spacing="t2v_turbo")
+    # T2V-Turbo's spacing in stock diffusers (the snippet in docs/core.md): the pipeline calls
+    # scheduler.set_timesteps(num_inference_steps) itself, so rebind it on the instance.
+    set_timesteps = stock.scheduler.set_timesteps
+    stock.scheduler.set_timesteps = lambda num_inference_steps, device=None: set_timesteps(
+        timesteps=[999, 759, 519, 279], device=device
+    )
+    stock_t2v_turbo = stock(
+        prompts, num_inference_steps=4, guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+        output_type="latent", **GEOMETRY,
+    ).frames
+    ours_t2v_turbo = student_pipe(
+        prompts, num_inference_steps=4, guidance_scale=6.0, generator=torch.Generator().manual_seed(0),
+        output_type="latent", **GEOMETRY,
+    )
+    torch.testing.assert_close(ours_t2v_turbo, stock_t2v_turbo, atol=1e-4, rtol=1e-4)
+    stock.scheduler.set_timesteps = set_timesteps
     # Tolerance 1e-4: the bias fold (float32 reassociation) and alpha_bar computed in float64 by us,
     # float32 by diffusers; both are ~1e-6 per step, and |latents| is O(1).
     torch.testing.assert_close(ours, stock_latents, atol=1e-4, rtol=1e-4)
