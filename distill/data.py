@@ -23,7 +23,7 @@ counts skips even when decoding happens in DataLoader workers.
 
 from __future__ import annotations
 
-import csv
+import csv as csv_module
 import io
 import logging
 import tarfile
@@ -164,14 +164,14 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
 class VideoCaptionCSV(VideoCaptionDataset):
     """Rows of a CSV with ``video`` (path relative to the CSV) and ``caption`` columns."""
 
-    def __init__(self, csv_path: str | Path, video_column: str = "video", caption_column: str = "caption", **kwargs):
+    def __init__(self, csv: str | Path, video_column: str = "video", caption_column: str = "caption", **kwargs):
         super().__init__(**kwargs)
-        csv_path = Path(csv_path)
+        csv_path = Path(csv)
         if not csv_path.is_file():
             raise FileNotFoundError(f"dataset CSV not found: {csv_path}")
         self.root = csv_path.parent
         with open(csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+            reader = csv_module.DictReader(f)
             missing = {video_column, caption_column} - set(reader.fieldnames or [])
             if missing:
                 raise ValueError(

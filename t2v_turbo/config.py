@@ -17,12 +17,28 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 COMPONENT_KEY = "_component_"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loading, plus floats without a dot (``1e-5``), which YAML 1.1 reads as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -35,7 +51,7 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {path}")
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f)
+            data = parse_yaml(f)
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if data is None:
@@ -88,7 +104,7 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
                 f"override {key!r}: no such key in the config (known here: {sorted(parent)}); "
                 f"write +{key}={raw} to add a new key"
             )
-        parent[leaf] = yaml.safe_load(raw) if raw != "" else ""
+        parent[leaf] = parse_yaml(raw) if raw != "" else ""
     return cfg
 
 
@@ -121,18 +137,36 @@ def save_config(cfg: Mapping, path: str | Path) -> None:
 
 
 def resolve_component(dotted: str) -> Any:
-    """Import ``package.module.Name`` and return the attribute."""
+    """Import ``package.module.Name`` (or ``package.module.Class.method``) and return the attribute.
+
+    The longest importable module prefix is imported; the rest are attributes looked up in turn.
+    """
     if not isinstance(dotted, str) or "." not in dotted:
         raise ConfigError(f"{COMPONENT_KEY} must be a dotted import path, got {dotted!r}")
-    module_name, _, attr = dotted.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(f"{COMPONENT_KEY} {dotted!r}: cannot import module {module_name!r}: {err}") from err
-    try:
-        return getattr(module, attr)
-    except AttributeError as err:
-        raise ConfigError(f"{COMPONENT_KEY} {dotted!r}: module {module_name!r} has no {attr!r}") from err
+    parts = dotted.split(".")
+    module, error = None, None
+    for cut in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:cut])
+        try:
+            module = importlib.import_module(module_name)
+            break
+        except ModuleNotFoundError as err:
+            if err.name is None or not module_name.startswith(err.name):
+                raise ConfigError(f"{COMPONENT_KEY} {dotted!r}: importing {module_name!r} failed: {err}") from err
+            error = error or err
+        except ImportError as err:
+            raise ConfigError(f"{COMPONENT_KEY} {dotted!r}: importing {module_name!r} failed: {err}") from err
+    if module is None:
+        raise ConfigError(f"{COMPONENT_KEY} {dotted!r}: cannot import module {parts[0]!r}: {error}") from error
+    target = module
+    for i, attr in enumerate(parts[cut:], start=cut):
+        try:
+            target = getattr(target, attr)
+        except AttributeError as err:
+            raise ConfigError(
+                f"{COMPONENT_KEY} {dotted!r}: {'.'.join(parts[:i])!r} has no attribute {attr!r}"
+            ) from err
+    return target
 
 
 def validate_component(node: Mapping, where: str = "config", extra_kwargs: tuple[str, ...] = ()) -> list[str]:
@@ -152,21 +186,33 @@ def validate_component(node: Mapping, where: str = "config", extra_kwargs: tuple
     except ConfigError as err:
         return [f"{where}: {err}"]
     kwargs = {k: v for k, v in node.items() if k != COMPONENT_KEY}
-    try:
-        sig = inspect.signature(target)
-    except (TypeError, ValueError):
-        return errors
-    accepts_var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    if not accepts_var_kw:
-        for key in kwargs:
-            if key not in sig.parameters:
-                errors.append(
-                    f"{where}.{key}: {node[COMPONENT_KEY]} takes no argument {key!r} "
-                    f"(it takes: {', '.join(p for p in sig.parameters if p != 'self')})"
-                )
+    errors += signature_errors(target, kwargs, where, node[COMPONENT_KEY], extra_kwargs)
     for key, value in kwargs.items():
         if isinstance(value, Mapping):
             errors += validate_component(value, f"{where}.{key}")
+    return errors
+
+
+def signature_errors(
+    target: Any, kwargs: Mapping[str, Any], where: str, label: str, extra_kwargs: tuple[str, ...] = ()
+) -> list[str]:
+    """Messages for ``kwargs`` that ``target`` does not accept and required arguments they miss.
+
+    ``label`` names the callable in the messages; ``extra_kwargs`` are supplied by the caller.
+    """
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return []
+    errors = []
+    accepted = _accepted_keywords(target, sig)
+    if accepted is not None:
+        for key in kwargs:
+            if key not in accepted:
+                errors.append(
+                    f"{where}.{key}: {label} takes no argument {key!r} "
+                    f"(it takes: {', '.join(accepted)})"
+                )
     bound_names = set(kwargs) | set(extra_kwargs)
     for name, param in sig.parameters.items():
         if (
@@ -175,8 +221,32 @@ def validate_component(node: Mapping, where: str = "config", extra_kwargs: tuple
             and name not in bound_names
             and name != "self"
         ):
-            errors.append(f"{where}: {node[COMPONENT_KEY]} needs argument {name!r}, which is missing")
+            errors.append(f"{where}: {label} needs argument {name!r}, which is missing")
     return errors
+
+
+def _accepted_keywords(target: Any, sig: inspect.Signature) -> list[str] | None:
+    """Keyword names ``target`` accepts, or None when it takes arbitrary ``**kwargs``.
+
+    A class whose ``__init__`` forwards ``**kwargs`` to its base classes accepts the union of
+    the named parameters along its MRO, up to the first ``__init__`` without ``**kwargs``.
+    """
+    names = [p for p in sig.parameters if p != "self"]
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return names
+    if not inspect.isclass(target):
+        return None
+    names = []
+    for klass in target.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        if klass is object:
+            return None
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return names
+    return None
 
 
 def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
@@ -202,10 +272,18 @@ def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
     return target(*args, **node_kwargs, **kwargs)
 
 
-def check_keys(section: Mapping, allowed: Mapping[str, Any] | set[str], where: str) -> None:
-    """Reject keys of a plain (non-component) section that are not in ``allowed``."""
+def key_errors(section: Any, allowed: Mapping[str, Any] | set[str], where: str) -> list[str]:
+    """Messages for a plain (non-component) section: not a mapping, or keys not in ``allowed``."""
+    if not isinstance(section, Mapping):
+        return [f"{where}: expected a mapping, got {type(section).__name__} {section!r}"]
     unknown = sorted(set(section) - set(allowed))
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(allowed)}"
-        )
+        return [f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(allowed)}"]
+    return []
+
+
+def check_keys(section: Mapping, allowed: Mapping[str, Any] | set[str], where: str) -> None:
+    """Reject keys of a plain (non-component) section that are not in ``allowed``."""
+    errors = key_errors(section, allowed, where)
+    if errors:
+        raise ConfigError(errors[0])

@@ -4,7 +4,6 @@ import csv
 import logging
 import tarfile
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -19,35 +18,28 @@ from distill.data import (
     decode_clip,
     frames_to_pixels,
 )
+from t2v_turbo.video_io import write_mp4
 
 
-def write_mp4(path, num_frames, fps=8, height=24, width=32):
+def write_test_mp4(path, num_frames, fps=8, height=24, width=32):
     """Frame i is a flat grey of value 10 * i (so decoded frames reveal which source frame they are)."""
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"qscale": "1"}
-        for i in range(num_frames):
-            image = np.full((height, width, 3), 10 * i, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    frames = np.stack([np.full((height, width, 3), 10 * i, dtype=np.uint8) for i in range(num_frames)])
+    write_mp4(path, frames, fps=fps)
 
 
 @pytest.fixture
 def video_dir(tmp_path):
-    write_mp4(tmp_path / "good.mp4", num_frames=16, fps=8)
+    write_test_mp4(tmp_path / "good.mp4", num_frames=16, fps=8)
     (tmp_path / "good.txt").write_text("a cat running\n")
     (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(0).bytes(2048))
     (tmp_path / "corrupt.txt").write_text("a dog")
-    write_mp4(tmp_path / "short.mp4", num_frames=2, fps=8)
+    write_test_mp4(tmp_path / "short.mp4", num_frames=2, fps=8)
     (tmp_path / "short.txt").write_text("a bird")
     return tmp_path
 
 
 def test_decode_clip_samples_target_fps(tmp_path):
-    write_mp4(tmp_path / "v.mp4", num_frames=16, fps=8)
+    write_test_mp4(tmp_path / "v.mp4", num_frames=16, fps=8)
     # 4 frames at 4 fps from an 8 fps video: every second source frame, from the start.
     frames = decode_clip(str(tmp_path / "v.mp4"), num_frames=4, fps=4, random_start=False)
     assert frames.shape == (4, 24, 32, 3) and frames.dtype == torch.uint8

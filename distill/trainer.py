@@ -1,0 +1,590 @@
+"""The T2V-Turbo distillation recipe: one class built entirely from a run config.
+
+``DistillationRecipe(cfg)`` follows the torchtune recipe shape: ``setup(resume)``, ``train()``,
+``save_checkpoint(step)``, ``cleanup()``; ``t2v_turbo.commands.train`` is its thin entry point.
+
+Features
+- teacher from ``teacher`` (a ``_component_`` adapter builder), frozen, eval mode, in
+  ``train.teacher_dtype``; student from ``build_student`` (LoRA or full fine-tuning, guidance
+  layer trained or frozen at zero); rewards from ``build_reward(name, **args)``, frozen, eval
+  mode, in ``reward_options.dtype``;
+- the objective of ``distill.objective`` (CD with an online or EMA target, plus the weighted
+  rewards on the student's single-step prediction);
+- accelerate: mixed precision (``no``/``bf16``/``fp16``), gradient accumulation, gradient
+  clipping, DDP under ``accelerate launch`` (every process computes the same objective on its
+  own shard of global sample positions; the rank only shards data), gradient checkpointing
+  of the student UNet;
+- optimizer from ``optimizer`` (``torch.optim.AdamW``, or ``bitsandbytes.optim.AdamW8bit``
+  when bitsandbytes is installed), LR schedule from diffusers' ``get_scheduler``;
+- logs (TensorBoard, wandb optional): ``loss``, ``loss/cd``, ``reward/<name>`` (mean score),
+  ``reward_term/<name>`` (its weighted contribution to the loss), ``grad_norm/<name>`` (norm of
+  the gradient of that contribution with respect to the decoded pixels the reward scored),
+  ``grad_norm/student`` (before clipping), ``lr``, ``data/skipped_videos``;
+- validation samples (4-step student) written as an mp4 or gif grid every ``validation.every``;
+- checkpoints ``output_dir/checkpoint-<step>/`` written atomically (a ``.tmp`` folder renamed
+  into place), the last ``train.keep_checkpoints`` kept; each holds ``student/`` (a loadable
+  student), ``training_state.pt`` (trainable weights, optimizer, LR schedule, EMA, step and
+  data position), ``rng_state_<rank>.pt`` and the resolved ``config.yaml``;
+- ``setup(resume="latest" | path)`` continues bit-compatibly: the same weights, optimizer,
+  RNG and data position, so an interrupted run reproduces the uninterrupted one;
+- the final student is written to ``output_dir/student/``.
+
+Errors: ``ConfigError`` naming every bad key at once (``validate_run_config``);
+``FileNotFoundError`` for a missing teacher folder (from the adapter) or resume checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples
+from distill.ema import EMATarget
+from distill.objective import ConsistencySettings, RewardTerm, T2VTurboObjective
+from t2v_turbo.config import (
+    COMPONENT_KEY,
+    ConfigError,
+    instantiate,
+    key_errors,
+    merge,
+    save_config,
+    signature_errors,
+    validate_component,
+)
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CHECKPOINT_PREFIX = "checkpoint-"
+STATE_NAME = "training_state.pt"
+CONFIG_NAME = "config.yaml"
+
+#: every key a run config may hold, with its default; ``teacher`` and ``data`` have no default
+DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/t2v_turbo",
+    "seed": 0,
+    "student": {
+        "time_cond_proj_dim": 256,
+        "train_guidance_layer": True,
+        "lora": {"rank": 32, "alpha": 32.0, "dropout": 0.1, "target_modules": "attention"},
+    },
+    "distill": dataclasses.asdict(ConsistencySettings()),
+    "rewards": [],
+    "reward_options": {
+        "video_only_fraction": 0.0,
+        "dtype": "float32",
+        "vae_gradient_checkpointing": False,
+        "decode_chunk_size": 8,
+    },
+    "dataloader": {"batch_size": 1, "num_workers": 0, "shuffle": True},
+    "optimizer": {COMPONENT_KEY: "torch.optim.AdamW", "lr": 1.0e-5, "betas": [0.9, 0.999], "weight_decay": 0.0},
+    "lr_scheduler": {"name": "constant", "warmup_steps": 0},
+    "train": {
+        "max_steps": 10000,
+        "gradient_accumulation_steps": 1,
+        "max_grad_norm": 1.0,
+        "mixed_precision": "no",
+        "gradient_checkpointing": False,
+        "teacher_dtype": "float32",
+        "checkpoint_every": 500,
+        "keep_checkpoints": 3,
+        "log_every": 10,
+        "device": "auto",
+    },
+    "validation": {
+        "every": 0,
+        "prompts": [],
+        "num_inference_steps": 4,
+        "guidance_scale": 7.5,
+        "num_frames": None,
+        "fps": 8,
+        "format": "mp4",
+        "seed": 0,
+    },
+    "logging": {"tensorboard": True, "wandb": False, "wandb_project": "t2v-turbo"},
+}
+REQUIRED = ("teacher", "data")
+REWARD_KEYS = {"name", "weight", "args"}
+LORA_KEYS = {"rank", "alpha", "dropout", "target_modules"}
+
+
+def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
+    """Every problem of a run config (unknown or missing keys, bad values, component keys that
+    the callables do not take), without building anything heavy. Empty when valid."""
+    errors: list[str] = []
+    errors += key_errors(cfg, set(DEFAULTS) | set(REQUIRED), "config")
+    for name in REQUIRED:
+        if name not in cfg:
+            errors.append(f"config: the section {name!r} is required")
+        elif not isinstance(cfg[name], dict) or COMPONENT_KEY not in cfg[name]:
+            errors.append(f"{name}: must be a mapping with a {COMPONENT_KEY!r} key")
+    if isinstance(cfg.get("teacher"), dict) and COMPONENT_KEY in cfg["teacher"]:
+        errors += validate_component(cfg["teacher"], "teacher")
+    if isinstance(cfg.get("data"), dict) and COMPONENT_KEY in cfg["data"]:
+        errors += validate_component(cfg["data"], "data")
+    for section in ("student", "distill", "reward_options", "dataloader", "lr_scheduler", "train", "validation", "logging"):
+        errors += key_errors(cfg.get(section, {}), DEFAULTS[section], section)
+    lora = cfg.get("student", {}).get("lora")
+    if lora is not None:
+        errors += key_errors(lora, LORA_KEYS, "student.lora")
+    try:
+        ConsistencySettings(**cfg.get("distill", {}))
+    except (TypeError, ValueError) as err:
+        errors.append(str(err))
+    errors += _optimizer_errors(cfg.get("optimizer", {}))
+    errors += _reward_errors(cfg.get("rewards", []), check_rewards)
+    options = cfg.get("reward_options", {})
+    if options.get("dtype") not in DTYPES:
+        errors.append(f"reward_options.dtype={options.get('dtype')!r} is not one of {sorted(DTYPES)}")
+    fraction = options.get("video_only_fraction", 0.0)
+    if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        errors.append(f"reward_options.video_only_fraction={fraction!r} must be a number in [0, 1)")
+    train = cfg.get("train", {})
+    if train.get("mixed_precision") not in ("no", "bf16", "fp16"):
+        errors.append(f"train.mixed_precision={train.get('mixed_precision')!r} is not one of 'no', 'bf16', 'fp16'")
+    if train.get("teacher_dtype") not in DTYPES:
+        errors.append(f"train.teacher_dtype={train.get('teacher_dtype')!r} is not one of {sorted(DTYPES)}")
+    from diffusers.optimization import SchedulerType
+
+    names = [s.value for s in SchedulerType]
+    if cfg.get("lr_scheduler", {}).get("name") not in names:
+        errors.append(f"lr_scheduler.name={cfg.get('lr_scheduler', {}).get('name')!r} is not one of {names}")
+    if train.get("device") not in ("auto", "cpu"):
+        errors.append(f"train.device={train.get('device')!r} is not one of 'auto' (accelerate's choice), 'cpu'")
+    if cfg.get("validation", {}).get("format") not in ("mp4", "gif"):
+        errors.append(f"validation.format={cfg['validation'].get('format')!r} is not one of 'mp4', 'gif'")
+    return errors
+
+
+def _optimizer_errors(node: Any) -> list[str]:
+    if not isinstance(node, dict) or COMPONENT_KEY not in node:
+        return [f"optimizer: must be a mapping with a {COMPONENT_KEY!r} key"]
+    if str(node[COMPONENT_KEY]).startswith("bitsandbytes."):
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            return [f"optimizer: {node[COMPONENT_KEY]} needs bitsandbytes (pip install 't2v-turbo[gpu]'), "
+                    "or use torch.optim.AdamW"]
+    return validate_component(node, "optimizer", extra_kwargs=("params",))
+
+
+def _reward_errors(rewards: Any, check_names: bool) -> list[str]:
+    if not isinstance(rewards, list):
+        return [f"rewards: must be a list of {{name, weight, args}} mappings, got {type(rewards).__name__}"]
+    errors = []
+    registry = None
+    if check_names and rewards:
+        from rewards.base import _REGISTRY, list_rewards
+
+        list_rewards()
+        registry = _REGISTRY
+    for i, spec in enumerate(rewards):
+        where = f"rewards[{i}]"
+        found = key_errors(spec, REWARD_KEYS, where)
+        if found:
+            errors += found
+            continue
+        if "name" not in spec or not isinstance(spec.get("weight", 1.0), (int, float)):
+            errors.append(f"{where}: needs a 'name' and a numeric 'weight', got {spec}")
+            continue
+        if registry is not None:
+            if spec["name"] not in registry:
+                errors.append(f"{where}.name: unknown reward {spec['name']!r}; registered: {sorted(registry)}")
+            else:
+                errors += signature_errors(registry[spec["name"]], spec.get("args") or {}, f"{where}.args",
+                                           f"reward {spec['name']!r}")
+    return errors
+
+
+def resolve_run_config(cfg: dict, check_rewards: bool = True) -> dict:
+    """Defaults merged under ``cfg``, validated; raises ``ConfigError`` listing every problem."""
+    unknown = key_errors(cfg, set(DEFAULTS) | set(REQUIRED), "config")
+    resolved = merge(DEFAULTS, cfg)
+    errors = validate_run_config(resolved, check_rewards)
+    if unknown and unknown[0] not in errors:
+        errors.insert(0, unknown[0])
+    if errors:
+        raise ConfigError("invalid run config:\n  " + "\n  ".join(errors))
+    return resolved
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete ``checkpoint-<step>`` folders, oldest first (``.tmp`` leftovers are ignored)."""
+    found = []
+    for path in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
+        suffix = path.name[len(CHECKPOINT_PREFIX):]
+        if path.is_dir() and suffix.isdigit() and (path / STATE_NAME).is_file():
+            found.append((int(suffix), path))
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume(resume: str, output_dir: str | Path) -> Path:
+    if resume == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
+            raise FileNotFoundError(f"--resume latest: no complete {CHECKPOINT_PREFIX}<step> folder in {Path(output_dir).resolve()}")
+        return checkpoints[-1]
+    path = Path(resume)
+    if not (path / STATE_NAME).is_file():
+        raise FileNotFoundError(f"--resume {resume}: {path.resolve()} is not a checkpoint folder (no {STATE_NAME})")
+    return path
+
+
+class DistillationRecipe:
+    """Consistency distillation with mixed reward feedback (T2V-Turbo), from one run config."""
+
+    def __init__(self, cfg: dict, check_rewards: bool = True):
+        self.cfg = resolve_run_config(cfg, check_rewards)
+        self.output_dir = Path(self.cfg["output_dir"])
+        self.global_step = 0
+        self.micro_step = 0
+        self.skipped_videos = 0
+
+    # ---- setup --------------------------------------------------------------------------
+    def setup(self, resume: str | None = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, set_seed
+
+        cfg, train = self.cfg, self.cfg["train"]
+        log_with = (["tensorboard"] if cfg["logging"]["tensorboard"] else []) + (["wandb"] if cfg["logging"]["wandb"] else [])
+        if "wandb" in log_with:
+            try:
+                import wandb  # noqa: F401
+            except ImportError as err:
+                raise ConfigError("logging.wandb=true needs wandb (pip install 't2v-turbo[wandb]')") from err
+        self.accelerator = Accelerator(
+            mixed_precision=train["mixed_precision"],
+            gradient_accumulation_steps=train["gradient_accumulation_steps"],
+            log_with=log_with or None,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            cpu=train["device"] == "cpu",
+        )
+        set_seed(cfg["seed"])
+        device = self.accelerator.device
+
+        # teacher (frozen) and student
+        from t2v_turbo.student import LoraSettings, build_student
+
+        self.adapter = instantiate(cfg["teacher"])
+        self.adapter.freeze()
+        lora = cfg["student"]["lora"]
+        self.student = build_student(
+            self.adapter,
+            cfg["student"]["time_cond_proj_dim"],
+            lora=LoraSettings(**lora) if lora is not None else None,
+            train_guidance_layer=cfg["student"]["train_guidance_layer"],
+            seed=cfg["seed"],
+        )
+        if self.adapter.device != device:
+            self.student.to(device)
+        for param in self.student.parameters():
+            if param.requires_grad:  # trained weights stay in float32 under any teacher dtype
+                param.data = param.data.float()
+        self.student.train()
+        if train["gradient_checkpointing"]:
+            self.student.enable_gradient_checkpointing()
+        teacher_dtype = DTYPES[train["teacher_dtype"]]
+        if self.adapter.device != device or next(self.adapter.unet.parameters()).dtype != teacher_dtype:
+            self.adapter.to(device=device, dtype=teacher_dtype)
+        self.trainable_names = [n for n, p in self.student.named_parameters() if p.requires_grad]
+
+        # rewards (frozen, eval mode, configured dtype)
+        from rewards.base import build_reward
+
+        options = cfg["reward_options"]
+        terms, seen = [], {}
+        for spec in cfg["rewards"]:
+            reward = build_reward(spec["name"], **(spec.get("args") or {}))
+            reward.requires_grad_(False).eval().to(device=device, dtype=DTYPES[options["dtype"]])
+            seen[spec["name"]] = seen.get(spec["name"], 0) + 1
+            label = spec["name"] if seen[spec["name"]] == 1 else f"{spec['name']}#{seen[spec['name']]}"
+            terms.append(RewardTerm(label, reward, float(spec.get("weight", 1.0))))
+        self.objective = T2VTurboObjective(
+            self.adapter,
+            ConsistencySettings(**cfg["distill"]),
+            terms,
+            guidance_embedding_dim=cfg["student"]["time_cond_proj_dim"],
+            video_only_fraction=options["video_only_fraction"],
+            decode_chunk_size=options["decode_chunk_size"],
+            vae_gradient_checkpointing=options["vae_gradient_checkpointing"],
+        )
+        self.ema = EMATarget(self.student, cfg["distill"]["ema_decay"]) if cfg["distill"]["target"] == "ema" else None
+
+        # optimizer and LR schedule (stepped once per optimizer step, on every process alike)
+        from diffusers.optimization import get_scheduler
+
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        self.optimizer = instantiate(cfg["optimizer"], params=params)
+        self.lr_scheduler = get_scheduler(
+            cfg["lr_scheduler"]["name"],
+            self.optimizer,
+            num_warmup_steps=cfg["lr_scheduler"]["warmup_steps"],
+            num_training_steps=train["max_steps"],
+        )
+        self.model, self.optimizer = self.accelerator.prepare(self.student, self.optimizer)
+
+        # data: an instantiated dataset addressed by global sample positions
+        self.dataset = instantiate(cfg["data"])
+        if resume is not None:
+            self.load_checkpoint(resolve_resume(resume, self.output_dir))
+        self._build_dataloader()
+
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.output_dir / CONFIG_NAME)
+            self._clean_partial_checkpoints()
+        if log_with:
+            self.accelerator.init_trackers("t2v_turbo", config=_flat_hparams(self.cfg))
+        logger.info("trainable parameters: %d tensors, %d values", len(params), sum(p.numel() for p in params))
+
+    def _build_dataloader(self) -> None:
+        loader = self.cfg["dataloader"]
+        sampler = GlobalPositionSampler(
+            len(self.dataset),
+            loader["batch_size"],
+            seed=self.cfg["seed"],
+            shuffle=loader["shuffle"],
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+            start_batch=self.micro_step,
+        )
+        self.dataloader = torch.utils.data.DataLoader(
+            PositionedDataset(self.dataset),
+            batch_sampler=sampler,
+            num_workers=loader["num_workers"],
+            collate_fn=collate_samples,
+            # its own generator: creating the iterator must not draw from the global RNG (resume)
+            generator=torch.Generator().manual_seed(self.cfg["seed"]),
+        )
+
+    # ---- one step -----------------------------------------------------------------------
+    def compute_loss(self, batch: dict, grad_norms: bool = False):
+        """Encode the batch (no grad) and evaluate the objective on it."""
+        device = self.accelerator.device
+        positions = batch["positions"]
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + positions[0] + 3_333_333)
+            latents = self.adapter.encode_video(batch["pixels"].to(device), generator=generator).float()
+            text = self.adapter.encode_prompts(batch["captions"]).float()
+            uncond = self.adapter.empty_prompt_embedding(len(positions)).float()
+        with self.accelerator.autocast():
+            return self.objective(
+                self.model, latents, text, uncond, batch["captions"], positions,
+                seed=self.cfg["seed"], target_unet=self.student, ema=self.ema, grad_norms=grad_norms,
+            )
+
+    def train(self) -> None:
+        from tqdm.auto import tqdm
+
+        cfg, train = self.cfg, self.cfg["train"]
+        accelerator = self.accelerator
+        progress = tqdm(total=train["max_steps"], initial=self.global_step, disable=not accelerator.is_main_process,
+                        desc="distill")
+        data = iter(self.dataloader)
+        accumulated: dict[str, float] = {}
+        while self.global_step < train["max_steps"]:
+            batch = next(data)
+            self.skipped_videos += len(batch["skipped"])
+            log_now = (self.global_step + 1) % train["log_every"] == 0
+            with accelerator.accumulate(self.model):
+                out = self.compute_loss(batch, grad_norms=log_now)
+                accelerator.backward(out.loss)
+                grad_norm = None
+                if accelerator.sync_gradients and train["max_grad_norm"]:
+                    grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), train["max_grad_norm"])
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.micro_step += 1
+            _accumulate(accumulated, out, train["gradient_accumulation_steps"])
+            if not accelerator.sync_gradients:
+                continue
+            self.lr_scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.student)
+            self.global_step += 1
+            progress.update(1)
+            if log_now:
+                logs = dict(accumulated, lr=self.lr_scheduler.get_last_lr()[0])
+                if grad_norm is not None:
+                    logs["grad_norm/student"] = float(grad_norm)
+                skipped = torch.tensor(float(self.skipped_videos), device=accelerator.device)
+                logs["data/skipped_videos"] = float(accelerator.reduce(skipped, "sum"))
+                accelerator.log(logs, step=self.global_step)
+                progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            accumulated = {}
+            if train["checkpoint_every"] and self.global_step % train["checkpoint_every"] == 0:
+                self.save_checkpoint(self.global_step)
+            if cfg["validation"]["every"] and self.global_step % cfg["validation"]["every"] == 0:
+                self.validate(self.global_step)
+        progress.close()
+        self.save_final()
+
+    # ---- validation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, step: int) -> Path | None:
+        """Sample the validation prompts with the 4-step student; write one grid video (main process)."""
+        val = self.cfg["validation"]
+        if not val["prompts"] or not self.accelerator.is_main_process:
+            return None
+        from t2v_turbo.pipeline import T2VTurboPipeline
+        from t2v_turbo.video_io import save_grid
+
+        self.student.eval()
+        pipeline = T2VTurboPipeline(self.adapter, self.student)
+        generator = torch.Generator().manual_seed(val["seed"])
+        videos = pipeline(val["prompts"], num_inference_steps=val["num_inference_steps"],
+                          guidance_scale=val["guidance_scale"], num_frames=val["num_frames"], generator=generator)
+        self.student.train()
+        path = self.output_dir / "validation" / f"step-{step:06d}.{val['format']}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_grid(path, list(videos.cpu()), fps=val["fps"])
+        return path
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def _student_meta(self):
+        from t2v_turbo.student import StudentMeta
+
+        s = self.cfg["student"]
+        return StudentMeta.for_adapter(
+            self.adapter, time_cond_proj_dim=s["time_cond_proj_dim"], lora=s["lora"],
+            train_guidance_layer=s["train_guidance_layer"],
+            guidance_scale=self.cfg["validation"]["guidance_scale"],
+            num_inference_steps=self.cfg["validation"]["num_inference_steps"],
+            num_ddim_timesteps=self.cfg["distill"]["num_ddim_timesteps"],
+            timestep_scaling=self.cfg["distill"]["timestep_scaling"],
+            sigma_data=self.cfg["distill"]["sigma_data"],
+        )
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Write ``checkpoint-<step>/`` atomically: all files go to ``checkpoint-<step>.tmp`` first."""
+        from t2v_turbo.student import save_student
+
+        accelerator = self.accelerator
+        final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        tmp = self.output_dir / f"{CHECKPOINT_PREFIX}{step}.tmp"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_student(tmp / "student", self.student, self._student_meta())
+            params = dict(self.student.named_parameters())
+            state = {
+                "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable_names},
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "global_step": self.global_step,
+                "micro_step": self.micro_step,
+                "skipped_videos": self.skipped_videos,
+                "num_processes": accelerator.num_processes,
+            }
+            torch.save(state, tmp / STATE_NAME)
+            save_config(self.cfg, tmp / CONFIG_NAME)
+        accelerator.wait_for_everyone()
+        torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / "trainer_state.json").write_text(
+                json.dumps({"global_step": step, "micro_step": self.micro_step, "num_processes": accelerator.num_processes}) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in list_checkpoints(self.output_dir)[: -self.cfg["train"]["keep_checkpoints"]]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, folder: Path) -> None:
+        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=False)
+        if state["num_processes"] != self.accelerator.num_processes:
+            raise RuntimeError(
+                f"{folder}: written by {state['num_processes']} processes, resuming with "
+                f"{self.accelerator.num_processes}; the data position would differ"
+            )
+        params = dict(self.student.named_parameters())
+        if set(state["trainable"]) != set(self.trainable_names):
+            raise RuntimeError(f"{folder / STATE_NAME}: trainable parameters differ from the configured student")
+        with torch.no_grad():
+            for name, value in state["trainable"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.ema is not None:
+            if state["ema"] is None:
+                raise RuntimeError(f"{folder}: distill.target=ema but the checkpoint holds no EMA state")
+            self.ema.load_state_dict(state["ema"])
+        self.global_step, self.micro_step = state["global_step"], state["micro_step"]
+        self.skipped_videos = state["skipped_videos"]
+        _set_rng_state(torch.load(folder / f"rng_state_{self.accelerator.process_index}.pt", weights_only=False))
+        logger.info("resumed from %s at step %d", folder, self.global_step)
+
+    def _clean_partial_checkpoints(self) -> None:
+        for tmp in self.output_dir.glob(f"{CHECKPOINT_PREFIX}*.tmp"):
+            logger.warning("removing the incomplete checkpoint %s (a run stopped while writing it)", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def save_final(self) -> Path:
+        from t2v_turbo.student import save_student
+
+        folder = self.output_dir / "student"
+        if self.accelerator.is_main_process:
+            save_student(folder, self.student, self._student_meta())
+            save_config(self.cfg, folder / CONFIG_NAME)
+        self.accelerator.wait_for_everyone()
+        return folder
+
+    def cleanup(self) -> None:
+        from accelerate.state import AcceleratorState, GradientState
+
+        self.accelerator.end_training()
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def _accumulate(logs: dict, out, steps: int) -> None:
+    """Mean over the micro-batches of an optimizer step of the loss and each term."""
+    values = {"loss": out.loss, **{f"reward/{k}": v for k, v in out.rewards.items()},
+              **{f"reward_term/{k}": v for k, v in out.terms.items() if k != "cd"}}
+    if out.cd_loss is not None:
+        values["loss/cd"] = out.cd_loss
+    for key, value in values.items():
+        logs[key] = logs.get(key, 0.0) + float(value.detach()) / steps
+    for key, value in out.reward_grad_norms.items():
+        logs[f"grad_norm/{key}"] = value
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _flat_hparams(cfg: dict, prefix: str = "") -> dict:
+    """Scalars of the config with dotted keys (what TensorBoard's hparams accept)."""
+    out = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_hparams(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out

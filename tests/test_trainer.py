@@ -1,0 +1,170 @@
+"""The distillation recipe end to end on a tiny diffusers teacher and real mp4 files (CPU)."""
+
+import numpy as np
+import pytest
+import torch
+
+from distill.trainer import CHECKPOINT_PREFIX, DistillationRecipe, list_checkpoints
+from t2v_turbo.config import load_config
+from t2v_turbo.testing import build_tiny_diffusers_t2v
+from t2v_turbo.video_io import write_mp4
+
+CAPTIONS = ["a cat running", "a red car on the street", "a bird flying in the sky", "a dog on the beach"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    teacher = build_tiny_diffusers_t2v(root / "teacher")
+    videos = root / "videos"
+    videos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, caption in enumerate(CAPTIONS):
+        base = rng.integers(0, 255, size=(1, 20, 24, 3))
+        frames = np.clip(base + 8 * np.arange(10)[:, None, None, None], 0, 255).astype(np.uint8)
+        write_mp4(videos / f"clip{i}.mp4", frames, fps=8)
+        (videos / f"clip{i}.txt").write_text(caption)
+    return {"teacher": teacher, "videos": videos}
+
+
+def tiny_config(assets, output_dir, *overrides):
+    return load_config(
+        "configs/tiny.yaml",
+        [f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}", f"output_dir={output_dir}",
+         "logging.tensorboard=false", *overrides],
+    )
+
+
+def run(cfg, resume=None):
+    recipe = DistillationRecipe(cfg)
+    recipe.setup(resume=resume)
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    return recipe
+
+
+def snapshot(module):
+    return {n: p.detach().clone() for n, p in module.state_dict().items()}
+
+
+def test_a_step_changes_exactly_the_lora_and_guidance_parameters(assets, tmp_path):
+    recipe = DistillationRecipe(tiny_config(assets, tmp_path, "train.max_steps=2", "validation.every=2"))
+    recipe.setup()
+    student_before = {n: p.detach().clone() for n, p in recipe.student.named_parameters()}
+    frozen = {name: snapshot(m) for name, m in recipe.adapter.modules().items()}
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    changed = {n for n, p in recipe.student.named_parameters() if not torch.equal(p.detach(), student_before[n])}
+    trainable = set(recipe.trainable_names)
+    assert trainable == {n for n in student_before if ".lora_" in n} | {"time_embedding.cond_proj.weight"}
+    # LoRA B starts at zero (so A gets no gradient in step 1); after two steps every trainable tensor moved
+    assert changed == trainable
+    for name, module in recipe.adapter.modules().items():
+        after = snapshot(module)
+        assert all(torch.equal(after[k], frozen[name][k]) for k in after), f"teacher {name} changed"
+        assert not any(p.requires_grad for p in module.parameters())
+    assert (tmp_path / "validation" / "step-000002.gif").is_file()
+    assert (tmp_path / "student" / "student.safetensors").is_file()
+
+
+def test_cd_loss_falls_on_a_fixed_batch(assets, tmp_path):
+    recipe = DistillationRecipe(tiny_config(assets, tmp_path, "optimizer.lr=3e-3", "train.max_steps=1"))
+    recipe.setup()
+    try:
+        batch = next(iter(recipe.dataloader))
+        losses = []
+        for _ in range(30):
+            out = recipe.compute_loss(batch)
+            recipe.accelerator.backward(out.loss)
+            recipe.optimizer.step()
+            recipe.optimizer.zero_grad()
+            losses.append(out.cd_loss.item())
+    finally:
+        recipe.cleanup()
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_weights(assets, tmp_path):
+    common = ["train.checkpoint_every=3", "student.lora.dropout=0.1", "train.keep_checkpoints=5"]
+    full = run(tiny_config(assets, tmp_path / "full", "train.max_steps=6", *common))
+    # the "crashed" run stops after step 4; its last checkpoint is step 3
+    run(tiny_config(assets, tmp_path / "cut", "train.max_steps=4", *common))
+    assert [p.name for p in list_checkpoints(tmp_path / "cut")] == [f"{CHECKPOINT_PREFIX}3"]
+    (tmp_path / "cut" / f"{CHECKPOINT_PREFIX}6.tmp").mkdir()  # a half-written checkpoint is ignored and removed
+    resumed = run(tiny_config(assets, tmp_path / "cut", "train.max_steps=6", *common), resume="latest")
+    assert resumed.global_step == 6 and resumed.micro_step == 6
+    assert not (tmp_path / "cut" / f"{CHECKPOINT_PREFIX}6.tmp").exists()
+    full_params = dict(full.student.named_parameters())
+    for name, param in resumed.student.named_parameters():
+        assert torch.equal(param, full_params[name]), name
+    checkpoint = tmp_path / "cut" / f"{CHECKPOINT_PREFIX}6"
+    assert {p.name for p in checkpoint.iterdir()} >= {"student", "training_state.pt", "rng_state_0.pt", "config.yaml"}
+
+
+def test_checkpoint_rotation_and_final_student_loads(assets, tmp_path):
+    from t2v_turbo.student import load_student
+
+    recipe = run(tiny_config(assets, tmp_path, "train.max_steps=4", "train.checkpoint_every=1",
+                             "train.keep_checkpoints=2", "logging.tensorboard=true", "train.log_every=2"))
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"{CHECKPOINT_PREFIX}3", f"{CHECKPOINT_PREFIX}4"]
+    unet, meta = load_student(tmp_path / "student", recipe.adapter)
+    assert meta.lora["rank"] == 4 and meta.teacher_path == str(assets["teacher"].resolve())
+    trained = dict(recipe.student.named_parameters())
+    for name, param in unet.named_parameters():
+        assert torch.equal(param, trained[name].detach()), name
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "logs").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "loss/cd", "lr", "grad_norm/student", "data/skipped_videos"} <= tags
+    assert [e.step for e in events.Scalars("loss")] == [2, 4]
+
+
+def test_ema_target_follows_the_update_rule(assets, tmp_path):
+    recipe = DistillationRecipe(tiny_config(assets, tmp_path, "distill.target=ema", "distill.ema_decay=0.9",
+                                            "train.max_steps=1"))
+    recipe.setup()
+    theta0 = {n: recipe.ema.shadow[n].clone() for n in recipe.trainable_names}
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    params = dict(recipe.student.named_parameters())
+    for name in recipe.trainable_names:
+        expected = 0.9 * theta0[name] + 0.1 * params[name].detach()
+        assert torch.allclose(recipe.ema.shadow[name], expected, atol=1e-7), name
+    assert any(not torch.equal(recipe.ema.shadow[n], params[n]) for n in recipe.trainable_names)
+
+
+def test_rewards_train_the_student_and_stay_frozen(assets, tmp_path):
+    from rewards.testing import TINY_REWARD_KWARGS
+
+    hps = {k: str(v) if not isinstance(v, dict) else v for k, v in TINY_REWARD_KWARGS["hpsv2.1"](tmp_path / "hps").items()}
+    cfg = tiny_config(assets, tmp_path / "run", "train.max_steps=2", "data.num_frames=8", "train.log_every=1")
+    cfg["rewards"] = [
+        {"name": "hpsv2.1", "weight": 2.0, "args": {**hps, "frame_selection": {"num_frames": 2}}},
+        {"name": "viclip", "weight": 3.0, "args": {"config": "tiny", "checkpoint": None, "stride": 1}},
+    ]
+    recipe = DistillationRecipe(cfg)
+    recipe.setup()
+    rewards = {t.name: snapshot(t.reward) for t in recipe.objective.rewards}
+    before = {n: p.detach().clone() for n, p in recipe.student.named_parameters() if p.requires_grad}
+    try:
+        batch = next(iter(recipe.dataloader))
+        out = recipe.compute_loss(batch, grad_norms=True)
+        assert set(out.rewards) == {"hpsv2.1", "viclip"} and set(out.reward_grad_norms) == {"hpsv2.1", "viclip"}
+        assert out.decoded == [(2, 8)]  # viclip takes all 8 frames at stride 1
+        recipe.optimizer.zero_grad()
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    for term in recipe.objective.rewards:
+        after = snapshot(term.reward)
+        assert all(torch.equal(after[k], rewards[term.name][k]) for k in after)
+        assert not term.reward.training
+    assert all(not torch.equal(p.detach(), before[n]) for n, p in recipe.student.named_parameters() if n in before)
