@@ -167,7 +167,7 @@ class ViCLIPVisionTransformer(nn.Module):
         patches = patches + self.positional_embedding[1:]
         patches = patches + self.temporal_positional_embedding.unsqueeze(2)
         tokens = patches.transpose(1, 2).flatten(1, 2)  # (B, N*T, C), patch-major
-        cls = (self.class_embedding + self.positional_embedding[0]).to(tokens.dtype).expand(batch, 1, -1)
+        cls = (self.class_embedding + self.positional_embedding[0]).expand(batch, 1, -1)
         x = self.ln_pre(torch.cat([cls, tokens], dim=1))
         x = self.ln_post(self.transformer(x))
         return x[:, 0] @ self.proj
