@@ -105,3 +105,29 @@ def test_collect_errors_name_the_file(tmp_path):
     bad.write_text(json.dumps({"colour": [0.5, []]}))
     with pytest.raises(ValueError, match="x_eval_results.json.*colour"):
         collect_eval_results(tmp_path)
+
+
+def test_aggregate_only_cli_writes_report(tmp_path, capsys):
+    """`t2v-turbo eval vbench --aggregate-only DIR --compare DIR2` on results produced elsewhere."""
+    from t2v_turbo.cli import main
+
+    for name, model in (("vc2", "VideoCrafter2"), ("turbo", "T2V-Turbo (VC2, 4 steps)")):
+        run = tmp_path / name / "results"
+        run.mkdir(parents=True)
+        dims = PUBLISHED[model]["dimensions_percent"]
+        quality = {d: [v / 100, []] for d, v in dims.items() if d in QUALITY_DIMENSIONS}
+        semantic = {d: [v / 100, []] for d, v in dims.items() if d in SEMANTIC_DIMENSIONS}
+        (run / "q_eval_results.json").write_text(json.dumps(quality))
+        if name == "turbo":
+            semantic.pop("color")  # a partial second run
+        (run / "s_eval_results.json").write_text(json.dumps(semantic))
+    assert main(["eval", "vbench", "--aggregate-only", str(tmp_path / "vc2"), "--compare", str(tmp_path / "turbo"), "--no-references"]) == 0
+    md = (tmp_path / "vc2" / "results" / "vbench_report.md").read_text()
+    assert "complete (16/16 dimensions) for **vc2**" in md
+    assert "| **Total** | | **80.44** | — |" in md
+    assert "Compared run **turbo** is partial too; missing: color" in md
+    assert "| **Total** | | **80.44** | — |" in capsys.readouterr().out  # printed too
+    scores = json.loads((tmp_path / "vc2" / "results" / "vbench_scores.json").read_text())
+    assert scores["result"]["percent"]["total"] == pytest.approx(80.44, abs=0.01)
+    assert scores["compare"]["result"]["percent"]["total"] is None
+    assert (tmp_path / "vc2" / "results" / "vbench_report.png").read_bytes()[:4] == b"\x89PNG"

@@ -162,13 +162,14 @@ def read_run_info(results_dir: str | os.PathLike) -> dict | None:
 
 
 def report_directory(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, label: str | None = None,
-                     compare_dir: str | os.PathLike | None = None, references: bool = True) -> tuple[AggregateResult, dict[str, Path]]:
+                     compare_dir: str | os.PathLike | None = None, references: bool = True,
+                     compare_label: str | None = None) -> tuple[AggregateResult, dict[str, Path]]:
     """Aggregate every ``*_eval_results.json`` in ``results_dir`` (and ``compare_dir``) and write the report."""
     results_dir = Path(results_dir)
     result = aggregate_directory(results_dir)
     compare = None
     if compare_dir is not None:
-        compare = (Path(compare_dir).resolve().name, aggregate_directory(compare_dir))
+        compare = (compare_label or Path(compare_dir).resolve().name, aggregate_directory(compare_dir))
     paths = write_report(out_dir or results_dir, result, label or results_dir.resolve().name, compare, references,
                          run_info=read_run_info(results_dir))
     return result, paths
