@@ -53,7 +53,6 @@ INTERNVIDEO2_CONFIGS: dict[str, dict] = {
                  "fusion_layer": 19, "encoder_width": 1408},
         "embed_dim": 512,
         "max_text_length": 40,
-        "checkpoint_num_frames": 4,
     },
     "tiny": {
         "vision": {"image_size": 32, "patch_size": 8, "width": 32, "depth": 3, "heads": 4,
@@ -66,7 +65,6 @@ INTERNVIDEO2_CONFIGS: dict[str, dict] = {
                  "fusion_layer": 2, "encoder_width": 32},
         "embed_dim": 16,
         "max_text_length": 40,
-        "checkpoint_num_frames": 4,
     },
 }
 
@@ -301,10 +299,9 @@ class InternVideo2TextEncoder(BertModel):
 class InternVideo2(nn.Module):
     """InternVideo2-Stage2 video and text towers. Features come back in float32."""
 
-    def __init__(self, vision: dict, text: dict, embed_dim: int, max_text_length: int, checkpoint_num_frames: int):
+    def __init__(self, vision: dict, text: dict, embed_dim: int, max_text_length: int):
         super().__init__()
         self.max_text_length = max_text_length
-        self.checkpoint_num_frames = checkpoint_num_frames
         self.vision_encoder = InternVideo2VisionEncoder(**vision)
         self.text_encoder = InternVideo2TextEncoder(BertConfig(**text))
         self.vision_proj = nn.Linear(vision["clip_embed_dim"], embed_dim)
