@@ -10,7 +10,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["t2v_turbo*", "distill*", "rewards*", "eval*"]),
     include_package_data=True,
-    package_data={"t2v_turbo": ["assets/**/*", "configs/*.yaml"], "eval": ["data/*"]},
+    package_data={"t2v_turbo": ["assets/**/*"], "eval": ["data/*"], "eval.vbench": ["data/*"]},
     install_requires=[
         # torch/torchvision pinned together: open_clip needs a torchvision that matches torch.
         "torch==2.14.1",
