@@ -303,8 +303,11 @@ class DistillationRecipe:
         options = cfg["reward_options"]
         terms, seen = [], {}
         for spec in cfg["rewards"]:
-            reward = build_reward(spec["name"], **(spec.get("args") or {}))
-            reward.requires_grad_(False).eval().to(device=device, dtype=DTYPES[options["dtype"]])
+            args, casts_itself = _with_reward_dtype(spec, options["dtype"])
+            reward = build_reward(spec["name"], **args)
+            reward.requires_grad_(False).eval().to(device)
+            if not casts_itself:
+                reward.to(DTYPES[options["dtype"]])
             seen[spec["name"]] = seen.get(spec["name"], 0) + 1
             label = spec["name"] if seen[spec["name"]] == 1 else f"{spec['name']}#{seen[spec['name']]}"
             terms.append(RewardTerm(label, reward, float(spec.get("weight", 1.0))))
@@ -544,9 +547,25 @@ class DistillationRecipe:
     def cleanup(self) -> None:
         from accelerate.state import AcceleratorState, GradientState
 
-        self.accelerator.end_training()
+        if hasattr(self, "accelerator"):
+            self.accelerator.end_training()
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+def _with_reward_dtype(spec: dict, dtype: str) -> tuple[dict, bool]:
+    """(args, casts_itself): when the reward's builder takes ``dtype``, ``reward_options.dtype``
+    is passed as its default (an explicit ``args.dtype`` wins) and the reward casts its own
+    inputs; otherwise the trainer casts the built module."""
+    import inspect
+
+    from rewards.base import _REGISTRY
+
+    args = dict(spec.get("args") or {})
+    casts_itself = "dtype" in inspect.signature(_REGISTRY[spec["name"]]).parameters
+    if casts_itself:
+        args.setdefault("dtype", dtype)
+    return args, casts_itself
 
 
 def _accumulate(logs: dict, out, steps: int) -> None:

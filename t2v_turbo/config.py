@@ -91,6 +91,8 @@ def apply_overrides(cfg: dict, overrides: list[str]) -> dict:
             )
         if item.startswith("~"):
             parent, leaf = _walk(cfg, item[1:], create=False)
+            if leaf not in parent:
+                raise ConfigError(f"override {item!r}: no such key to delete (known here: {sorted(parent)})")
             del parent[leaf]
             continue
         if "=" not in item:
@@ -119,10 +121,6 @@ def _walk(cfg: dict, dotted: str, create: bool) -> tuple[dict, str]:
         node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is not a mapping")
-    if not create and parts[-1] not in node:
-        raise ConfigError(
-            f"config key {dotted!r} does not exist (known at that level: {sorted(node)})"
-        )
     return node, parts[-1]
 
 

@@ -40,11 +40,11 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info("resolved config (%s):\n%s", args.config, text)
     recipe = DistillationRecipe(resolved)
     try:
-        recipe.setup(resume=args.resume)
-    except FileNotFoundError as err:
-        print(f"error: {args.config}: {err}", file=sys.stderr)
-        return 2
-    try:
+        try:
+            recipe.setup(resume=args.resume)
+        except FileNotFoundError as err:
+            print(f"error: {args.config}: {err}", file=sys.stderr)
+            return 2
         recipe.train()
     finally:
         recipe.cleanup()
