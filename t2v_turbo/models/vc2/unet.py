@@ -69,6 +69,17 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
+class UNetConfig(dict):
+    """The constructor arguments, readable as keys or attributes (``unet.config.in_channels``),
+    like a diffusers model's config."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"UNet config has no {name!r}") from None
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 and cast back (the ResBlock / output norms)."""
 
@@ -375,7 +386,7 @@ class VC2UNet(nn.Module):
         temporal_conv_dropout: float = 0.1,
     ):
         super().__init__()
-        self.config = dict(
+        self.config = UNetConfig(
             in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
             attention_resolutions=list(attention_resolutions), num_res_blocks=num_res_blocks,
             channel_mult=list(channel_mult), num_head_channels=num_head_channels,
