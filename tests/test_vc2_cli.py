@@ -73,3 +73,17 @@ def test_sample_converted_lora_student_is_deterministic(assets, tmp_path):
                      "--num-frames", "4", "--height", "16", "--width", "16", "--device", "cpu", "--format", "gif", "--seed", "3"]) == 0
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_gpu_bench_smoke_path_on_cpu():
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_vc2_gpu", Path(__file__).resolve().parents[1] / "bench" / "bench_vc2_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--device", "cpu", "--tiny", "--steps", "1", "--dtype", "bfloat16"])
+    assert result["rewards"] == ["hpsv2.1", "internvideo2"] and result["gradient_checkpointing"]
+    assert result["video_shape"] == [1, 3, 4, 16, 16]
+    assert all(math.isfinite(x) for x in result["losses"]) and result["train_step_s"] > 0

@@ -1,0 +1,189 @@
+"""Benchmark: T2V-Turbo (VC2) distillation step and 4-step sampling at VideoCrafter2 size.
+
+Random weights at the real sizes (VC2 UNet 1.41B, VAE 84M, OpenCLIP-H text 354M; HPSv2.1 on
+open_clip ViT-H-14 and InternVideo2-Stage2 1B as reward models), the paper's recipe: LoRA rank
+64 on every Linear/Conv, bf16, gradient checkpointing of the UNet and of the VAE decoder under
+the rewards, 16 frames at 320x512, one video per step. Prints one JSON object: peak GPU memory
+and time of a full optimisation step (teacher CFG + DDIM, target, student, rewards, backward,
+AdamW), and the latency of 4-step sampling (UNet calls + VAE decoding).
+
+    python bench/bench_vc2_gpu.py                      # GPU, real sizes
+    python bench/bench_vc2_gpu.py --device cpu --tiny  # smoke path (tiny models, seconds on CPU)
+
+No checkpoint is read and nothing is downloaded (text tokens come from open_clip's bundled BPE;
+InternVideo2's BERT ids are synthetic). Figures go to bench/RESULTS.md with the machine named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from torch import nn
+
+
+def build_teacher(tiny: bool, device: torch.device, dtype: torch.dtype):
+    from t2v_turbo.adapters.vc2 import VC2Adapter
+    from t2v_turbo.models.vc2 import checkpoint as ckpt
+    from t2v_turbo.models.vc2.tiny import tiny_vc2_config
+    from t2v_turbo.models.vc2.unet import VC2UNet
+
+    config = tiny_vc2_config() if tiny else ckpt.vc2_config()
+    torch.manual_seed(0)
+    with torch.device(device):
+        unet = VC2UNet(**config["unet"])
+        vae = ckpt.build_vae(config["vae"])
+        text = ckpt.VC2TextEncoder(**config["text_encoder"])
+        # the zero-initialised output layers would make every branch after them an identity
+        with torch.no_grad():
+            for param in list(unet.parameters()) + list(text.parameters()):
+                if param.ndim > 1 and not torch.any(param != 0):
+                    nn.init.normal_(param, std=0.02)
+            nn.init.normal_(text.model.positional_embedding, std=0.01)  # torch.empty in the constructor
+            nn.init.normal_(text.model.text_projection, std=0.02)
+    adapter = VC2Adapter(unet, vae, text, config, source="random weights (benchmark)")
+    return adapter.to(device=device, dtype=dtype).freeze()
+
+
+def build_rewards(tiny: bool, device: torch.device, dtype: str):
+    from distill.objective import RewardTerm
+    from rewards.base import build_reward
+
+    if tiny:
+        from rewards.testing import TINY_OPEN_CLIP_CONFIG
+
+        hps_config, iv2_config = TINY_OPEN_CLIP_CONFIG, "tiny"
+    else:
+        hps_config, iv2_config = "ViT-H-14", "1b"
+
+    def bert_ids(prompts):  # synthetic [CLS] ... [SEP] ids: no BERT vocabulary is needed for timing
+        ids = torch.zeros(len(prompts), 40, dtype=torch.long)
+        ids[:, 0], ids[:, 1:11], ids[:, 11] = 101, 1000, 102
+        return ids
+
+    hps = build_reward("hpsv2.1", checkpoint=None, model_config=hps_config, frame_selection={"mode": "random", "num_frames": 5},
+                       dtype=dtype)
+    iv2 = build_reward("internvideo2", checkpoint=None, config=iv2_config, tokenizer=bert_ids, num_frames=8, stride=2, dtype=dtype)
+    terms = []
+    for name, reward, weight in (("hpsv2.1", hps, 1.0), ("internvideo2", iv2, 2.0)):
+        reward.requires_grad_(False).eval().to(device)
+        terms.append(RewardTerm(name, reward, weight))
+    return terms
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help="tiny models and 4x16x16 videos (smoke path)")
+    parser.add_argument("--frames", type=int, default=None)
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=3, help="timed optimisation steps (after one warm-up step)")
+    parser.add_argument("--no-rewards", action="store_true", help="consistency distillation only (VCM)")
+    parser.add_argument("--no-gradient-checkpointing", action="store_true")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--reward-dtype", choices=["bfloat16", "float32"], default=None,
+                        help="reward models' dtype (default: bf16 on GPU, fp32 on CPU, where bicubic resizing has no bf16 kernel)")
+    args = parser.parse_args(argv)
+
+    from distill.objective import ConsistencySettings, T2VTurboObjective
+    from t2v_turbo.pipeline import T2VTurboPipeline
+    from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
+    from t2v_turbo.student import LoraSettings, build_student
+
+    device = torch.device(args.device)
+    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    dtype = getattr(torch, dtype_name)
+    adapter = build_teacher(args.tiny, device, dtype)
+    frames = args.frames or adapter.default_num_frames
+    height, width = args.height or adapter.default_height, args.width or adapter.default_width
+    lora = LoraSettings(rank=4 if args.tiny else 64, alpha=4.0 if args.tiny else 64.0, dropout=0.1, target_modules="all_linear_conv")
+    student = build_student(adapter, 256, lora=lora, train_guidance_layer=True)
+    for param in student.parameters():  # trainable weights in fp32 (mixed precision), frozen base in bf16
+        if param.requires_grad:
+            param.data = param.data.float()
+    if not args.no_gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    student.train()
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    reward_dtype = args.reward_dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    terms = [] if args.no_rewards else build_rewards(args.tiny, device, reward_dtype)
+    objective = T2VTurboObjective(adapter, ConsistencySettings(), terms, guidance_embedding_dim=256,
+                                  decode_chunk_size=1, vae_gradient_checkpointing=not args.no_gradient_checkpointing)
+    prompt = ["A cat wearing sunglasses and working as a lifeguard at a pool."]
+    with torch.no_grad():
+        text = adapter.encode_prompts(prompt)
+        uncond = adapter.empty_prompt_embedding(1)
+    f = adapter.vae_spatial_factor
+    latents = torch.randn(1, 4, frames, height // f, width // f, device=device, dtype=dtype)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+    def step(index: int) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            out = objective(student, latents, text, uncond, prompt, positions=[index], seed=0)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        return float(out.loss.detach())
+
+    losses = [step(0)]  # warm-up: allocator, kernels, optimizer state
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for i in range(args.steps):
+        losses.append(step(i + 1))
+    sync(device)
+    step_time = (time.perf_counter() - start) / args.steps
+    peak_train = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+    # 4-step sampling (eval mode, no grad; the UNet in the teacher dtype)
+    student.eval()
+    student.to(dtype)
+    pipe = T2VTurboPipeline(adapter, student, T2VTurboScheduler.from_adapter(adapter))
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        pipe(prompt, num_inference_steps=4, num_frames=frames, height=height, width=width, generator=generator)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        start = time.perf_counter()
+        video = pipe(prompt, num_inference_steps=4, num_frames=frames, height=height, width=width, generator=generator)
+        sync(device)
+    latency = time.perf_counter() - start
+    result = {
+        "bench": "vc2_gpu",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "tiny": args.tiny,
+        "dtype": dtype_name,
+        "reward_dtype": None if args.no_rewards else reward_dtype,
+        "video": [frames, height, width],
+        "lora_rank": lora.rank,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "unet_params": sum(p.numel() for p in student.parameters()) - sum(p.numel() for p in trainable),
+        "rewards": [t.name for t in terms],
+        "gradient_checkpointing": not args.no_gradient_checkpointing,
+        "train_step_s": round(step_time, 4),
+        "train_peak_mem_gib": None if peak_train is None else round(peak_train, 2),
+        "losses": [round(x, 6) for x in losses],
+        "sample_4step_s": round(latency, 4),
+        "sample_peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "video_shape": list(video.shape),
+        "torch": torch.__version__,
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
