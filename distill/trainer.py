@@ -385,6 +385,21 @@ class DistillationRecipe:
                 seed=self.cfg["seed"], target_unet=self.student, ema=self.ema, grad_norms=grad_norms,
             )
 
+    def train_step(self, batch: dict, grad_norms: bool = False):
+        """One micro-batch: loss, backward, and (at the end of an accumulation window) clipping
+        and the optimizer step. Returns (objective output, gradient norm before clipping or None)."""
+        accelerator, max_norm = self.accelerator, self.cfg["train"]["max_grad_norm"]
+        with accelerator.accumulate(self.model):
+            out = self.compute_loss(batch, grad_norms=grad_norms)
+            accelerator.backward(out.loss)
+            grad_norm = None
+            if accelerator.sync_gradients and max_norm:
+                grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.micro_step += 1
+        return out, grad_norm
+
     def train(self) -> None:
         from tqdm.auto import tqdm
 
@@ -398,15 +413,7 @@ class DistillationRecipe:
             batch = next(data)
             self.skipped_videos += len(batch["skipped"])
             log_now = (self.global_step + 1) % train["log_every"] == 0
-            with accelerator.accumulate(self.model):
-                out = self.compute_loss(batch, grad_norms=log_now)
-                accelerator.backward(out.loss)
-                grad_norm = None
-                if accelerator.sync_gradients and train["max_grad_norm"]:
-                    grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), train["max_grad_norm"])
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            self.micro_step += 1
+            out, grad_norm = self.train_step(batch, grad_norms=log_now)
             _accumulate(accumulated, out, train["gradient_accumulation_steps"])
             if not accelerator.sync_gradients:
                 continue
