@@ -152,3 +152,39 @@ def test_convert_refuses_a_foreign_unet(teacher, tmp_path):
     with pytest.raises(FileNotFoundError, match="T2V-Turbo-v2"):
         main(["convert", "t2v-turbo-unet", "--teacher", str(teacher["folder"]), "--unet", str(tmp_path / "nope.pt"),
               "--out", str(tmp_path / "s")])
+
+
+def test_lora_list_on_a_diffusers_modelscope_teacher(tmp_path):
+    """T2V-Turbo (MS): the same list rule on diffusers' UNet3DConditionModel (guidance layer
+    ``time_embedding.cond_proj``); unmerged student == merged reference, and the round trip."""
+    from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+    from t2v_turbo.testing import build_tiny_diffusers_t2v
+
+    folder = build_tiny_diffusers_t2v(tmp_path / "ms")
+    adapter = DiffusersT2VAdapter.from_pretrained(folder)
+    plain = adapter.build_student_unet(256)
+    layers = [name for name, _ in lf.lora_layers(plain)]
+    assert "time_embedding.cond_proj" in layers and not any("lora" in n for n in layers)
+    gen = torch.Generator().manual_seed(2)
+    tensors = [0.05 * torch.randn(r["shape"], generator=gen) for r in lf.lora_index_table(plain, 4)]
+    lora_path = lf.save_lora_list(tmp_path / "unet_lora.pt", tensors)
+    with pytest.warns(UserWarning, match="time_cond_proj"):
+        main(["convert", "t2v-turbo-lora", "--teacher", str(folder), "--lora", str(lora_path), "--out", str(tmp_path / "s")])
+    meta = read_student_meta(tmp_path / "s")
+    assert meta.family == "diffusers"
+    student, _ = load_student(tmp_path / "s", load_teacher_for(meta))
+    lf.merge_lora_list(plain, tensors)
+    z = torch.randn(1, 4, 2, 8, 8, generator=gen)
+    text = adapter.encode_prompts(["a cat"])
+    from distill.solver import guidance_scale_embedding
+
+    w = guidance_scale_embedding(torch.tensor([7.5]), 256)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.predict_eps(student, z, torch.tensor([500]), text, w),
+                                   adapter.predict_eps(plain, z, torch.tensor([500]), text, w), atol=1e-4, rtol=1e-4)
+    exported = tmp_path / "out" / "unet_lora.pt"
+    main(["convert", "lora-list", "--teacher", str(folder), "--student", str(tmp_path / "s"), "--out", str(exported)])
+    guidance_index = 2 * layers.index("time_embedding.cond_proj")
+    for i, (a, b) in enumerate(zip(tensors, torch.load(exported, weights_only=True))):
+        assert torch.count_nonzero(b) == 0 if i in (guidance_index, guidance_index + 1) else torch.equal(a, b), i
+    assert list(lf.read_sidecar(exported)) == ["time_embedding.cond_proj.weight"]

@@ -4,7 +4,9 @@ Formats (first argument):
 
 - ``vc2``: ``--ckpt model.ckpt --out DIR``: VC2's Lightning checkpoint -> a converted teacher folder
   (``unet``/``vae``/``text_encoder``/``schedule`` safetensors + ``vc2_config.json``);
-- ``t2v-turbo-lora``: ``--teacher DIR|model.ckpt --lora unet_lora.pt --out STUDENT_DIR``;
+- ``t2v-turbo-lora``: ``--teacher DIR|model.ckpt --lora unet_lora.pt --out STUDENT_DIR`` (a diffusers
+  ModelScope folder as ``--teacher`` for T2V-Turbo (MS); its list order is the same rule applied to
+  diffusers' ``UNet3DConditionModel``, not checked against an official index table);
 - ``t2v-turbo-unet``: ``--teacher ... --unet unet_mg.pt|unet_no_mg.pt|merged.pt --out STUDENT_DIR``;
 - ``lora-list``: ``--teacher ... --student STUDENT_DIR --out unet_lora.pt``: a LoRA student back to
   the released list format (plus ``unet_lora.time_cond_proj.safetensors``).
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (or .pt file for lora-list)")
     parser.add_argument("--ckpt", help="vc2: VideoCrafter2 model.ckpt")
     parser.add_argument("--config", help="architecture JSON for a model.ckpt (default: VideoCrafter2's real sizes)")
-    parser.add_argument("--teacher", help="converted VC2 folder or model.ckpt the student sits on")
+    parser.add_argument("--teacher", help="converted VC2 folder or model.ckpt (or a diffusers ModelScope folder) the student sits on")
     parser.add_argument("--lora", help="t2v-turbo-lora: unet_lora.pt")
     parser.add_argument("--unet", help="t2v-turbo-unet: unet_mg.pt, unet_no_mg.pt or a merged UNet")
     parser.add_argument("--student", help="lora-list: our LoRA student folder")
@@ -44,8 +46,16 @@ def _need(args: argparse.Namespace, *names: str) -> None:
 
 
 def _teacher(args: argparse.Namespace):
+    """VC2 (converted folder or model.ckpt) or, for T2V-Turbo (MS), a diffusers-layout folder."""
+    from pathlib import Path
+
     from t2v_turbo.adapters.vc2 import VC2Adapter
 
+    folder = Path(args.teacher)
+    if folder.is_dir() and (folder / "unet").is_dir() and (folder / "model_index.json").is_file():
+        from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+
+        return DiffusersT2VAdapter.from_pretrained(folder)
     return VC2Adapter.from_pretrained(args.teacher, config=args.config, allow_pickle=args.allow_pickle)
 
 

@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: layer classes the released LoRA wraps (exact class match, as the original walk)
 LORA_LAYER_TYPES = (nn.Linear, nn.Conv2d, nn.Conv3d)
-GUIDANCE_LAYER = "time_cond_proj"
+#: the guidance-embedding layer: ours/VC2's, and diffusers' UNet3DConditionModel's (T2V-Turbo MS)
+GUIDANCE_LAYERS = ("time_cond_proj", "time_embedding.cond_proj")
 #: sidecar written next to an exported list: the full guidance-layer weight the list cannot hold
 SIDECAR_SUFFIX = ".time_cond_proj.safetensors"
 
@@ -66,12 +67,17 @@ def lora_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
         if name.endswith(".base_layer"):
             name = name[: -len(".base_layer")]
         layers.append((name, module))
-    if not any(name == GUIDANCE_LAYER for name, _ in layers):
+    if not any(name in GUIDANCE_LAYERS for name, _ in layers):
         raise ValueError(
-            f"the UNet has no `{GUIDANCE_LAYER}`; the released LoRA list includes it, so the layer order "
-            "is only defined for a student UNet (build it with time_cond_proj_dim=256)"
+            f"the UNet has no guidance layer ({' / '.join(GUIDANCE_LAYERS)}); the released LoRA list includes it, so "
+            "the layer order is only defined for a student UNet (build it with time_cond_proj_dim=256)"
         )
     return layers
+
+
+def guidance_layer(unet: nn.Module) -> str:
+    """Name of the guidance-embedding layer among the wrapped layers."""
+    return next(name for name, _ in lora_layers(unet) if name in GUIDANCE_LAYERS)
 
 
 def _channels(layer: nn.Module) -> tuple[int, int]:
@@ -214,7 +220,7 @@ def load_lora_list(path_or_list, unet: nn.Module, adapter_name: str = "default")
     tensors = read_lora_list(path_or_list)
     pairs = lora_list_to_pairs(tensors, unet)
     peft_layers = _peft_layers(unet, adapter_name)
-    missing = [n for n in pairs if n != GUIDANCE_LAYER and n not in peft_layers]
+    missing = [n for n in pairs if n not in GUIDANCE_LAYERS and n not in peft_layers]
     if missing:
         raise ValueError(
             f"the student has no LoRA on {len(missing)} layers the list wraps (e.g. {missing[:3]}); build it with "
@@ -222,7 +228,7 @@ def load_lora_list(path_or_list, unet: nn.Module, adapter_name: str = "default")
         )
     layers = dict(lora_layers(unet))
     for name, (up, down) in pairs.items():
-        if name == GUIDANCE_LAYER:
+        if name in GUIDANCE_LAYERS:
             weight = layers[name].weight
             weight.add_(lora_delta(up, down, weight.shape).to(weight.dtype))
             continue
@@ -242,8 +248,8 @@ def load_lora_list(path_or_list, unet: nn.Module, adapter_name: str = "default")
 
 
 @torch.no_grad()
-def export_lora_list(unet: nn.Module, rank: int | None = None, adapter_name: str = "default") -> tuple[list[torch.Tensor], torch.Tensor]:
-    """A peft student -> (released-format list, full ``time_cond_proj.weight``).
+def export_lora_list(unet: nn.Module, rank: int | None = None, adapter_name: str = "default") -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """A peft student -> (released-format list, ``{"<guidance layer>.weight": full weight}``).
 
     Each pair is the peft (lora_B, lora_A) sliced to the format's clipped rank
     ``min(rank, in, out)``. If a clipped layer's extra components are not zero (a student trained
@@ -261,7 +267,8 @@ def export_lora_list(unet: nn.Module, rank: int | None = None, adapter_name: str
     guidance_weight = None
     for name, layer in lora_layers(unet):
         up_shape, down_shape, k = lora_shapes(layer, rank)
-        if name == GUIDANCE_LAYER:
+        if name in GUIDANCE_LAYERS:
+            guidance_name = name
             guidance_weight = layer.weight.detach().float().cpu().clone()
             out += [torch.zeros(up_shape), torch.zeros(down_shape)]
             continue
@@ -279,7 +286,7 @@ def export_lora_list(unet: nn.Module, rank: int | None = None, adapter_name: str
         else:
             up, down = b[:, :k].clone(), a[:k].clone()
         out += [up.reshape(up_shape).contiguous(), down.reshape(down_shape).contiguous()]
-    return out, guidance_weight
+    return out, {f"{guidance_name}.weight": guidance_weight}
 
 
 def _low_rank(b: torch.Tensor, a: torch.Tensor, k: int, weight_shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,13 +298,13 @@ def _low_rank(b: torch.Tensor, a: torch.Tensor, k: int, weight_shape) -> tuple[t
     return up.reshape(b.shape[0], k, *b.shape[2:]), down
 
 
-def save_exported_lora(path: str | Path, tensors: Sequence[torch.Tensor], guidance_weight: torch.Tensor) -> tuple[Path, Path]:
-    """Write the list (``unet_lora.pt``) and the sidecar with ``time_cond_proj.weight``."""
+def save_exported_lora(path: str | Path, tensors: Sequence[torch.Tensor], guidance: dict[str, torch.Tensor]) -> tuple[Path, Path]:
+    """Write the list (``unet_lora.pt``) and the sidecar holding the guidance layer's full weight."""
     from safetensors.torch import save_file
 
     path = save_lora_list(path, tensors)
     sidecar = sidecar_path(path)
-    save_file({f"{GUIDANCE_LAYER}.weight": guidance_weight.contiguous()}, str(sidecar))
+    save_file({k: v.contiguous() for k, v in guidance.items()}, str(sidecar))
     return path, sidecar
 
 
@@ -306,11 +313,11 @@ def sidecar_path(path: str | Path) -> Path:
     return path.with_name(path.stem + SIDECAR_SUFFIX)
 
 
-def read_sidecar(path: str | Path) -> torch.Tensor | None:
-    """The ``time_cond_proj.weight`` saved next to a list by our export, or None (released files)."""
+def read_sidecar(path: str | Path) -> dict[str, torch.Tensor] | None:
+    """``{"<guidance layer>.weight": tensor}`` saved next to a list by our export, or None (released files)."""
     from safetensors.torch import load_file
 
     sidecar = sidecar_path(path) if isinstance(path, (str, Path)) else None
     if sidecar is None or not sidecar.is_file():
         return None
-    return load_file(str(sidecar))[f"{GUIDANCE_LAYER}.weight"]
+    return load_file(str(sidecar))

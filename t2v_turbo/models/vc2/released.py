@@ -31,8 +31,11 @@ def student_from_lora_list(adapter, lora_path: str | Path, dropout: float = 0.1,
     lf.load_lora_list(tensors, unet)
     sidecar = lf.read_sidecar(lora_path) if isinstance(lora_path, (str, Path)) else None
     if sidecar is not None:
+        key = f"{lf.guidance_layer(unet)}.weight"
+        if set(sidecar) != {key}:
+            raise ValueError(f"{lf.sidecar_path(lora_path)} holds {sorted(sidecar)}, expected {key!r}")
         with torch.no_grad():
-            unet.time_cond_proj.weight.copy_(sidecar)
+            unet.get_parameter(key).copy_(sidecar[key])
     else:
         ckpt.guidance_layer_warning(str(lora_path), "the teacher checkpoint or the LoRA list (its LoRA delta is applied on top)")
     meta = StudentMeta.for_adapter(adapter, lora=lora, time_cond_proj_dim=time_cond_proj_dim, train_guidance_layer=False,
