@@ -156,7 +156,7 @@ class VC2Adapter(TeacherAdapter):
         param = next(self.unet.parameters())
         with torch.device("meta"):
             student = VC2UNet(**config)
-        student = student.to_empty(device=param.device).to(param.dtype)
+        student = student.to(dtype=param.dtype).to_empty(device=param.device)  # no float32 detour
         missing, unexpected = student.load_state_dict(self.unet.state_dict(), strict=False)
         if unexpected or not set(missing) <= set(STUDENT_ONLY_KEYS) or "time_cond_proj.weight" not in missing:
             raise RuntimeError(f"loading the teacher UNet into the student: expected only {STUDENT_ONLY_KEYS} to be missing, "

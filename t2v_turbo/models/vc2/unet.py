@@ -360,7 +360,10 @@ class VC2UNet(nn.Module):
             timestep features before ``time_embed``. ``None`` = the VC2 teacher.
         motion_cond_proj_dim: T2V-Turbo v2's motion-guidance embedding size; adds
             ``motion_cond_proj`` (-> model_channels, no bias) and ``combine_proj``
-            (2·model_channels -> model_channels, no bias).
+            (2·model_channels -> model_channels, no bias). With ``motion_cond`` given, the guidance
+            term becomes ``combine_proj(cat[time_cond_proj(w_emb), motion_cond_proj(m_emb)])``;
+            the shapes are those of the released ``unet_mg.pt``, the combination rule is not
+            checked against a reference output (no fixture exists for it).
         dropout: dropout in the ResBlocks (0 in VC2); the temporal conv blocks use
             ``temporal_conv_dropout`` (0.1 in VC2). Both act only in train mode.
     """
