@@ -139,3 +139,13 @@ def test_gradient_checkpointing_same_output_and_gradients(tiny):
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert grads[0][1].abs().sum() > 0
+
+
+def test_real_config_forward_shapes_on_meta_device():
+    """The real UNet runs at 16x320x512 (latents 16x40x64) with fps, guidance and v2 motion inputs."""
+    with torch.device("meta"):
+        unet = VC2UNet(**{**VC2_UNET_CONFIG, "motion_cond_proj_dim": 256})
+        x = torch.empty(1, 4, 16, 40, 64)
+        eps = unet(x, torch.tensor([999]), torch.empty(1, 77, 1024), fps=16,
+                   timestep_cond=torch.empty(1, 256), motion_cond=torch.empty(1, 256))
+    assert eps.shape == x.shape
