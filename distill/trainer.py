@@ -291,7 +291,7 @@ class DistillationRecipe:
                 param.data = param.data.float()
         self.student.train()
         if train["gradient_checkpointing"]:
-            self.student.enable_gradient_checkpointing()
+            enable_gradient_checkpointing(self.student)
         teacher_dtype = DTYPES[train["teacher_dtype"]]
         if self.adapter.device != device or next(self.adapter.unet.parameters()).dtype != teacher_dtype:
             self.adapter.to(device=device, dtype=teacher_dtype)
@@ -558,6 +558,34 @@ class DistillationRecipe:
             self.accelerator.end_training()
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+def enable_gradient_checkpointing(unet: torch.nn.Module) -> None:
+    """Recompute activations in backward instead of storing them.
+
+    Uses the model's own switch when it has one that works (our VideoCrafter2 UNet; diffusers
+    models with ``_supports_gradient_checkpointing``). diffusers' ``UNet3DConditionModel`` has
+    none, so each of its down, mid and up blocks is wrapped in a non-reentrant
+    ``torch.utils.checkpoint`` (RNG state preserved: LoRA dropout repeats exactly in recompute).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    if hasattr(unet, "enable_gradient_checkpointing") and getattr(unet, "_supports_gradient_checkpointing", True):
+        unet.enable_gradient_checkpointing()
+        return
+    blocks = [*getattr(unet, "down_blocks", []), getattr(unet, "mid_block", None), *getattr(unet, "up_blocks", [])]
+    blocks = [b for b in blocks if b is not None]
+    if not blocks:
+        raise ValueError(f"train.gradient_checkpointing: {type(unet).__name__} has no checkpointing switch and no "
+                         "down_blocks/mid_block/up_blocks to wrap")
+    for block in blocks:
+        def forward(*args, _forward=block.forward, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
+            return _forward(*args, **kwargs)
+
+        block.forward = forward
+    unet.checkpointed_blocks = len(blocks)
 
 
 def _with_reward_dtype(spec: dict, dtype: str) -> tuple[dict, bool]:

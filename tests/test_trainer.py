@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill.trainer import CHECKPOINT_PREFIX, DistillationRecipe, list_checkpoints
+from distill.trainer import CHECKPOINT_PREFIX, DistillationRecipe, enable_gradient_checkpointing, list_checkpoints
 from t2v_turbo.config import load_config
 from t2v_turbo.testing import build_tiny_diffusers_t2v
 from t2v_turbo.video_io import write_mp4
@@ -169,3 +169,31 @@ def test_rewards_train_the_student_and_stay_frozen(assets, tmp_path):
         assert all(torch.equal(after[k], rewards[term.name][k]) for k in after)
         assert not term.reward.training
     assert all(not torch.equal(p.detach(), before[n]) for n, p in recipe.student.named_parameters() if n in before)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(assets, tmp_path):
+    recipe = DistillationRecipe(tiny_config(assets, tmp_path, "train.max_steps=1"))
+    recipe.setup()
+    try:
+        batch = next(iter(recipe.dataloader))
+        grads = []
+        for checkpointing in (False, True):
+            if checkpointing:
+                enable_gradient_checkpointing(recipe.student)
+            torch.manual_seed(0)  # the same dropout masks (UNet3D's temporal convs have dropout 0.1)
+            out = recipe.compute_loss(batch)
+            out.loss.backward()
+            grads.append({n: p.grad.clone() for n, p in recipe.student.named_parameters() if p.requires_grad})
+            recipe.student.zero_grad(set_to_none=True)
+    finally:
+        recipe.cleanup()
+    assert recipe.student.checkpointed_blocks == 5  # 2 down, mid, 2 up: diffusers' UNet3D has no switch: its blocks are wrapped
+    for name, grad in grads[0].items():
+        assert torch.allclose(grads[1][name], grad, rtol=1e-4, atol=1e-7), name
+
+
+def test_bf16_mixed_precision_step(assets, tmp_path):
+    recipe = run(tiny_config(assets, tmp_path, "train.max_steps=1", "train.mixed_precision=bf16",
+                             "train.device=cpu", "train.checkpoint_every=0"))
+    assert all(p.dtype == torch.float32 for p in recipe.student.parameters() if p.requires_grad)
+    assert torch.isfinite(torch.stack([p.detach().abs().sum() for p in recipe.student.parameters()])).all()
