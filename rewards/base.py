@@ -25,6 +25,24 @@ from torch import nn
 _REGISTRY: dict[str, Callable[..., "VideoReward"]] = {}
 
 
+def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from itself or its name (``"float32"``, ``"bfloat16"``, ...)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"`dtype` must be a torch dtype name such as 'float32' or 'bfloat16', got {dtype!r}")
+    return resolved
+
+
+def check_video_batch(video: torch.Tensor, prompts: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``video`` is (B, C, T, H, W) with one prompt per sample."""
+    if video.ndim != 5:
+        raise ValueError(f"reward input must be (B, C, T, H, W), got shape {tuple(video.shape)}")
+    if len(prompts) != video.shape[0]:
+        raise ValueError(f"{len(prompts)} prompts for a batch of {video.shape[0]} videos")
+
+
 class VideoReward(nn.Module, abc.ABC):
     #: "frame" (image-text model on selected frames) or "clip" (video-text model on a clip)
     granularity: ClassVar[str] = "frame"
@@ -48,10 +66,7 @@ class VideoReward(nn.Module, abc.ABC):
     def forward(
         self, video: torch.Tensor, prompts: Sequence[str], generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        if video.ndim != 5:
-            raise ValueError(f"reward input must be (B, C, T, H, W), got shape {tuple(video.shape)}")
-        if len(prompts) != video.shape[0]:
-            raise ValueError(f"{len(prompts)} prompts for a batch of {video.shape[0]} videos")
+        check_video_batch(video, prompts)
         idx = self.frame_indices(video.shape[2], generator)
         weights = self.frame_weights(idx, video.shape[2])
         if weights is None:

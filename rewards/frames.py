@@ -1,7 +1,8 @@
 """Which frames of a video a reward scores.
 
 Pure functions of the frame count and a ``torch.Generator`` (pass a seeded one for
-reproducible choices). Every selector returns sorted, distinct indices in ``[0, num_frames)``.
+reproducible choices). Every selector returns sorted, distinct indices in ``[0, num_frames)``,
+except ``clip_frames`` on a video shorter than its span (evenly spaced, with repeats).
 ``FrameSelection`` bundles one reward's choice so it lives in the reward's config.
 """
 
@@ -56,13 +57,17 @@ def temporal_attenuation_weights(indices: list[int], num_frames: int, lam: float
 
 def clip_frames(num_frames: int, n: int = 8, stride: int = 2, generator: torch.Generator | None = None) -> list[int]:
     """``n`` frames ``stride`` apart from a uniformly random start (the video rewards: 8 frames at
-    stride 2, so 16 frames give start 0 or 1)."""
+    stride 2, so 16 frames give start 0 or 1).
+
+    A video shorter than the span ``(n - 1) * stride + 1`` gives ``n`` evenly spaced indices over
+    the whole video, ``round(linspace(0, num_frames - 1, n))``: sorted, with repeats when the
+    video has fewer than ``n`` frames, and no randomness.
+    """
+    if n < 1 or stride < 1 or num_frames < 1:
+        raise ValueError(f"`n`, `stride` and `num_frames` must be >= 1, got {n}, {stride} and {num_frames}")
     span = (n - 1) * stride + 1
-    if n < 1 or stride < 1 or span > num_frames:
-        raise ValueError(
-            f"{n} frames at stride {stride} span {span} frames but the video has {num_frames}; "
-            "lower `n` or `stride`"
-        )
+    if span > num_frames:
+        return torch.linspace(0, num_frames - 1, n).round().long().tolist()
     start = int(torch.randint(0, num_frames - span + 1, (1,), generator=generator))
     return list(range(start, start + span, stride))
 

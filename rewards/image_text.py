@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rewards.base import VideoReward, register_reward
+from rewards.base import VideoReward, as_dtype, check_video_batch, register_reward
 from rewards.frames import FrameSelection
 from rewards.preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess, to_unit_range
 
@@ -70,15 +70,6 @@ def resolve_checkpoint(path: str | os.PathLike, expected_file: str, source: str)
     return candidate
 
 
-def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"`dtype` must be a torch dtype name such as 'float32' or 'bfloat16', got {dtype!r}")
-    return resolved
-
-
 def _as_preprocess(preprocess: ImagePreprocess | dict | None, defaults: ImagePreprocess) -> ImagePreprocess:
     """``preprocess`` as given, or ``defaults`` with the fields of a dict replaced."""
     if isinstance(preprocess, ImagePreprocess):
@@ -107,7 +98,7 @@ class FrameRewardBase(VideoReward):
         if not isinstance(frame_selection, FrameSelection):
             frame_selection = FrameSelection(**(frame_selection or {}))
         self.frame_selection = frame_selection
-        self.dtype = _as_dtype(dtype)
+        self.dtype = as_dtype(dtype)
 
     def freeze(self) -> None:
         """Cast to ``self.dtype``, stop gradients to the weights, and switch to eval mode."""
@@ -128,10 +119,7 @@ class FrameRewardBase(VideoReward):
     def score(
         self, frames: torch.Tensor, prompts: Sequence[str], frame_weights: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if frames.ndim != 5:
-            raise ValueError(f"`frames` must be (B, C, T, H, W), got shape {tuple(frames.shape)}")
-        if len(prompts) != frames.shape[0]:
-            raise ValueError(f"{len(prompts)} prompts for a batch of {frames.shape[0]} videos")
+        check_video_batch(frames, prompts)
         images = to_unit_range(frames.transpose(1, 2)).to(self.dtype)
         per_frame = self.score_frames(images, list(prompts)).float()
         if frame_weights is not None:
@@ -250,65 +238,52 @@ class OpenCLIPReward(FrameRewardBase):
         return _cosine(image_features.float(), text_features.float())
 
 
-def _hps_reward(version: str, checkpoint, model_config, preprocess, frame_selection, dtype) -> OpenCLIPReward:
-    return OpenCLIPReward(
-        model_config,
-        checkpoint,
-        checkpoint_file=f"HPS_{version}_compressed.pt",
-        checkpoint_source=HPS_SOURCE,
-        # HPSv2 letterboxes (longer side to the model's input size, zero pad), OpenAI CLIP mean/std
-        preprocess=preprocess
-        if isinstance(preprocess, ImagePreprocess)
-        else {"resize_mode": "letterbox", "mean": OPENAI_CLIP_MEAN, "std": OPENAI_CLIP_STD, **(preprocess or {})},
-        frame_selection=frame_selection,
-        dtype=dtype,
-    )
+def _open_clip_preset(
+    name: str, checkpoint_file: str, source: str, preprocess_defaults: dict, doc: str
+) -> Callable[..., OpenCLIPReward]:
+    """A builder of ``OpenCLIPReward`` for one released checkpoint on open_clip ViT-H-14: its file
+    name, where to get it, and the fields of its preprocessing that differ from the architecture's."""
+
+    def build(
+        checkpoint: str | os.PathLike | None,
+        model_config: str | os.PathLike | dict = "ViT-H-14",
+        preprocess: ImagePreprocess | dict | None = None,
+        frame_selection: FrameSelection | dict | None = None,
+        dtype: str | torch.dtype = "float32",
+    ) -> OpenCLIPReward:
+        return OpenCLIPReward(
+            model_config,
+            checkpoint,
+            checkpoint_file=checkpoint_file,
+            checkpoint_source=source,
+            preprocess=preprocess
+            if isinstance(preprocess, ImagePreprocess)
+            else {**preprocess_defaults, **(preprocess or {})},
+            frame_selection=frame_selection,
+            dtype=dtype,
+        )
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    return build
 
 
-@register_reward("hpsv2")
-def hpsv2(
-    checkpoint: str | os.PathLike | None,
-    model_config: str | os.PathLike | dict = "ViT-H-14",
-    preprocess: ImagePreprocess | dict | None = None,
-    frame_selection: FrameSelection | dict | None = None,
-    dtype: str | torch.dtype = "float32",
-) -> OpenCLIPReward:
-    """HPSv2 (``HPS_v2_compressed.pt`` on open_clip ViT-H-14): cosine(image, text)."""
-    return _hps_reward("v2", checkpoint, model_config, preprocess, frame_selection, dtype)
+# HPSv2 letterboxes (longer side to the model's input size, zero pad), OpenAI CLIP mean/std
+_HPS_PREPROCESS = {"resize_mode": "letterbox", "mean": OPENAI_CLIP_MEAN, "std": OPENAI_CLIP_STD}
 
-
-@register_reward("hpsv2.1")
-def hpsv2_1(
-    checkpoint: str | os.PathLike | None,
-    model_config: str | os.PathLike | dict = "ViT-H-14",
-    preprocess: ImagePreprocess | dict | None = None,
-    frame_selection: FrameSelection | dict | None = None,
-    dtype: str | torch.dtype = "float32",
-) -> OpenCLIPReward:
-    """HPSv2.1 (``HPS_v2.1_compressed.pt`` on open_clip ViT-H-14): cosine(image, text); T2V-Turbo's image reward."""
-    return _hps_reward("v2.1", checkpoint, model_config, preprocess, frame_selection, dtype)
-
-
-@register_reward("clip")
-def clip_score(
-    checkpoint: str | os.PathLike | None,
-    model_config: str | os.PathLike | dict = "ViT-H-14",
-    preprocess: ImagePreprocess | dict | None = None,
-    frame_selection: FrameSelection | dict | None = None,
-    dtype: str | torch.dtype = "float32",
-) -> OpenCLIPReward:
-    """OpenCLIP CLIPScore with ViT-H-14 laion2B-s32B-b79K (``open_clip_pytorch_model.bin``):
-    cosine(image, text), shorter side to 224 + centre crop, OpenAI mean/std."""
-    return OpenCLIPReward(
-        model_config,
-        checkpoint,
-        checkpoint_file="open_clip_pytorch_model.bin",
-        checkpoint_source=OPENCLIP_H14_SOURCE,
-        preprocess=preprocess,
-        frame_selection=frame_selection,
-        dtype=dtype,
-    )
-
+hpsv2 = register_reward("hpsv2")(_open_clip_preset(
+    "hpsv2", "HPS_v2_compressed.pt", HPS_SOURCE, _HPS_PREPROCESS,
+    "HPSv2 (``HPS_v2_compressed.pt`` on open_clip ViT-H-14): cosine(image, text).",
+))
+hpsv2_1 = register_reward("hpsv2.1")(_open_clip_preset(
+    "hpsv2_1", "HPS_v2.1_compressed.pt", HPS_SOURCE, _HPS_PREPROCESS,
+    "HPSv2.1 (``HPS_v2.1_compressed.pt`` on open_clip ViT-H-14): cosine(image, text); T2V-Turbo's image reward.",
+))
+clip_score = register_reward("clip")(_open_clip_preset(
+    "clip_score", "open_clip_pytorch_model.bin", OPENCLIP_H14_SOURCE, {},
+    "OpenCLIP CLIPScore with ViT-H-14 laion2B-s32B-b79K (``open_clip_pytorch_model.bin``): "
+    "cosine(image, text), shorter side to 224 + centre crop, OpenAI mean/std.",
+))
 
 register_reward("open_clip")(OpenCLIPReward)
 

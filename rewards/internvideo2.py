@@ -41,32 +41,48 @@ from rewards.viclip import read_state_dict, resolve_config
 
 logger = logging.getLogger(__name__)
 
-INTERNVIDEO2_CONFIGS: dict[str, dict] = {
-    "1b": {
-        "vision": {"image_size": 224, "patch_size": 14, "width": 1408, "depth": 40, "heads": 16,
-                   "mlp_dim": 6144, "num_frames": 8, "clip_embed_dim": 768, "attn_pool_heads": 16,
-                   "clip_return_layer": 6, "clip_teacher_embed_dim": 3200, "clip_teacher_final_dim": 768,
-                   "gelu_approximate": "tanh"},
-        "text": {"vocab_size": 30522, "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
-                 "intermediate_size": 4096, "max_position_embeddings": 512, "type_vocab_size": 2,
-                 "layer_norm_eps": 1e-12, "hidden_act": "gelu", "pad_token_id": 0,
-                 "fusion_layer": 19, "encoder_width": 1408},
-        "embed_dim": 512,
-        "max_text_length": 40,
-    },
-    "tiny": {
-        "vision": {"image_size": 32, "patch_size": 8, "width": 32, "depth": 3, "heads": 4,
-                   "mlp_dim": 139, "num_frames": 8, "clip_embed_dim": 24, "attn_pool_heads": 4,
-                   "clip_return_layer": 2, "clip_teacher_embed_dim": 40, "clip_teacher_final_dim": 24,
-                   "gelu_approximate": "none"},
-        "text": {"vocab_size": 1024, "hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 4,
-                 "intermediate_size": 64, "max_position_embeddings": 64, "type_vocab_size": 2,
-                 "layer_norm_eps": 1e-12, "hidden_act": "gelu", "pad_token_id": 0,
-                 "fusion_layer": 2, "encoder_width": 32},
-        "embed_dim": 16,
-        "max_text_length": 40,
-    },
+#: The fields that differ between sizes: (section, field) -> value of the "1b" model, of "tiny".
+_SIZED_FIELDS: dict[tuple[str, str], tuple] = {
+    ("vision", "image_size"): (224, 32),
+    ("vision", "patch_size"): (14, 8),
+    ("vision", "width"): (1408, 32),
+    ("vision", "depth"): (40, 3),
+    ("vision", "heads"): (16, 4),
+    ("vision", "mlp_dim"): (6144, 139),
+    ("vision", "clip_embed_dim"): (768, 24),
+    ("vision", "attn_pool_heads"): (16, 4),
+    ("vision", "clip_return_layer"): (6, 2),
+    ("vision", "clip_teacher_embed_dim"): (3200, 40),
+    ("vision", "clip_teacher_final_dim"): (768, 24),
+    ("vision", "gelu_approximate"): ("tanh", "none"),
+    ("text", "vocab_size"): (30522, 1024),
+    ("text", "hidden_size"): (1024, 32),
+    ("text", "num_hidden_layers"): (24, 3),
+    ("text", "num_attention_heads"): (16, 4),
+    ("text", "intermediate_size"): (4096, 64),
+    ("text", "max_position_embeddings"): (512, 64),
+    ("text", "fusion_layer"): (19, 2),
+    ("text", "encoder_width"): (1408, 32),
+    ("top", "embed_dim"): (512, 16),
 }
+#: The fields every size shares.
+_SHARED_FIELDS: dict[str, dict] = {
+    "vision": {"num_frames": 8},
+    "text": {"type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu", "pad_token_id": 0},
+    "top": {"max_text_length": 40},
+}
+
+
+def _sized_config(column: int) -> dict:
+    sections = {section: dict(fields) for section, fields in _SHARED_FIELDS.items()}
+    for (section, field), values in _SIZED_FIELDS.items():
+        sections[section][field] = values[column]
+    return {"vision": sections["vision"], "text": sections["text"], **sections["top"]}
+
+
+#: ``{"vision": InternVideo2VisionEncoder kwargs, "text": BertConfig kwargs (+ fusion_layer,
+#: encoder_width), "embed_dim", "max_text_length"}`` per size.
+INTERNVIDEO2_CONFIGS: dict[str, dict] = {name: _sized_config(column) for column, name in enumerate(("1b", "tiny"))}
 
 INTERNVIDEO2_CHECKPOINT_HELP = (
     "the released weights are `InternVideo2-stage2_1b-224p-f4.pt` from "

@@ -2,7 +2,9 @@
 
 Each ``save_tiny_*`` writes random small weights where the real files would be, so the rewards
 load them through the same code path as the released checkpoints. ``TINY_REWARD_KWARGS`` maps a
-registered reward name to a function ``folder -> build_reward kwargs``.
+registered reward name to a function ``folder -> build_reward kwargs``; ``SHIPPED_ASSET_REWARDS``
+names the rewards whose defaults load small assets shipped with the project (built with no
+arguments). ``tiny_reward_kwargs`` gives the kwargs of either kind.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
+
+from rewards.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 #: An open_clip model config of the ViT-H-14 family's shape, shrunk (CLIP BPE vocabulary kept).
 TINY_OPEN_CLIP_CONFIG = {
@@ -113,6 +117,132 @@ def save_tiny_aesthetic_head(path: str | Path, head: str = "mlp", embed_dim: int
     return path
 
 
+#: Words of the prompts the tests use; with the letters (and their ``##`` continuations) of the
+#: tiny BERT vocabulary, any other lowercase word still splits into known pieces.
+TINY_BERT_WORDS = (
+    "a an at beach ball bicycle car cat corgi dog first grass horse ignored moon night of on photo "
+    "red riding running second sunset the astronaut"
+).split()
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def save_tiny_bert_tokenizer(folder: str | Path, words: Iterable[str] = TINY_BERT_WORDS) -> Path:
+    """An uncased WordPiece tokenizer folder in the layout of ``bert-large-uncased`` (``vocab.txt``
+    + ``tokenizer_config.json``), written offline by transformers' ``BertTokenizer``.
+
+    The vocabulary is the BERT special tokens (``[PAD]`` = 0, ``[UNK]``, ``[CLS]``, ``[SEP]``,
+    ``[MASK]``), then ``words``, then ``a``-``z`` and ``##a``-``##z``.
+    """
+    from transformers import BertTokenizer
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = list(dict.fromkeys([*BERT_SPECIAL_TOKENS, *words, *letters, *("##" + c for c in letters)]))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    # the vocabulary file as the first argument: ``vocab_file`` in transformers 4, ``vocab`` in 5
+    BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(str(folder))
+    return folder
+
+
+def internvideo2_released_state_dict(
+    state_dict: dict[str, torch.Tensor], replace: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """A state dict of our ``InternVideo2`` in the released ``.pt``'s key names: BERT under
+    ``text_encoder.bert.``, plus the entries the reward does not use (``temp``, ``itm_head.*``).
+    ``replace`` gives tensors for some released keys (e.g. 4-frame ``vision_encoder.pos_embed``)."""
+    released = {
+        ("text_encoder.bert." + key[len("text_encoder."):] if key.startswith("text_encoder.") else key): value
+        for key, value in state_dict.items()
+    }
+    released.update(replace or {})
+    text_width = state_dict["text_proj.weight"].shape[1]
+    released["temp"] = torch.tensor(0.07)
+    released["itm_head.weight"] = torch.zeros(2, text_width)
+    released["itm_head.bias"] = torch.zeros(2)
+    return released
+
+
+def save_tiny_internvideo2(path: str | Path, config: str | dict = "tiny", checkpoint_frames: int = 4, seed: int = 0) -> Path:
+    """A random InternVideo2 saved as ``InternVideo2-stage2_1b-224p-f4.pt`` is: ``torch.save({'module':
+    sd})`` in the original key names, with position embeddings of ``checkpoint_frames`` frames (the
+    released checkpoint has 4; loading interpolates them). The embeddings and layer scales, which
+    start at zero / 1e-5, are drawn at random too, so every block shapes the features."""
+    from rewards.internvideo2 import LayerScale, build_internvideo2
+
+    torch.manual_seed(seed)
+    model = build_internvideo2(config, num_frames=checkpoint_frames)
+    vision = model.vision_encoder
+    with torch.no_grad():
+        for embedding in (vision.cls_token, vision.pos_embed, vision.img_pos_embed, vision.clip_pos_embed,
+                          vision.clip_img_pos_embed):
+            embedding.normal_(std=0.02)
+        for module in model.modules():
+            if isinstance(module, LayerScale):
+                module.gamma.uniform_(0.05, 0.2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"module": internvideo2_released_state_dict(model.state_dict())}, path)
+    return path
+
+
+#: A transformers ``XCLIPConfig`` of ``microsoft/xclip-base-patch32``'s shape, shrunk (CLIP BPE
+#: vocabulary kept): 8 frames of 32x32, text context 32.
+TINY_XCLIP_CONFIG = {
+    "text_config": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                    "max_position_embeddings": 32},
+    "vision_config": {"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32,
+                      "num_hidden_layers": 1, "num_attention_heads": 2, "num_frames": 8, "mit_hidden_size": 16,
+                      "mit_intermediate_size": 32, "mit_num_attention_heads": 2},
+    "projection_dim": 16,
+    "prompt_layers": 1,
+    "prompt_num_attention_heads": 2,
+}
+
+
+def save_tiny_xclip(
+    folder: str | Path, seed: int = 0, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, with_tokenizer: bool = True
+) -> Path:
+    """A random tiny ``XCLIPModel`` folder in the layout of ``microsoft/xclip-base-patch32``:
+    ``save_pretrained`` weights + config, the ``VideoMAEImageProcessor`` config (its mean/std) and
+    the CLIP BPE tokenizer."""
+    from transformers import VideoMAEImageProcessor, XCLIPConfig, XCLIPModel
+
+    torch.manual_seed(seed)
+    config = XCLIPConfig(**TINY_XCLIP_CONFIG)
+    XCLIPModel(config).save_pretrained(str(folder))
+    size = config.vision_config.image_size
+    VideoMAEImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        image_mean=list(image_mean), image_std=list(image_std),
+    ).save_pretrained(str(folder))
+    if with_tokenizer:
+        save_clip_bpe_tokenizer(folder)
+    return Path(folder)
+
+
+def reference_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a reference fixture (``.safetensors``), cloned so a test may change them."""
+    from safetensors.torch import load_file
+
+    return {key: value.clone() for key, value in load_file(str(path)).items()}
+
+
+def architecture_summary(model: torch.nn.Module) -> dict:
+    """What a reference manifest records of a video-text model: ``state_dict`` (key -> shape, in
+    order) and the parameter counts ``num_params``, ``num_params_vision``, ``num_params_text``."""
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    return {
+        "state_dict": {key: list(value.shape) for key, value in model.state_dict().items()},
+        "num_params": count(model),
+        "num_params_vision": count(model.vision_encoder),
+        "num_params_text": count(model.text_encoder),
+    }
+
+
 def _hps_kwargs(version: str) -> Callable[[Path], dict]:
     def kwargs(folder: Path) -> dict:
         checkpoint = save_tiny_open_clip(Path(folder) / f"HPS_{version}_compressed.pt")
@@ -149,6 +279,18 @@ def _viclip_kwargs(folder: Path) -> dict:
     return {"config": "tiny", "checkpoint": None, "stride": 1}
 
 
+def _internvideo2_kwargs(folder: Path) -> dict:
+    return {
+        "checkpoint": save_tiny_internvideo2(Path(folder) / "InternVideo2-stage2_1b-224p-f4.pt"),
+        "config": "tiny",
+        "tokenizer": save_tiny_bert_tokenizer(Path(folder) / "bert-large-uncased"),
+    }
+
+
+def _xclip_kwargs(folder: Path) -> dict:
+    return {"model": save_tiny_xclip(Path(folder) / "xclip-base-patch32")}
+
+
 TINY_REWARD_KWARGS: dict[str, Callable[[Path], dict]] = {
     "hpsv2": _hps_kwargs("v2"),
     "hpsv2.1": _hps_kwargs("v2.1"),
@@ -157,4 +299,29 @@ TINY_REWARD_KWARGS: dict[str, Callable[[Path], dict]] = {
     "pickscore": _pickscore_kwargs,
     "aesthetic": _aesthetic_kwargs,
     "viclip": _viclip_kwargs,
+    "internvideo2": _internvideo2_kwargs,
+    "xclip": _xclip_kwargs,
 }
+
+#: Rewards whose defaults load the mini world's small assets shipped in the package
+#: (``t2v_turbo/assets/miniworld``): tests build them with no arguments.
+SHIPPED_ASSET_REWARDS = ("miniworld-image", "miniworld-video")
+
+
+def rewards_without_tiny_builder(names: Iterable[str]) -> list[str]:
+    """The ``names`` that neither ``TINY_REWARD_KWARGS`` nor ``SHIPPED_ASSET_REWARDS`` covers."""
+    return [name for name in names if name not in TINY_REWARD_KWARGS and name not in SHIPPED_ASSET_REWARDS]
+
+
+def tiny_reward_kwargs(name: str, folder: str | Path) -> dict:
+    """``build_reward`` kwargs of a test-sized ``name``: tiny checkpoints written under ``folder``,
+    or none for a reward in ``SHIPPED_ASSET_REWARDS``."""
+    if name in TINY_REWARD_KWARGS:
+        return TINY_REWARD_KWARGS[name](Path(folder))
+    if name in SHIPPED_ASSET_REWARDS:
+        return {}
+    raise KeyError(
+        f"reward {name!r} has no tiny builder: add a `folder -> build_reward kwargs` function for it to "
+        "rewards.testing.TINY_REWARD_KWARGS (or, if its defaults load shipped assets, its name to "
+        "SHIPPED_ASSET_REWARDS)"
+    )

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from rewards.base import VideoReward, register_reward
+from rewards.base import VideoReward, as_dtype, check_video_batch, register_reward
 from rewards.frames import clip_frames
 from rewards.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, to_unit_range
 from rewards.viclip import build_viclip, load_viclip, resolve_config, VICLIP_CONFIGS
@@ -46,25 +46,8 @@ BERT_TOKENIZER_HELP = (
 )
 
 
-def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"`dtype` must be a torch dtype name such as 'float32' or 'bfloat16', got {dtype!r}")
-    return resolved
-
-
-def sample_clip_frames(num_frames: int, n: int, stride: int, generator: torch.Generator | None = None) -> list[int]:
-    """``n`` frames ``stride`` apart with a start uniform over the valid range.
-
-    A video shorter than the span ``(n - 1) * stride + 1`` gives ``n`` evenly spaced indices over
-    the whole video, ``round(linspace(0, num_frames - 1, n))``: sorted, with repeats when the
-    video has fewer than ``n`` frames, and no randomness.
-    """
-    if (n - 1) * stride + 1 <= num_frames:
-        return clip_frames(num_frames, n, stride, generator)
-    return torch.linspace(0, num_frames - 1, n).round().long().tolist()
+#: The clip sampler of every video reward (kept under its former name for callers of this module).
+sample_clip_frames = clip_frames
 
 
 def viclip_tokenizer(context_length: int = 32) -> Tokenizer:
@@ -115,7 +98,7 @@ class ClipRewardBase(VideoReward):
         self.to(self.dtype).requires_grad_(False).eval()
 
     def frame_indices(self, num_frames: int, generator: torch.Generator | None = None) -> list[int]:
-        return sample_clip_frames(num_frames, self.num_frames, self.stride, generator)
+        return clip_frames(num_frames, self.num_frames, self.stride, generator)
 
     def preprocess_clip(self, frames: torch.Tensor) -> torch.Tensor:
         """Decoder frames (B, C, T, H, W) in [-1, 1] -> model input (B, T, 3, S, S)."""
@@ -144,8 +127,7 @@ class ClipRewardBase(VideoReward):
         raise NotImplementedError
 
     def score(self, frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        if len(prompts) != frames.shape[0]:
-            raise ValueError(f"{len(prompts)} prompts for a batch of {frames.shape[0]} videos")
+        check_video_batch(frames, prompts)
         return self.score_clip(self.preprocess_clip(frames), list(prompts))
 
     def score_clip(self, video: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -91,8 +91,16 @@ def test_clip_frames_stride_and_start():
     assert set(starts) == {0, 1}
     assert abs(starts[0] - 500) < 100
     assert clip_frames(15, 8, 2, seeded(0)) == list(range(0, 15, 2))
-    with pytest.raises(ValueError, match="span 15 frames but the video has 14"):
-        clip_frames(14, 8, 2)
+
+
+def test_clip_frames_of_a_video_shorter_than_the_span_are_even_with_repeats():
+    # span 15 > 14 frames: round(linspace(0, 13, 8)), whatever the generator
+    assert clip_frames(14, 8, 2, seeded(0)) == clip_frames(14, 8, 2, seeded(1)) == [0, 2, 4, 6, 7, 9, 11, 13]
+    assert clip_frames(5, 8, 2) == [0, 1, 1, 2, 2, 3, 3, 4]
+    assert clip_frames(1, 8, 2) == [0] * 8
+    for bad in [(16, 0, 2), (16, 8, 0), (0, 8, 2)]:
+        with pytest.raises(ValueError, match="must be >= 1"):
+            clip_frames(*bad)
 
 
 @pytest.mark.parametrize(

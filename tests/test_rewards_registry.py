@@ -5,22 +5,26 @@ import pytest
 import torch
 
 from rewards import VideoReward, build_reward, list_rewards, register_reward
-from rewards.testing import TINY_REWARD_KWARGS
+from rewards.testing import SHIPPED_ASSET_REWARDS, rewards_without_tiny_builder, tiny_reward_kwargs
 
 FRAME_LEVEL = ["aesthetic", "clip", "hpsv2", "hpsv2.1", "open_clip", "pickscore"]
+CLIP_LEVEL = ["internvideo2", "viclip", "xclip"]
 TEXT_INDEPENDENT = {"aesthetic"}
 
 
 @pytest.fixture(scope="module")
 def tiny_rewards(tmp_path_factory):
-    """Build each reward once per module from its tiny checkpoints."""
+    """Build each reward once per module: from its tiny checkpoints, or with no arguments when its
+    defaults load shipped assets. A registered reward with neither fails the tests that use it."""
     built = {}
 
     def get(name):
-        if name not in TINY_REWARD_KWARGS:
-            pytest.skip(f"no tiny checkpoints for reward {name!r} in rewards.testing.TINY_REWARD_KWARGS")
         if name not in built:
-            built[name] = build_reward(name, **TINY_REWARD_KWARGS[name](tmp_path_factory.mktemp(name)))
+            try:
+                kwargs = tiny_reward_kwargs(name, tmp_path_factory.mktemp(name))
+            except KeyError as err:
+                pytest.fail(str(err.args[0]))
+            built[name] = build_reward(name, **kwargs)
         return built[name]
 
     return get
@@ -31,9 +35,27 @@ def video(batch=2, frames=8, height=40, width=56, seed=0):
     return torch.rand(batch, 3, frames, height, width, generator=g) * 1.8 - 0.9
 
 
-def test_frame_level_rewards_registered():
-    assert set(FRAME_LEVEL) <= set(list_rewards())
+def test_frame_and_clip_level_rewards_registered(tiny_rewards):
+    assert set(FRAME_LEVEL + CLIP_LEVEL) <= set(list_rewards())
     assert list_rewards() == sorted(list_rewards())
+    assert {name: tiny_rewards(name).granularity for name in FRAME_LEVEL + CLIP_LEVEL} == {
+        **{name: "frame" for name in FRAME_LEVEL}, **{name: "clip" for name in CLIP_LEVEL}}
+
+
+def test_every_registered_reward_has_a_tiny_builder():
+    missing = rewards_without_tiny_builder(list_rewards())
+    assert not missing, (
+        f"registered rewards without a tiny builder: {missing}; add them to rewards.testing.TINY_REWARD_KWARGS "
+        "(or to SHIPPED_ASSET_REWARDS if their defaults load shipped assets)"
+    )
+
+
+def test_rewards_without_tiny_builder_are_named():
+    names = ["hpsv2.1", "xclip", "my-new-reward", *SHIPPED_ASSET_REWARDS]
+    assert rewards_without_tiny_builder(names) == ["my-new-reward"]
+    with pytest.raises(KeyError, match="'my-new-reward' has no tiny builder.*TINY_REWARD_KWARGS"):
+        tiny_reward_kwargs("my-new-reward", "unused")
+    assert all(tiny_reward_kwargs(name, "unused") == {} for name in SHIPPED_ASSET_REWARDS)
 
 
 def test_unknown_and_duplicate_names():
@@ -75,7 +97,7 @@ def test_score_on_selected_frames_equals_forward(name, tiny_rewards):
     torch.testing.assert_close(reward(clip, prompts, torch.Generator().manual_seed(3)), direct)
 
 
-@pytest.mark.parametrize("name", FRAME_LEVEL)
+@pytest.mark.parametrize("name", list_rewards())
 def test_scores_depend_on_prompt_and_pixels(name, tiny_rewards):
     reward = tiny_rewards(name)
     clip = video(batch=1)

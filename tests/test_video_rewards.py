@@ -1,4 +1,5 @@
-"""Clip-level video-text rewards: registry, preprocessing to the fixtures, gradients, frame choice."""
+"""Clip-level video-text rewards: their models' layouts against the reference manifests, registry,
+preprocessing to the fixtures, gradients, frame choice."""
 
 import json
 from collections import Counter
@@ -6,19 +7,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from rewards import build_reward
+from rewards.frames import clip_frames
+from rewards.internvideo2 import build_internvideo2, load_internvideo2
+from rewards.testing import (
+    TINY_BERT_WORDS,
+    architecture_summary,
+    reference_tensors,
+    save_tiny_bert_tokenizer,
+    save_tiny_xclip,
+)
 from rewards.video_text import InternVideo2Reward, ViCLIPReward, sample_clip_frames
+from rewards.viclip import build_viclip, load_viclip
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 VICLIP_FIXTURE = REFERENCE / "viclip_tiny.safetensors"
 INTERNVIDEO2_FIXTURE = REFERENCE / "internvideo2_tiny.safetensors"
 ATOL = 1e-5
-
-
-def fixture(path):
-    return {key: value.clone() for key, value in load_file(path).items()}
 
 
 def fixture_pixels(tensors):
@@ -34,39 +40,64 @@ def synthetic_bert_ids(tensors):
 
 
 @pytest.fixture(scope="module")
+def internvideo2_tensors():
+    return reference_tensors(INTERNVIDEO2_FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def viclip_reward():
+    return ViCLIPReward(VICLIP_FIXTURE, config="tiny")  # default tokenizer: the real CLIP BPE
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+    return save_tiny_bert_tokenizer(tmp_path_factory.mktemp("bert-large-uncased"))
+
+
+@pytest.fixture(scope="module")
 def xclip_folder(tmp_path_factory):
-    from transformers import XCLIPConfig, XCLIPModel
-
-    config = XCLIPConfig(
-        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         max_position_embeddings=32),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                           num_attention_heads=2, num_frames=8, mit_hidden_size=16, mit_intermediate_size=32,
-                           mit_num_attention_heads=2),
-        projection_dim=16, prompt_layers=1, prompt_num_attention_heads=2,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("xclip_tiny")
-    XCLIPModel(config).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25] * 3}))
-    return folder
+    return save_tiny_xclip(tmp_path_factory.mktemp("xclip_tiny"), image_mean=[0.5] * 3, image_std=[0.25] * 3)
 
 
-def build_tiny(name, xclip_folder):
-    if name == "viclip":
-        return build_reward("viclip", checkpoint=VICLIP_FIXTURE, config="tiny")
-    if name == "internvideo2":
-        tensors = fixture(INTERNVIDEO2_FIXTURE)
-        return build_reward("internvideo2", checkpoint=INTERNVIDEO2_FIXTURE, config="tiny",
-                            tokenizer=synthetic_bert_ids(tensors))
-    from rewards.video_text import viclip_tokenizer
+@pytest.fixture(scope="module")
+def xclip_reward(xclip_folder):
+    return build_reward("xclip", model=xclip_folder)  # default tokenizer: the folder's
 
-    return build_reward("xclip", model=xclip_folder, tokenizer=viclip_tokenizer(32))
+
+@pytest.fixture(scope="module")
+def tiny_clip_rewards(viclip_reward, internvideo2_tensors, xclip_reward):
+    internvideo2 = build_reward("internvideo2", checkpoint=INTERNVIDEO2_FIXTURE, config="tiny",
+                                tokenizer=synthetic_bert_ids(internvideo2_tensors))
+    return {"viclip": viclip_reward, "internvideo2": internvideo2, "xclip": xclip_reward}
+
+
+#: Our implementations of the released models: (loader, builder, the released config's name).
+MODELS = {"viclip": (load_viclip, build_viclip, "l14"), "internvideo2": (load_internvideo2, build_internvideo2, "1b")}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_tiny_model_state_dict_order_and_size_match_fixture(name):
+    load, _, _ = MODELS[name]
+    meta = json.loads((REFERENCE / f"{name}_tiny.json").read_text())
+    summary = architecture_summary(load(REFERENCE / f"{name}_tiny.safetensors", config="tiny"))
+    assert list(summary["state_dict"]) == meta["state_dict_keys_in_order"]
+    assert summary["num_params"] == meta["num_params"]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_released_config_matches_manifest(name):
+    """Key names, order and shapes, and parameter counts (total, vision, text) of the real model."""
+    _, build, config = MODELS[name]
+    manifest = json.loads((REFERENCE / f"{name}_manifest.json").read_text())
+    with torch.device("meta"):
+        summary = architecture_summary(build(config))
+    assert list(summary["state_dict"]) == list(manifest["state_dict"])
+    assert summary == {key: manifest[key] for key in summary}
 
 
 @pytest.mark.parametrize("name", ["viclip", "internvideo2", "xclip"])
-def test_reward_scores_batch_with_gradient_to_pixels(name, xclip_folder):
-    reward = build_tiny(name, xclip_folder)
+def test_reward_scores_batch_with_gradient_to_pixels(name, tiny_clip_rewards):
+    reward = tiny_clip_rewards[name]
     assert reward.granularity == "clip"
     assert not any(p.requires_grad for p in reward.parameters())
     torch.manual_seed(0)
@@ -80,9 +111,9 @@ def test_reward_scores_batch_with_gradient_to_pixels(name, xclip_folder):
     assert len(used_frames) == 8 and all(b - a == 2 for a, b in zip(used_frames, used_frames[1:]))
 
 
-def test_viclip_reward_reproduces_fixture_score_from_pixels():
-    tensors = fixture(VICLIP_FIXTURE)
-    reward = ViCLIPReward(VICLIP_FIXTURE, config="tiny")  # default tokenizer: the real CLIP BPE
+def test_viclip_reward_reproduces_fixture_score_from_pixels(viclip_reward):
+    tensors = reference_tensors(VICLIP_FIXTURE)
+    reward = viclip_reward
     prompts = json.loads((REFERENCE / "viclip_tiny.json").read_text())["inputs"]["texts"]
     # 32x32 frames: the resize and crop are identities, so the model sees the fixture's input.video
     with torch.no_grad():
@@ -90,25 +121,35 @@ def test_viclip_reward_reproduces_fixture_score_from_pixels():
     torch.testing.assert_close(scores, tensors["output.score"], atol=ATOL, rtol=0)
 
 
-def test_internvideo2_reward_reproduces_fixture_score_from_pixels():
-    tensors = fixture(INTERNVIDEO2_FIXTURE)
-    reward = InternVideo2Reward(INTERNVIDEO2_FIXTURE, config="tiny", tokenizer=synthetic_bert_ids(tensors))
+def test_internvideo2_reward_reproduces_fixture_score_from_pixels(tiny_clip_rewards, internvideo2_tensors):
     with torch.no_grad():
-        scores = reward.score(fixture_pixels(tensors), ["first", "second"])
-    torch.testing.assert_close(scores, tensors["output.score"], atol=ATOL, rtol=0)
+        scores = tiny_clip_rewards["internvideo2"].score(fixture_pixels(internvideo2_tensors), ["first", "second"])
+    torch.testing.assert_close(scores, internvideo2_tensors["output.score"], atol=ATOL, rtol=0)
 
 
-def test_internvideo2_tokenizer_from_local_folder(tmp_path):
-    # a bert-large-uncased folder in miniature: a WordPiece vocab.txt (uncased by default)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "corgi", "on", "the", "beach", "horse"]
-    folder = tmp_path / "bert-large-uncased"
-    folder.mkdir()
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    reward = InternVideo2Reward(INTERNVIDEO2_FIXTURE, config="tiny", tokenizer=folder)
-    ids = reward.tokenizer(["A corgi on the beach", "horse"])
-    assert ids.shape == (2, 40)
-    assert ids[0, :7].tolist() == [2, 5, 6, 7, 8, 9, 3] and ids[0, 7:].eq(0).all()
+def test_internvideo2_tokenizer_from_local_folder(bert_folder):
+    # a bert-large-uncased folder in miniature: WordPiece vocab.txt + tokenizer_config.json, uncased
+    vocab = (bert_folder / "vocab.txt").read_text().split()
+    assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    reward = InternVideo2Reward(INTERNVIDEO2_FIXTURE, config="tiny", tokenizer=bert_folder)
+    ids = reward.tokenizer(["A corgi on the Beach", "horse", "zebra"])
+    assert ids.shape == (3, 40)
+    words = [vocab.index(word) for word in ("a", "corgi", "on", "the", "beach")]
+    assert ids[0, :7].tolist() == [2, *words, 3] and ids[0, 7:].eq(0).all()
+    # a word outside the vocabulary splits into letters: z ##e ##b ##r ##a
+    assert [vocab[i] for i in ids[2, 1:6]] == ["z", "##e", "##b", "##r", "##a"] and ids[2, 6] == 3
     assert reward.score(torch.zeros(2, 3, 8, 32, 32), ["a corgi", "horse"]).shape == (2,)
+
+
+def test_tiny_bert_vocabulary_covers_the_test_prompts(bert_folder):
+    from transformers import BertTokenizer
+
+    tokenizer = BertTokenizer.from_pretrained(str(bert_folder))
+    prompts = ["a red ball", "a dog running on grass", "an astronaut riding a horse on the moon",
+               "a corgi running on the beach at sunset", "a horse at night"]
+    for prompt in prompts:
+        assert tokenizer.tokenize(prompt) == prompt.split()
+    assert set(TINY_BERT_WORDS) <= set(tokenizer.vocab)
 
 
 def test_internvideo2_without_tokenizer_says_what_to_pass():
@@ -118,14 +159,19 @@ def test_internvideo2_without_tokenizer_says_what_to_pass():
         InternVideo2Reward(INTERNVIDEO2_FIXTURE, config="tiny", tokenizer="/tmp/no_such_tokenizer")
 
 
-@pytest.mark.parametrize("name", ["viclip", "internvideo2", "xclip"])
-def test_missing_checkpoint_raises_file_not_found_naming_path(name, tmp_path):
+@pytest.mark.parametrize(
+    "name,source",
+    [("viclip", "huggingface.co/OpenGVLab/ViCLIP"), ("internvideo2", "OpenGVLab/InternVideo2-Stage2_1B-224p-f4"),
+     ("xclip", "microsoft/xclip-base-patch32")],
+)
+def test_missing_checkpoint_raises_file_not_found_naming_path_and_source(name, source, tmp_path):
     missing = tmp_path / "not_here" / "weights.pt"
     kwargs = {"model": missing} if name == "xclip" else {"checkpoint": missing, "config": "tiny"}
     if name == "internvideo2":
         kwargs["tokenizer"] = lambda texts: torch.zeros(len(texts), 40, dtype=torch.long)
-    with pytest.raises(FileNotFoundError, match="not_here"):
+    with pytest.raises(FileNotFoundError, match="not_here") as err:
         build_reward(name, **kwargs)
+    assert source in str(err.value)
 
 
 def test_viclip_rejects_a_frame_count_it_was_not_built_for():
@@ -134,22 +180,23 @@ def test_viclip_rejects_a_frame_count_it_was_not_built_for():
 
 
 def test_frame_indices_count_stride_range_and_start_distribution():
+    assert sample_clip_frames is clip_frames  # one sampler, under its former name too
     generator = torch.Generator().manual_seed(0)
     starts = Counter()
     for _ in range(3000):
-        indices = sample_clip_frames(20, 8, 2, generator)
+        indices = clip_frames(20, 8, 2, generator)
         assert len(indices) == 8 and all(b - a == 2 for a, b in zip(indices, indices[1:]))
         assert 0 <= indices[0] and indices[-1] < 20
         starts[indices[0]] += 1
     assert sorted(starts) == [0, 1, 2, 3, 4, 5]  # span 15 in 20 frames: 6 valid starts
     assert all(abs(count / 3000 - 1 / 6) < 0.03 for count in starts.values())
-    assert set(sample_clip_frames(16, 8, 2, generator)[0] for _ in range(50)) == {0, 1}  # T2V-Turbo: 16 frames
+    assert set(clip_frames(16, 8, 2, generator)[0] for _ in range(50)) == {0, 1}  # T2V-Turbo: 16 frames
 
 
-def test_frame_indices_of_a_short_video_are_even_with_repeats():
-    assert sample_clip_frames(5, 8, 2) == [0, 1, 1, 2, 2, 3, 3, 4]
-    assert sample_clip_frames(10, 8, 2) == [0, 1, 3, 4, 5, 6, 8, 9]
-    reward = ViCLIPReward(VICLIP_FIXTURE, config="tiny")
+def test_frame_indices_of_a_short_video_are_even_with_repeats(viclip_reward):
+    assert clip_frames(5, 8, 2) == [0, 1, 1, 2, 2, 3, 3, 4]
+    assert clip_frames(10, 8, 2) == [0, 1, 3, 4, 5, 6, 8, 9]
+    reward = viclip_reward
     assert reward.frame_indices(1) == [0] * 8
     scores = reward(torch.zeros(1, 3, 3, 32, 32), ["a"], torch.Generator().manual_seed(0))
     assert scores.shape == (1,)
@@ -190,14 +237,46 @@ def test_random_crop_changes_with_the_global_seed():
 
 
 @pytest.mark.parametrize("name", ["viclip", "internvideo2"])
-def test_bfloat16_reward_is_close_to_float32(name):
-    tensors = fixture(VICLIP_FIXTURE if name == "viclip" else INTERNVIDEO2_FIXTURE)
+def test_bfloat16_reward_is_close_to_float32(name, tiny_clip_rewards):
+    tensors = reference_tensors(VICLIP_FIXTURE if name == "viclip" else INTERNVIDEO2_FIXTURE)
     kwargs = {"checkpoint": VICLIP_FIXTURE if name == "viclip" else INTERNVIDEO2_FIXTURE, "config": "tiny"}
     if name == "internvideo2":
         kwargs["tokenizer"] = synthetic_bert_ids(tensors)
     prompts = ["a corgi running on the beach at sunset", "a horse"]
     with torch.no_grad():
-        full = build_reward(name, **kwargs).score(fixture_pixels(tensors), prompts)
+        full = tiny_clip_rewards[name].score(fixture_pixels(tensors), prompts)
         half = build_reward(name, dtype="bfloat16", **kwargs).score(fixture_pixels(tensors), prompts)
     assert half.dtype == torch.float32
     torch.testing.assert_close(half, full, atol=2e-2, rtol=0)
+
+
+def test_xclip_reads_mean_std_and_geometry_from_its_folder(xclip_reward):
+    assert xclip_reward.preprocess.mean == (0.5, 0.5, 0.5) and xclip_reward.preprocess.std == (0.25, 0.25, 0.25)
+    assert (xclip_reward.preprocess.size, xclip_reward.num_frames) == (32, 8)
+
+
+def test_xclip_default_tokenizer_is_the_folders_clip_bpe(xclip_folder, xclip_reward):
+    """The default tokenizer is the model folder's CLIP tokenizer, padded to the text context; its
+    ids are open_clip's CLIP BPE ids, and scores equal X-CLIP's own forward with an attention mask."""
+    from open_clip.tokenizer import SimpleTokenizer
+    from transformers import AutoTokenizer, XCLIPModel
+
+    prompts = ["a corgi running on the beach at sunset", "A horse at night!"]
+    ids = xclip_reward.tokenizer(prompts)
+    assert ids.shape == (2, 32)
+    reference = SimpleTokenizer(context_length=32)(prompts)
+    for row, ref in zip(ids, reference):
+        length = int(ref.count_nonzero())
+        assert row[:length].tolist() == ref[:length].tolist()  # [49406] + BPE + [49407]
+        assert row[length:].eq(49407).all()  # padded with the end token (the folder's pad token)
+
+    torch.manual_seed(0)
+    video = torch.rand(2, 3, 8, 40, 48) * 2 - 1
+    tokens = AutoTokenizer.from_pretrained(str(xclip_folder))(prompts, padding=True, return_tensors="pt")
+    model = XCLIPModel.from_pretrained(str(xclip_folder)).eval()
+    with torch.no_grad():
+        got = xclip_reward.score(video, prompts)
+        out = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                    pixel_values=xclip_reward.preprocess_clip(video))
+    expected = torch.stack([out.video_embeds[i] @ out.text_embeds[i, i] for i in range(2)])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
