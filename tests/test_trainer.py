@@ -197,3 +197,17 @@ def test_bf16_mixed_precision_step(assets, tmp_path):
                              "train.device=cpu", "train.checkpoint_every=0"))
     assert all(p.dtype == torch.float32 for p in recipe.student.parameters() if p.requires_grad)
     assert torch.isfinite(torch.stack([p.detach().abs().sum() for p in recipe.student.parameters()])).all()
+
+
+def test_train_command_runs_and_resumes(assets, tmp_path, capsys):
+    from t2v_turbo.cli import main
+
+    args = ["train", "configs/tiny.yaml", f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}",
+            f"output_dir={tmp_path}", "logging.tensorboard=false", "train.checkpoint_every=1"]
+    assert main(args + ["train.max_steps=1"]) == 0
+    assert (tmp_path / "student" / "student.json").is_file() and (tmp_path / "config.yaml").is_file()
+    assert main(args + ["train.max_steps=2", "--resume", "latest"]) == 0
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"{CHECKPOINT_PREFIX}1", f"{CHECKPOINT_PREFIX}2"]
+    assert load_config(tmp_path / f"{CHECKPOINT_PREFIX}2" / "config.yaml")["train"]["max_steps"] == 2
+    assert main(args + ["--resume", str(tmp_path / "nowhere")]) == 2
+    assert "is not a checkpoint folder" in capsys.readouterr().err
