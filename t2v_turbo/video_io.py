@@ -106,6 +106,17 @@ def read_video(path: str | Path) -> np.ndarray:
     return np.stack(frames)
 
 
+def count_frames(path: str | Path) -> int:
+    """Frames decoded from ``path``; 0 when the file is missing or cannot be decoded (e.g. truncated)."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            return sum(1 for _ in container.decode(video=0))
+    except (OSError, av.error.FFmpegError, IndexError, ValueError):
+        return 0
+
+
 def tile_videos(videos: Sequence, ncols: int | None = None, gap: int = 2) -> np.ndarray:
     """Several videos of equal size and length -> one uint8 (T, H', W', 3) video laid out in a grid."""
     clips = [to_uint8_frames(v) for v in videos]

@@ -8,13 +8,12 @@ import pytest
 from eval.vbench.generate import (
     GenerationSettings,
     build_jobs,
-    count_frames,
     generate_suite,
     seed_for,
     shard_jobs,
     to_uint8_videos,
-    write_mp4,
 )
+from t2v_turbo.video_io import count_frames, write_mp4
 from eval.vbench.naming import CaseCollisionError, expected_names
 from eval.vbench.suite import load_suite
 

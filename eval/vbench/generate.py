@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from eval.vbench.naming import check_case_collisions, video_filename
+from t2v_turbo.video_io import count_frames, to_uint8_frames, write_mp4
 from eval.vbench.suite import Suite, samples_per_prompt
 
 VideoFn = Callable[[list[str], list[int]], Sequence[np.ndarray]]
@@ -105,38 +106,6 @@ def process_layout() -> tuple[int, int, bool]:
 
 
 # ---------------------------------------------------------------------------------------- mp4 io
-
-
-def write_mp4(path: str | os.PathLike, video: np.ndarray, fps: int, crf: int = 17) -> None:
-    """Write uint8 (T, H, W, 3) frames as H.264 (yuv420p) mp4."""
-    import av
-
-    video = np.asarray(video)
-    if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"{path}: expected uint8 (T, H, W, 3) frames, got {video.dtype} {video.shape}")
-    t, h, w, _ = video.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"{path}: H.264 yuv420p needs even height and width, got {h}x{w}")
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=int(fps))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for frame in video:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def count_frames(path: str | os.PathLike) -> int:
-    """Frames decoded from ``path``; 0 if the file is missing or cannot be decoded (e.g. truncated)."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            return sum(1 for _ in container.decode(video=0))
-    except (OSError, av.error.FFmpegError, IndexError, ValueError):
-        return 0
 
 
 def is_complete(path: str | os.PathLike, num_frames: int) -> bool:
@@ -276,11 +245,9 @@ def generate_suite(
 
 def to_uint8_videos(videos) -> list[np.ndarray]:
     """(B, C, T, H, W) float in [-1, 1] (torch or numpy) -> list of uint8 (T, H, W, 3)."""
-    arr = videos.detach().float().cpu().numpy() if hasattr(videos, "detach") else np.asarray(videos, dtype=np.float32)
-    if arr.ndim != 5 or arr.shape[1] != 3:
-        raise ValueError(f"expected (B, 3, T, H, W) pixels in [-1, 1], got shape {arr.shape}")
-    arr = np.clip((arr + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    return [np.ascontiguousarray(v.transpose(1, 2, 3, 0)) for v in arr]
+    if videos.ndim != 5 or videos.shape[1] != 3:
+        raise ValueError(f"expected (B, 3, T, H, W) pixels in [-1, 1], got shape {tuple(videos.shape)}")
+    return [to_uint8_frames(v) for v in videos]
 
 
 def pipeline_video_fn(pipeline, settings: GenerationSettings, num_inference_steps: int, guidance_scale: float, device: str = "cpu") -> VideoFn:
