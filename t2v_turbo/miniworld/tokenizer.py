@@ -59,17 +59,26 @@ class MiniWorldTokenizer:
     """Callable ``texts -> LongTensor (B, context_length)``: ``[BOS] words [EOS] [PAD]...``.
 
     Text longer than the context is truncated and still ends with ``[EOS]``, so the pooled token
-    (argmax id) always exists.
+    (argmax id) always exists. ``strip_motion=True`` drops the motion phrase of mini-world
+    captions first (the image-text reward's text; other text is kept as it is).
     """
 
-    def __init__(self, context_length: int = CONTEXT_LENGTH):
+    def __init__(self, context_length: int = CONTEXT_LENGTH, strip_motion: bool = False):
         self.context_length = int(context_length)
+        self.strip_motion = bool(strip_motion)
         self.vocab = vocabulary()
         self.vocab_size = len(self.vocab)
         self.pad_id, self.unk_id = self.vocab[PAD], self.vocab[UNK]
         self.bos_id, self.eos_id = self.vocab[BOS], self.vocab[EOS]
 
     def encode(self, text: str) -> list[int]:
+        if self.strip_motion:
+            from t2v_turbo.miniworld.world import strip_motion
+
+            try:
+                text = strip_motion(text)
+            except ValueError:
+                pass
         ids = [self.vocab.get(w, self.unk_id) for w in text.lower().split()]
         ids = [self.bos_id] + ids[: self.context_length - 2] + [self.eos_id]
         return ids + [self.pad_id] * (self.context_length - len(ids))
@@ -78,7 +87,7 @@ class MiniWorldTokenizer:
         if isinstance(texts, str):
             texts = [texts]
         if context_length is not None and context_length != self.context_length:
-            return MiniWorldTokenizer(context_length)(texts)
+            return MiniWorldTokenizer(context_length, self.strip_motion)(texts)
         return torch.tensor([self.encode(t) for t in texts], dtype=torch.long)
 
     @classmethod

@@ -32,7 +32,7 @@ from t2v_turbo.miniworld.tokenizer import CONTEXT_LENGTH, MiniWorldTokenizer, sa
 log = logging.getLogger("t2v_turbo.miniworld.build")
 
 #: default number of optimiser steps per model (sized for ~40-50 min on 2 CPU cores)
-DEFAULT_STEPS = {"vae": 300, "teacher": 1200, "image_reward": 400, "video_reward": 400}
+DEFAULT_STEPS = {"vae": 300, "teacher": 450, "image_reward": 1500, "video_reward": 1200}
 TEXT_HIDDEN = 64
 
 
@@ -196,8 +196,8 @@ def encode_pool(vae, videos: np.ndarray, seed: int = 0, chunk: int = 256) -> tor
 
 
 # ---- 2. teacher + text encoder ---------------------------------------------------------------
-def train_teacher(latents: torch.Tensor, captions: list[str], steps: int, batch_size: int = 32, lr: float = 1e-3,
-                  caption_dropout: float = 0.1, ema_decay: float = 0.995, seed: int = 0):
+def train_teacher(latents: torch.Tensor, captions: list[str], steps: int, batch_size: int = 24, lr: float = 1e-3,
+                  caption_dropout: float = 0.1, ema_decay: float = 0.99, seed: int = 0):
     from diffusers import UNet3DConditionModel
     from transformers import CLIPTextModel
 
@@ -212,7 +212,7 @@ def train_teacher(latents: torch.Tensor, captions: list[str], steps: int, batch_
     abar = scaled_linear_alphas_cumprod(1000, 0.00085, 0.012).float()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(30, steps))
     ema = _EMA([unet, text_encoder], ema_decay)
     g = torch.Generator().manual_seed(seed + 1)
     losses = []
@@ -290,7 +290,7 @@ def retrieval_accuracy(video_emb: torch.Tensor, text_emb: torch.Tensor, labels: 
 
 # ---- the whole build --------------------------------------------------------------------------
 def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos: int = 5000, stages=("vae", "teacher", "rewards"),
-          threads: int = 2) -> dict:
+          threads: int = 1) -> dict:
     torch.set_num_threads(threads)
     steps = {**DEFAULT_STEPS, **(steps or {})}
     out = Path(out)
@@ -315,7 +315,12 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(out / "_vae_fp32")
-        lat = encode_pool(vae, videos, seed)
+        cache = out / "_latents.pt"  # the encoded pool, reused when the teacher stage is re-run
+        if cache.is_file():
+            lat = torch.load(cache)
+        else:
+            lat = encode_pool(vae, videos, seed)
+            torch.save(lat, cache)
         record["latent_std_after_scaling"] = float(lat.std())
         unet, text_encoder, record["teacher"] = train_teacher(lat, captions, steps["teacher"], seed=seed)
         save_teacher(teacher_dir, unet, vae, text_encoder)

@@ -1,0 +1,66 @@
+"""Paths of the shipped mini-world assets and builders that configs name as ``_component_``.
+
+Paths are resolved relative to the installed package, so configs work from any directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "miniworld"
+TEACHER = ASSETS / "teacher"
+IMAGE_REWARD = ASSETS / "image_reward"
+VIDEO_REWARD = ASSETS / "video_reward"
+STUDENT = ASSETS / "student"
+EVAL_PROMPTS = Path(__file__).resolve().parents[2] / "eval" / "data" / "miniworld_eval_prompts.txt"
+
+
+def asset_path(path: str | Path | None, default: Path) -> Path:
+    """``path`` if given (``pkg:`` prefix = relative to the shipped assets folder), else ``default``."""
+    if path is None:
+        return default
+    text = str(path)
+    if text.startswith("pkg:"):
+        return ASSETS / text[4:]
+    return Path(text)
+
+
+def load_teacher(path: str | Path | None = None, **kwargs):
+    """The mini-world teacher (``DiffusersT2VAdapter``); default: the shipped folder."""
+    from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+
+    return DiffusersT2VAdapter.from_pretrained(asset_path(path, TEACHER), **kwargs)
+
+
+def training_dataset(folder: str | Path = "runs/miniworld-data", num_videos: int = 2000, seed: int = 0, **kwargs):
+    """The world's training split written once as mp4 + CSV under ``folder`` (reused when present),
+    read back by the trainer's normal ``distill.data.VideoCaptionCSV``."""
+    from distill.data import VideoCaptionCSV
+    from t2v_turbo.miniworld.world import write_dataset
+
+    folder = Path(folder)
+    csv_path = folder / f"train_seed{seed}_n{num_videos}.csv"
+    if not csv_path.is_file():
+        write_dataset(folder, num_videos, seed=seed, split="train", csv_name=csv_path.name + ".tmp")
+        (folder / (csv_path.name + ".tmp")).rename(csv_path)
+    defaults = dict(num_frames=8, fps=8, height=32, width=32, seed=seed)
+    return VideoCaptionCSV(csv=csv_path, **{**defaults, **kwargs})
+
+
+def evaluation_prompts() -> list[str]:
+    """The shipped evaluation prompt set (90 captions: 45 held-out, 45 seen)."""
+    return [line for line in EVAL_PROMPTS.read_text().splitlines() if line.strip()]
+
+
+def load_shipped_student(folder: str | Path | None = None, teacher: str | Path | None = None):
+    """A ``T2VTurboPipeline`` of the shipped quick-start student on the shipped teacher (whatever
+    teacher path its ``student.json`` recorded on the machine that trained it)."""
+    from t2v_turbo.pipeline import T2VTurboPipeline
+    from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
+    from t2v_turbo.student import load_student
+
+    adapter = load_teacher(teacher)
+    unet, meta = load_student(asset_path(folder, STUDENT), adapter)
+    scheduler = T2VTurboScheduler.from_adapter(adapter, num_ddim_timesteps=meta.num_ddim_timesteps,
+                                               sigma_data=meta.sigma_data, timestep_scaling=meta.timestep_scaling)
+    return T2VTurboPipeline(adapter, unet, scheduler)

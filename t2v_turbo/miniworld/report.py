@@ -1,0 +1,143 @@
+"""Sampling, scoring, timing and reporting helpers shared by the quick start and the ablation bench."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from eval import minibench
+from t2v_turbo.miniworld import world
+
+
+def sample_student(pipeline, prompts: Sequence[str], seed: int = 0, steps: int = 4, guidance_scale: float = 4.0,
+                   batch_size: int = 30) -> np.ndarray:
+    """uint8 videos (N, T, H, W, 3) of a ``T2VTurboPipeline``; one fixed generator per run."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        v = pipeline(list(prompts[i : i + batch_size]), num_inference_steps=steps, guidance_scale=guidance_scale,
+                     num_frames=world.NUM_FRAMES, height=world.HEIGHT, width=world.WIDTH, generator=g)
+        out.append(world.to_uint8(v))
+    return np.concatenate(out)
+
+
+def sample_teacher(adapter, prompts: Sequence[str], seed: int = 0, steps: int = 50, guidance_scale: float = 4.0,
+                   batch_size: int = 30) -> np.ndarray:
+    """uint8 videos of the teacher: DDIM ``steps`` with classifier-free guidance."""
+    from t2v_turbo.pipeline import TeacherPipeline
+
+    pipe = TeacherPipeline(adapter)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        v = pipe(list(prompts[i : i + batch_size]), num_inference_steps=steps, guidance_scale=guidance_scale,
+                 num_frames=world.NUM_FRAMES, height=world.HEIGHT, width=world.WIDTH, generator=g)
+        out.append(world.to_uint8(v))
+    return np.concatenate(out)
+
+
+def write_videos(folder: str | Path, videos: np.ndarray, prompts: Sequence[str]) -> Path:
+    """``{prompt}-{i}.mp4`` files (lossless), the naming MiniBench and VBench read."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for video, prompt in zip(videos, prompts):
+        i = counts.get(prompt, 0)
+        counts[prompt] = i + 1
+        world.write_mp4(folder / f"{prompt}-{i}.mp4", video)
+    return folder
+
+
+def time_sampling(student_pipeline, adapter, prompts: Sequence[str], teacher_steps: int = 50, student_steps: int = 4,
+                  guidance_scale: float = 4.0, repeats: int = 1) -> dict:
+    """Wall time of 4-step student vs 50-step CFG teacher sampling on the same batch (best of ``repeats``)."""
+    def best(fn):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    student_s = best(lambda: sample_student(student_pipeline, prompts, steps=student_steps, guidance_scale=guidance_scale,
+                                            batch_size=len(prompts)))
+    teacher_s = best(lambda: sample_teacher(adapter, prompts, steps=teacher_steps, guidance_scale=guidance_scale,
+                                            batch_size=len(prompts)))
+    return {"batch": len(prompts), "student_steps": student_steps, "teacher_steps": teacher_steps,
+            "student_seconds": student_s, "teacher_seconds": teacher_s, "speedup": teacher_s / student_s,
+            "machine": "2-core CPU, no GPU (shared)", "torch_threads": torch.get_num_threads()}
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars logged by the trainer (tensorboard event files under ``log_dir``)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list] = {}
+    for path in sorted(Path(log_dir).rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def plot_training(scalars: dict, path: str | Path) -> Path:
+    """Loss (CD) and reward curves of a run as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for tag in ("loss", "loss/cd"):
+        if tag in scalars:
+            s, v = zip(*scalars[tag])
+            axes[0].plot(s, v, label=tag)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_title("loss")
+    axes[0].legend()
+    for tag in sorted(t for t in scalars if t.startswith("reward/")):
+        s, v = zip(*scalars[tag])
+        axes[1].plot(s, v, label=tag)
+    axes[1].set_xlabel("step")
+    axes[1].set_title("reward (cosine)")
+    if any(t.startswith("reward/") for t in scalars):
+        axes[1].legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_sample_grid(path_stem: str | Path, rows: dict[str, np.ndarray], prompts: Sequence[str]) -> list[Path]:
+    """A gif (one column per prompt, one row per model) and a png sheet (frames left to right)."""
+    from t2v_turbo.video_io import save_grid
+
+    names = list(rows)
+    clips = [rows[n][i] for n in names for i in range(len(prompts))]
+    gif = save_grid(Path(f"{path_stem}.gif"), clips, ncols=len(prompts))
+    png = save_grid(Path(f"{path_stem}.png"), [rows[n][i] for i in range(len(prompts)) for n in names])
+    return [gif, png]
+
+
+def results_table(reports: dict[str, dict]) -> str:
+    return minibench.TABLE_HEADER + "\n" + "\n".join(minibench.table_row(n, r) for n, r in reports.items()) + "\n"
+
+
+def compact(report: dict) -> dict:
+    """A report without its per-video rows (for caching and JSON summaries)."""
+    return {k: v for k, v in report.items() if k != "videos"}
+
+
+def save_json(path: str | Path, data) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    return path

@@ -1,0 +1,219 @@
+"""Train the mini world's two reward models through the project's own reward classes.
+
+- image-text: ``rewards.image_text.OpenCLIPReward`` around a small custom open_clip ``CLIP``,
+  trained on (single frame, caption WITHOUT the motion phrase): it cannot see motion.
+- video-text: ``rewards.video_text.ViCLIPReward`` around our ViCLIP at a tiny size, trained on
+  (8-frame clip, full caption).
+
+Both are trained contrastively: each sample's embedding against the text embeddings of every
+training caption (cross-entropy with a learned temperature), so repeated captions in a batch are
+never false negatives. Inputs go through the reward's own preprocessing, so training and scoring
+see the same pixels. Held-out captions never appear in training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from t2v_turbo.miniworld import world
+from t2v_turbo.miniworld.tokenizer import CONTEXT_LENGTH, MiniWorldTokenizer, vocabulary
+
+log = logging.getLogger("t2v_turbo.miniworld.build")
+
+IMAGE_CONFIG_FILE = "open_clip_config.json"
+IMAGE_WEIGHTS_FILE = "open_clip_model.safetensors"
+VIDEO_CONFIG_FILE = "viclip_config.json"
+VIDEO_WEIGHTS_FILE = "viclip.safetensors"
+STATS_FILE = "training_stats.json"
+IMAGE_PREPROCESS = {"size": 32, "resize_mode": "squash"}
+
+
+def image_model_config() -> dict:
+    """open_clip ``CLIP`` kwargs (the format of open_clip's model_configs/*.json)."""
+    return {
+        "embed_dim": 64,
+        "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 64, "layers": 2, "head_width": 32, "mlp_ratio": 2.0},
+        "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": len(vocabulary()), "width": 64, "heads": 2,
+                     "layers": 2, "mlp_ratio": 2.0},
+    }
+
+
+def video_model_config() -> dict:
+    """Our ViCLIP at tiny size, over the word tokenizer, 8 frames of 32x32."""
+    return {
+        "vision": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "heads": 4, "output_dim": 64, "num_frames": 8},
+        "text": {"context_length": CONTEXT_LENGTH, "vocab_size": len(vocabulary()), "width": 64, "heads": 2, "layers": 2,
+                 "output_dim": 64},
+    }
+
+
+def _unfreeze(module):
+    module.train()
+    for p in module.parameters():
+        p.requires_grad_(True)
+    return module
+
+
+def _contrastive_loop(name, embed_samples, embed_texts, params, logit_scale, num_samples, texts, labels, steps, batch_size, lr, seed):
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.as_tensor(labels)
+    losses, accs = [], []
+    t0 = time.time()
+    for step in tqdm(range(steps), desc=name, mininterval=10):
+        idx = torch.randint(num_samples, (batch_size,), generator=g)
+        s = F.normalize(embed_samples(idx, g), dim=-1)
+        t = F.normalize(embed_texts(texts), dim=-1)
+        logits = logit_scale().exp().clamp(max=100) * s @ t.T
+        loss = F.cross_entropy(logits, labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(float(loss))
+        accs.append(float((logits.argmax(1) == labels[idx]).float().mean()))
+        if step % 50 == 0:
+            log.info("%s step %d loss %.4f acc %.3f (%.1fs)", name, step, np.mean(losses[-50:]), np.mean(accs[-50:]), time.time() - t0)
+    return {"steps": steps, "batch_size": batch_size, "lr": lr, "seconds": time.time() - t0,
+            "final_loss": float(np.mean(losses[-50:])), "final_train_accuracy": float(np.mean(accs[-50:])),
+            "loss_curve": losses[:: max(1, steps // 50)]}
+
+
+def _gallery(seed: int = 123, per_caption: int = 1):
+    """One ground-truth video per caption of the whole world (all 270, with held-out)."""
+    captions = world.all_captions()
+    videos = np.stack([world.sample_for_caption(c, seed=seed, index=i).video for c in captions for i in range(per_caption)])
+    return videos, [c for c in captions for _ in range(per_caption)]
+
+
+def _retrieval(sim: torch.Tensor, query: list[str], gallery: list[str]) -> dict:
+    """Top-1 text->video retrieval accuracy, split by seen / held-out query captions."""
+    best = sim.argmax(1).tolist()
+    hits = [gallery[b] == q for q, b in zip(query, best)]
+    held = [world.parse_caption(q).held_out for q in query]
+    seen_hits = [h for h, o in zip(hits, held) if not o]
+    held_hits = [h for h, o in zip(hits, held) if o]
+    return {"seen": float(np.mean(seen_hits)), "held_out": float(np.mean(held_hits)), "num_seen": len(seen_hits), "num_held_out": len(held_hits)}
+
+
+def build_image_reward(folder: str | Path | None = None):
+    from rewards.image_text import OpenCLIPReward
+
+    tok = MiniWorldTokenizer(strip_motion=True)
+    if folder is None:
+        return OpenCLIPReward(image_model_config(), None, tokenizer=tok, preprocess=dict(IMAGE_PREPROCESS))
+    folder = Path(folder)
+    return OpenCLIPReward(str(folder / IMAGE_CONFIG_FILE), folder, checkpoint_file=IMAGE_WEIGHTS_FILE, tokenizer=tok,
+                          preprocess=dict(IMAGE_PREPROCESS))
+
+
+def train_and_save_image_reward(folder, videos: np.ndarray, captions: list[str], steps: int, seed: int = 0,
+                                batch_size: int = 64, lr: float = 1e-3) -> dict:
+    from safetensors.torch import save_file
+
+    if (Path(folder) / STATS_FILE).is_file():  # already trained by an earlier (or parallel) run of the build
+        return json.loads((Path(folder) / STATS_FILE).read_text())
+    torch.manual_seed(seed)
+    reward = build_image_reward(None)
+    model = _unfreeze(reward.model)
+    texts = sorted({world.strip_motion(c) for c in captions})
+    labels = [texts.index(world.strip_motion(c)) for c in captions]
+    frames = torch.from_numpy(videos).permute(0, 1, 4, 2, 3)  # (N, T, 3, H, W) uint8
+
+    def embed_samples(idx, g):
+        t = torch.randint(frames.shape[1], (len(idx),), generator=g)
+        return model.encode_image(reward.preprocess(frames[idx, t].float() / 255.0))
+
+    stats = _contrastive_loop("image_reward", embed_samples, lambda tx: model.encode_text(reward.tokenizer(tx)),
+                              list(model.parameters()), lambda: model.logit_scale, len(frames), texts, labels, steps,
+                              batch_size, lr, seed)
+    model.eval()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / IMAGE_CONFIG_FILE).write_text(json.dumps(image_model_config(), indent=2))
+    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(folder / IMAGE_WEIGHTS_FILE))
+    # retrieval on a gallery of every motion-free caption (middle frame of one fresh video each)
+    loaded = build_image_reward(folder)
+    gv, gc = _gallery()
+    keep = {}
+    for v, c in zip(gv, gc):
+        keep.setdefault(world.strip_motion(c), v)
+    query = list(keep)
+    with torch.no_grad():
+        img = loaded.model.encode_image(loaded.preprocess(torch.from_numpy(np.stack([keep[q][4] for q in query])).permute(0, 3, 1, 2).float() / 255))
+        txt = loaded.model.encode_text(loaded.tokenizer(query))
+    sim = F.normalize(txt, dim=-1) @ F.normalize(img, dim=-1).T
+    held = [any((c, s) in world.HELD_OUT_PAIRS for c in world.COLOURS for s in world.SHAPES if f"a {c} {s} " in q) for q in query]
+    best = sim.argmax(1).tolist()
+    hits = [query[b] == q for q, b in zip(query, best)]
+    stats["retrieval_text_to_frame"] = {
+        "gallery": f"{len(query)} frames, one per motion-free caption",
+        "seen": float(np.mean([h for h, o in zip(hits, held) if not o])),
+        "held_out": float(np.mean([h for h, o in zip(hits, held) if o])),
+    }
+    stats["config"] = image_model_config()
+    stats["num_parameters"] = sum(p.numel() for p in model.parameters())
+    log.info("image reward retrieval %s", stats["retrieval_text_to_frame"])
+    (folder / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def build_video_reward(folder: str | Path | None = None):
+    from rewards.video_text import ViCLIPReward
+
+    tok = MiniWorldTokenizer()
+    if folder is None:
+        return ViCLIPReward(None, video_model_config(), tokenizer=tok, num_frames=8, stride=1, image_size=32)
+    folder = Path(folder)
+    config = json.loads((folder / VIDEO_CONFIG_FILE).read_text())
+    return ViCLIPReward(str(folder / VIDEO_WEIGHTS_FILE), config, tokenizer=tok, num_frames=8, stride=1, image_size=32)
+
+
+def train_and_save_video_reward(folder, videos: np.ndarray, captions: list[str], steps: int, seed: int = 0,
+                                batch_size: int = 32, lr: float = 1e-3) -> dict:
+    from safetensors.torch import save_file
+
+    if (Path(folder) / STATS_FILE).is_file():
+        return json.loads((Path(folder) / STATS_FILE).read_text())
+    torch.manual_seed(seed)
+    reward = build_video_reward(None)
+    model = _unfreeze(reward.model)
+    texts = sorted(set(captions))
+    labels = [texts.index(c) for c in captions]
+
+    def embed_samples(idx, g):
+        pixels = world.to_pixels(videos[idx.numpy()])
+        return model.encode_video(reward.preprocess_clip(pixels))
+
+    stats = _contrastive_loop("video_reward", embed_samples, lambda tx: model.encode_text(reward.tokenizer(tx)),
+                              list(model.parameters()), lambda: _temp(model),
+                              len(videos), texts, labels, steps, batch_size, lr, seed)
+    model.eval()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / VIDEO_CONFIG_FILE).write_text(json.dumps(video_model_config(), indent=2))
+    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(folder / VIDEO_WEIGHTS_FILE))
+    loaded = build_video_reward(folder)
+    gv, gc = _gallery()
+    with torch.no_grad():
+        vid = loaded.model.encode_video(loaded.preprocess_clip(world.to_pixels(gv)), normalize=True)
+        txt = loaded.encode_prompts(gc)
+    stats["retrieval_text_to_video"] = {"gallery": f"{len(gc)} videos, one per caption", **_retrieval(txt @ vid.T, gc, gc)}
+    stats["config"] = video_model_config()
+    stats["num_parameters"] = sum(p.numel() for p in model.parameters())
+    log.info("video reward retrieval %s", stats["retrieval_text_to_video"])
+    (folder / STATS_FILE).write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def _temp(model):
+    """log of the logit scale of our ViCLIP (it stores a temperature ``temp``: logits = sim / temp)."""
+    return -torch.log(model.temp.clamp(min=1e-3))

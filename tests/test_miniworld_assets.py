@@ -1,0 +1,74 @@
+"""The shipped mini-world assets load through the public loaders and generate videos of the right shape."""
+
+import json
+
+import pytest
+import torch
+
+from t2v_turbo.miniworld import assets, world
+from t2v_turbo.miniworld.tokenizer import MiniWorldTokenizer, build_hf_tokenizer, vocabulary
+
+PROMPTS = ["a red triangle moving left on a black background", "a green square staying still on a teal background"]
+
+
+def test_tokenizer_faces_agree_and_eos_is_largest():
+    tok = MiniWorldTokenizer()
+    ids = tok(PROMPTS)
+    hf = build_hf_tokenizer()(PROMPTS, padding="max_length", max_length=tok.context_length, return_tensors="pt").input_ids
+    assert torch.equal(ids, hf)
+    assert tok.eos_id == max(vocabulary().values())
+    assert (ids.argmax(1) == (ids == tok.eos_id).float().argmax(1)).all()  # argmax pooling finds [EOS]
+    assert torch.equal(MiniWorldTokenizer(strip_motion=True)(PROMPTS[:1]), tok(["a red triangle on a black background"]))
+    assert (tok(["a zebra"])[0, 2] == tok.unk_id).item()
+
+
+def test_shipped_teacher_loads_and_samples():
+    from diffusers import TextToVideoSDPipeline
+
+    from t2v_turbo.pipeline import TeacherPipeline
+
+    adapter = assets.load_teacher()
+    assert adapter.vae_scale_factor != 0.18215  # set from the latent std of the mini world's VAE
+    assert torch.equal(adapter.tokenizer(PROMPTS, padding="max_length", max_length=16, return_tensors="pt").input_ids,
+                       MiniWorldTokenizer()(PROMPTS))
+    video = TeacherPipeline(adapter)(PROMPTS, num_inference_steps=3, guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
+    assert video.shape == (2, 3, 8, 32, 32) and video.abs().max() <= 1.5
+    stock = TextToVideoSDPipeline.from_pretrained(assets.TEACHER, torch_dtype=torch.float32)
+    frames = stock(PROMPTS[0], num_inference_steps=2, height=32, width=32, num_frames=8, output_type="np").frames
+    assert frames.shape == (1, 8, 32, 32, 3)
+
+
+def test_shipped_rewards_load_and_prefer_the_right_caption():
+    from rewards import build_reward
+
+    image, video = build_reward("miniworld-image"), build_reward("miniworld-video")
+    gt = world.to_pixels(world.sample_for_caption(PROMPTS[0]).video[None])
+    wrong_colour = "a blue triangle moving left on a black background"
+    wrong_motion = "a red triangle moving right on a black background"
+    g = torch.Generator().manual_seed(0)
+    assert image(gt, [PROMPTS[0]], g) > image(gt, [wrong_colour], g)
+    assert video(gt, [PROMPTS[0]]) > video(gt, [wrong_motion])
+    # the image reward cannot see motion: the motion phrase is dropped from its text
+    assert torch.allclose(image.score(gt[:, :, :1], [PROMPTS[0]]), image.score(gt[:, :, :1], [wrong_motion]))
+
+
+def test_training_log_records_times_and_retrieval():
+    log = json.loads((assets.ASSETS / "training_log.json").read_text())
+    for key in ("vae", "teacher"):
+        assert log[key]["seconds"] > 0
+    assert 0 <= log["video_reward"]["retrieval_text_to_video"]["held_out"] <= 1
+    assert 0 <= log["image_reward"]["retrieval_text_to_frame"]["seen"] <= 1
+
+
+def test_shipped_student_samples():
+    folder = assets.STUDENT
+    if not (folder / "student.json").is_file():
+        pytest.fail(f"no shipped student in {folder}")
+    pipe = assets.load_shipped_student()
+    video = pipe(PROMPTS, num_inference_steps=4, guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
+    assert video.shape == (2, 3, 8, 32, 32)
+
+
+def test_asset_size_is_small():
+    total = sum(p.stat().st_size for p in assets.ASSETS.rglob("*") if p.is_file())
+    assert total < 12 * 2**20, f"shipped mini-world assets are {total / 2**20:.1f} MiB"
