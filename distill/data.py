@@ -24,6 +24,7 @@ counts skips even when decoding happens in DataLoader workers.
 from __future__ import annotations
 
 import csv as csv_module
+import glob
 import io
 import logging
 import tarfile
@@ -208,9 +209,12 @@ class VideoCaptionShards(VideoCaptionDataset):
     """Webdataset-style tar shards: members ``key.mp4`` and ``key.txt`` (names ``shard.tar:key.mp4``)."""
 
     def __init__(self, shards: str | Sequence[str], **kwargs):
+        """``shards``: one tar path, a list of them, or a glob pattern (``/data/shard-*.tar``)."""
         super().__init__(**kwargs)
-        paths = sorted(Path().glob(shards) if isinstance(shards, str) and any(c in shards for c in "*?[") else
-                       [Path(s) for s in ([shards] if isinstance(shards, str) else shards)])
+        if isinstance(shards, str) and any(c in shards for c in "*?["):
+            paths = sorted(Path(p) for p in glob.glob(shards))
+        else:
+            paths = [Path(s) for s in ([shards] if isinstance(shards, (str, Path)) else shards)]
         if not paths:
             raise FileNotFoundError(f"no tar shards match {shards!r}")
         self.members: dict[str, tuple[Path, str]] = {}

@@ -109,8 +109,13 @@ def video_only_mask(positions: Sequence[int], fraction: float) -> torch.Tensor:
     return torch.tensor([p % den >= den - num for p in positions], dtype=torch.bool)
 
 
-def sample_generator(seed: int, position: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + position)
+#: independent random streams keyed by a global sample position
+SAMPLE_STREAM, FRAME_STREAM, VAE_STREAM = 0, 1, 2
+
+
+def sample_generator(seed: int, position: int, stream: int = SAMPLE_STREAM) -> torch.Generator:
+    """A generator seeded by (seed, global position, stream): ((seed * 1_000_003 + position) * 8 + stream)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + position) * 8 + stream)
 
 
 class T2VTurboObjective:
@@ -251,7 +256,7 @@ class T2VTurboObjective:
         if not self.rewards:
             return {}, {}, []
         batch, num_frames = f_theta.shape[0], f_theta.shape[2]
-        g = sample_generator(seed, positions[0] + 7_777_777)
+        g = sample_generator(seed, positions[0], FRAME_STREAM)
         frame_idx = [list(r.reward.frame_indices(num_frames, g)) for r in self.rewards]
         split = self.video_only_fraction > 0
         # which samples each reward scores

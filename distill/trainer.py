@@ -49,7 +49,7 @@ import torch
 
 from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples
 from distill.ema import EMATarget
-from distill.objective import ConsistencySettings, RewardTerm, T2VTurboObjective
+from distill.objective import VAE_STREAM, ConsistencySettings, RewardTerm, T2VTurboObjective, sample_generator
 from t2v_turbo.config import (
     COMPONENT_KEY,
     ConfigError,
@@ -375,7 +375,7 @@ class DistillationRecipe:
         device = self.accelerator.device
         positions = batch["positions"]
         with torch.no_grad():
-            generator = torch.Generator().manual_seed(self.cfg["seed"] * 1_000_003 + positions[0] + 3_333_333)
+            generator = sample_generator(self.cfg["seed"], positions[0], VAE_STREAM)
             latents = self.adapter.encode_video(batch["pixels"].to(device), generator=generator).float()
             text = self.adapter.encode_prompts(batch["captions"]).float()
             uncond = self.adapter.empty_prompt_embedding(len(positions)).float()

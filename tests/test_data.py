@@ -113,6 +113,9 @@ def test_tar_shards(video_dir, tmp_path):
             tar.add(video_dir / name, arcname=name)
     dataset = VideoCaptionShards([str(shard)], num_frames=8, fps=8, height=16, width=16)
     assert len(dataset) == 2
+    assert len(VideoCaptionShards(str(tmp_path / "shard-*.tar"))) == 2  # an absolute glob pattern
+    with pytest.raises(FileNotFoundError, match="no tar shards match"):
+        VideoCaptionShards(str(tmp_path / "none-*.tar"))
     sample = dataset[0]
     assert sample["skipped"] == ["shard-000.tar:corrupt.mp4"]
     assert sample["caption"] == "a cat running" and sample["pixels"].shape == (3, 8, 16, 16)
