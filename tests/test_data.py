@@ -143,3 +143,13 @@ def test_positioned_dataset_is_a_pure_function_of_position(video_dir):
     assert a["position"] == 4 and torch.equal(a["pixels"], b["pixels"])
     # another epoch draws another clip start from the same 16-frame video
     assert not torch.equal(a["pixels"], other_epoch["pixels"])
+
+
+def test_skips_are_reported_from_dataloader_workers(video_dir):
+    dataset = PositionedDataset(VideoCaptionFolder(video_dir, num_frames=8, fps=8, height=16, width=16))
+    sampler = GlobalPositionSampler(len(dataset), batch_size=3, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=1, collate_fn=collate_samples)
+    batch = next(iter(loader))
+    # the worker's own counter is lost with the worker; the names travel with the batch
+    assert batch["skipped"] == ["corrupt.mp4", "short.mp4", "corrupt.mp4"]
+    assert batch["positions"] == [0, 1, 2] and batch["pixels"].shape == (3, 3, 8, 16, 16)
