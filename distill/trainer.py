@@ -311,6 +311,11 @@ class DistillationRecipe:
             seen[spec["name"]] = seen.get(spec["name"], 0) + 1
             label = spec["name"] if seen[spec["name"]] == 1 else f"{spec['name']}#{seen[spec['name']]}"
             terms.append(RewardTerm(label, reward, float(spec.get("weight", 1.0))))
+        if options["video_only_fraction"] > 0 and not any(t.reward.granularity == "clip" for t in terms):
+            raise ConfigError(
+                f"reward_options.video_only_fraction={options['video_only_fraction']} needs a clip-level reward "
+                f"(e.g. viclip, internvideo2); the configured rewards are {[t.name for t in terms]}"
+            )
         self.objective = T2VTurboObjective(
             self.adapter,
             ConsistencySettings(**cfg["distill"]),

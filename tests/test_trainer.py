@@ -211,3 +211,14 @@ def test_train_command_runs_and_resumes(assets, tmp_path, capsys):
     assert load_config(tmp_path / f"{CHECKPOINT_PREFIX}2" / "config.yaml")["train"]["max_steps"] == 2
     assert main(args + ["--resume", str(tmp_path / "nowhere")]) == 2
     assert "is not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_video_only_fraction_needs_a_clip_reward(assets, tmp_path):
+    from t2v_turbo.config import ConfigError
+
+    recipe = DistillationRecipe(tiny_config(assets, tmp_path, "reward_options.video_only_fraction=0.25"))
+    try:
+        with pytest.raises(ConfigError, match=r"video_only_fraction=0.25 needs a clip-level reward.*\[\]"):
+            recipe.setup()
+    finally:
+        recipe.cleanup()

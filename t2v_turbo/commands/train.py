@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             recipe.setup(resume=args.resume)
-        except FileNotFoundError as err:
+        except (FileNotFoundError, ConfigError) as err:
             print(f"error: {args.config}: {err}", file=sys.stderr)
             return 2
         recipe.train()
