@@ -283,7 +283,9 @@ class T2VTurboObjective:
                 continue
             frames = torch.stack([pixels_of[b][0][:, [pixels_of[b][1][f] for f in idx]] for b in members])
             reward_dtype = next(term.reward.parameters(), frames).dtype
-            scores = term.reward.score(frames.to(reward_dtype), [prompts[b] for b in members]).float()
+            scores = term.reward.score_selected(
+                frames.to(reward_dtype), [prompts[b] for b in members], idx, num_frames
+            ).float()
             values[term.name] = scores.mean()
             terms[term.name] = -term.weight * scores.sum() / batch
             if grad_norms and terms[term.name].requires_grad:

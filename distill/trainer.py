@@ -149,6 +149,9 @@ def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
     if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
         errors.append(f"reward_options.video_only_fraction={fraction!r} must be a number in [0, 1)")
     train = cfg.get("train", {})
+    if train.get("mixed_precision") is False:
+        # YAML 1.1 reads a bare `no` (e.g. the override train.mixed_precision=no) as false.
+        train["mixed_precision"] = "no"
     if train.get("mixed_precision") not in ("no", "bf16", "fp16"):
         errors.append(f"train.mixed_precision={train.get('mixed_precision')!r} is not one of 'no', 'bf16', 'fp16'")
     if train.get("teacher_dtype") not in DTYPES:

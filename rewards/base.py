@@ -68,10 +68,17 @@ class VideoReward(nn.Module, abc.ABC):
     ) -> torch.Tensor:
         check_video_batch(video, prompts)
         idx = self.frame_indices(video.shape[2], generator)
-        weights = self.frame_weights(idx, video.shape[2])
+        return self.score_selected(video[:, :, idx], prompts, idx, video.shape[2])
+
+    def score_selected(
+        self, frames: torch.Tensor, prompts: Sequence[str], indices: list[int], num_frames: int
+    ) -> torch.Tensor:
+        """``score`` of frames already taken at ``indices`` of a ``num_frames`` video, with the
+        reward's frame weights when it has any (trainers that decode only some frames call this)."""
+        weights = self.frame_weights(indices, num_frames)
         if weights is None:
-            return self.score(video[:, :, idx], prompts)
-        return self.score(video[:, :, idx], prompts, frame_weights=weights)
+            return self.score(frames, prompts)
+        return self.score(frames, prompts, frame_weights=weights)
 
 
 def register_reward(name: str) -> Callable:

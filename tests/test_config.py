@@ -110,3 +110,9 @@ def test_train_cli_missing_teacher_folder(tmp_path, capsys):
     code = main(["train", TINY, f"teacher.path={missing}", f"output_dir={tmp_path / 'run'}", "logging.tensorboard=false"])
     assert code == 2
     assert f"no diffusers text-to-video model folder at {missing}" in capsys.readouterr().err
+
+
+def test_mixed_precision_no_override_is_not_read_as_false():
+    cfg = resolve_run_config(load_config(TINY, ["train.mixed_precision=no"]))
+    assert cfg["train"]["mixed_precision"] == "no"
+    assert not any("mixed_precision" in e for e in validate_run_config(cfg))

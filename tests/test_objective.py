@@ -219,3 +219,34 @@ def test_settings_errors_name_the_key():
         ConsistencySettings(target="teacher")
     with pytest.raises(ValueError, match="distill.w_min=9"):
         ConsistencySettings(w_min=9, w_max=3)
+
+
+class WeightedColourReward(ColourReward):
+    """ColourReward with per-frame weights (as InstructVideo's temporal attenuation weights frames)."""
+
+    def frame_weights(self, indices, num_frames):
+        return torch.tensor([1.0 + i for i in indices])
+
+    def score(self, frames, prompts, frame_weights=None):
+        per_frame = self.head(frames.mean(dim=(3, 4)).transpose(1, 2)).squeeze(-1)
+        self.calls.append(None if frame_weights is None else frame_weights.tolist())
+        if frame_weights is None:
+            return per_frame.mean(dim=1)
+        return (per_frame * frame_weights).sum(dim=1) / frame_weights.sum()
+
+
+def test_objective_passes_the_rewards_frame_weights(adapter, student):
+    reward = WeightedColourReward([1, 4], seed=3)
+    objective = T2VTurboObjective(adapter, ConsistencySettings(), [RewardTerm("img", reward, 1.0)])
+    latents, text, uncond, prompts = batch(adapter)
+    with torch.no_grad():
+        out = objective(student, latents, text, uncond, prompts, [0, 1], seed=0)
+        index, w, eps = objective.draw([0, 1], latents.shape[1:], seed=0)
+        t = objective.grid[index]
+        from distill.solver import add_noise, extract, guidance_scale_embedding
+
+        z = add_noise(latents, eps, extract(adapter.alphas_cumprod, t, latents.ndim))
+        pixels = adapter.decode_latents(objective.consistency_fn(student, z, t, text, guidance_scale_embedding(w, 256)))
+        expected = reward(pixels, prompts).mean()  # forward applies the same weights
+    assert reward.calls[0] == [2.0, 5.0]
+    assert out.rewards["img"].item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
