@@ -7,7 +7,7 @@ data; only ``rewards`` differs. MiniBench per dimension, seen / held-out, on the
 evaluation prompt set; plus the sampling speed ratio (4-step student vs 50-step CFG teacher,
 same batch).
 
-    python bench/miniworld_ablation.py --steps 120 --jobs 2 [--write-results] [--write-teacher-cache]
+    python bench/miniworld_ablation.py [--steps N] [--write-results] [--write-teacher-cache]
 """
 
 from __future__ import annotations
@@ -39,29 +39,34 @@ def train_command(out: Path, name: str, steps: int, extra: list[str]) -> list[st
             f"rewards={VARIANTS[name]}", "logging.tensorboard=true", *extra]
 
 
-def run_trainings(out: Path, names: list[str], steps: int, jobs: int, extra: list[str]) -> dict:
-    """Train the variants, ``jobs`` at a time (1 torch thread each); returns wall seconds per variant."""
+def start_trainings(out: Path, names: list[str], steps: int, extra: list[str]) -> dict:
+    """Start the variants' trainings as subprocesses (1 torch thread each); returns name -> (process, start, log)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # the dataset is written once, before any run, so parallel runs never race on it
-    from t2v_turbo.miniworld.assets import training_dataset
     from t2v_turbo.config import load_config
+    from t2v_turbo.miniworld.assets import training_dataset
 
-    cfg = load_config(REPO / "configs" / "miniworld.yaml")
+    cfg = load_config(REPO / "configs" / "miniworld.yaml", extra)
     training_dataset(out / "data", num_videos=cfg["data"]["num_videos"], seed=cfg["data"]["seed"])
-    pending, running, seconds = [n for n in names if not (out / KEYS[n] / "student" / "student.json").is_file()], {}, {}
-    while pending or running:
-        while pending and len(running) < jobs:
-            name = pending.pop(0)
-            log = open(out / f"{KEYS[name]}.log", "w")
-            running[name] = (subprocess.Popen(train_command(out, name, steps, extra), env=env, stdout=log, stderr=subprocess.STDOUT), time.time(), log)
-        time.sleep(2)
-        for name, (proc, t0, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                if proc.returncode:
-                    raise RuntimeError(f"training {name!r} failed (exit {proc.returncode}); see {out / (KEYS[name] + '.log')}")
-                seconds[name] = time.time() - t0
-                del running[name]
+    running = {}
+    for name in names:
+        if (out / KEYS[name] / "student" / "student.json").is_file():
+            continue
+        log = open(out / f"{KEYS[name]}.log", "w")
+        running[name] = (subprocess.Popen(train_command(out, name, steps, extra), env=env, stdout=log, stderr=subprocess.STDOUT),
+                         time.time(), log)
+    return running
+
+
+def wait_trainings(out: Path, running: dict) -> dict:
+    """Wait for every training; returns wall seconds per variant; a failed run raises, naming its log."""
+    seconds = {}
+    for name, (proc, t0, log) in running.items():
+        proc.wait()
+        log.close()
+        if proc.returncode:
+            raise RuntimeError(f"training {name!r} failed (exit {proc.returncode}); see {out / (KEYS[name] + '.log')}")
+        seconds[name] = time.time() - t0
     return seconds
 
 
@@ -69,9 +74,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/miniworld-ablation")
     parser.add_argument("--steps", type=int, default=None, help="student training steps (default: configs/miniworld.yaml)")
-    parser.add_argument("--jobs", type=int, default=2, help="trainings run in parallel (1 torch thread each)")
     parser.add_argument("--variants", default=",".join(KEYS.values()), help="subset of vcm,img,vid,both")
     parser.add_argument("--teacher-guidance", type=float, default=None, help="teacher CFG scale (default: config validation.guidance_scale)")
+    parser.add_argument("--num-prompts", type=int, default=None, help="only the first N evaluation prompts (quick checks)")
     parser.add_argument("--write-results", action="store_true", help="write the table into bench/RESULTS.md")
     parser.add_argument("--write-teacher-cache", action="store_true", help="store the teacher's scores in the shipped assets for the quick start")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every student run")
@@ -94,14 +99,14 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = [n for n in VARIANTS if KEYS[n] in args.variants.split(",")]
-    prompts = evaluation_prompts()
+    prompts = evaluation_prompts()[: args.num_prompts]
 
     t0 = time.time()
-    train_seconds = run_trainings(out, names, steps, args.jobs, args.overrides)
+    running = start_trainings(out, names, steps, args.overrides)  # the teacher samples while they train
     reports = {"ground truth": minibench.ground_truth_report(prompts)}
     adapter = load_teacher(cfg["teacher"].get("path"))
     teacher_json = out / "teacher_minibench.json"
-    settings = f"DDIM 50 steps, CFG {teacher_guidance}, seed {seed}, one video per prompt"
+    settings = f"DDIM 50 steps, CFG {teacher_guidance}, seed {seed}, one video per prompt, {len(prompts)} prompts"
     if teacher_json.is_file() and json.loads(teacher_json.read_text())["settings"] == settings:
         reports["teacher (DDIM 50 + CFG)"] = json.loads(teacher_json.read_text())["report"]
     else:
@@ -109,6 +114,7 @@ def main() -> int:
         rp.write_videos(out / "videos" / "teacher", videos, prompts)
         reports["teacher (DDIM 50 + CFG)"] = rp.compact(minibench.evaluate_folder(out / "videos" / "teacher"))
         rp.save_json(teacher_json, {"settings": settings, "report": reports["teacher (DDIM 50 + CFG)"]})
+    train_seconds = wait_trainings(out, running)
     if args.write_teacher_cache:
         rp.save_json(ASSETS / "teacher_minibench.json", json.loads(teacher_json.read_text()))
     speed = None

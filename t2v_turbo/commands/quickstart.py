@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's train.max_steps)")
     parser.add_argument("--sample-teacher", action="store_true",
                         help="sample the 50-step teacher in this run instead of using its cached MiniBench scores")
+    parser.add_argument("--num-prompts", type=int, default=None,
+                        help="evaluate only the first N evaluation prompts (quick checks; default all 90)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="extra config overrides for the training run")
 
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return code
     train_seconds = time.time() - t0
 
-    prompts = evaluation_prompts()
+    prompts = evaluation_prompts()[: args.num_prompts]
     guidance = float(cfg["validation"]["guidance_scale"])
     pipeline = load_student_pipeline(out / "run" / "student")
     t0 = time.time()
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     teacher_cache = ASSETS / "teacher_minibench.json"
     adapter = load_teacher(cfg["teacher"].get("path"))
     teacher_videos = None
-    if args.sample_teacher or not teacher_cache.is_file():
+    if args.sample_teacher or not teacher_cache.is_file() or args.num_prompts is not None:
         teacher_videos = rp.sample_teacher(adapter, prompts, seed=cfg["seed"], guidance_scale=guidance)
         rp.write_videos(out / "videos" / "teacher", teacher_videos, prompts)
         reports["teacher (DDIM 50, CFG)"] = minibench.evaluate_folder(out / "videos" / "teacher")
@@ -82,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     scalars = rp.read_scalars(out / "run" / "logs")
     plot = rp.plot_training(scalars, out / "training.png")
-    show = [0, 10, 20, 30, 45, 55, 65, 80]
+    show = [i for i in (0, 10, 20, 30, 45, 55, 65, 80) if i < len(prompts)]
     rows = {"student": student_videos[show]}
     if teacher_videos is not None:
         rows["teacher"] = teacher_videos[show]
