@@ -160,3 +160,21 @@ def build_tiny_diffusers_t2v(
     )
     pipeline.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def write_caption_folder(folder: str | Path, captions: Sequence[str], seed: int = 0) -> Path:
+    """A ``VideoCaptionFolder`` of small real mp4 clips (10 frames, 20x24, brightening over time)
+    with one ``clipN.txt`` caption each."""
+    import numpy as np
+
+    from t2v_turbo.video_io import write_mp4
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, caption in enumerate(captions):
+        base = rng.integers(0, 255, size=(1, 20, 24, 3))
+        frames = np.clip(base + 8 * np.arange(10)[:, None, None, None], 0, 255).astype(np.uint8)
+        write_mp4(folder / f"clip{i}.mp4", frames, fps=8)
+        (folder / f"clip{i}.txt").write_text(caption)
+    return folder

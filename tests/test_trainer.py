@@ -6,8 +6,7 @@ import torch
 
 from distill.trainer import CHECKPOINT_PREFIX, DistillationRecipe, enable_gradient_checkpointing, list_checkpoints
 from t2v_turbo.config import load_config
-from t2v_turbo.testing import build_tiny_diffusers_t2v
-from t2v_turbo.video_io import write_mp4
+from t2v_turbo.testing import build_tiny_diffusers_t2v, write_caption_folder
 
 CAPTIONS = ["a cat running", "a red car on the street", "a bird flying in the sky", "a dog on the beach"]
 
@@ -16,14 +15,7 @@ CAPTIONS = ["a cat running", "a red car on the street", "a bird flying in the sk
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("assets")
     teacher = build_tiny_diffusers_t2v(root / "teacher")
-    videos = root / "videos"
-    videos.mkdir()
-    rng = np.random.default_rng(0)
-    for i, caption in enumerate(CAPTIONS):
-        base = rng.integers(0, 255, size=(1, 20, 24, 3))
-        frames = np.clip(base + 8 * np.arange(10)[:, None, None, None], 0, 255).astype(np.uint8)
-        write_mp4(videos / f"clip{i}.mp4", frames, fps=8)
-        (videos / f"clip{i}.txt").write_text(caption)
+    videos = write_caption_folder(root / "videos", CAPTIONS)
     return {"teacher": teacher, "videos": videos}
 
 

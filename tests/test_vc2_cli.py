@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -11,7 +10,7 @@ from t2v_turbo.cli import main
 from t2v_turbo.models.vc2 import lora_format as lf
 from t2v_turbo.models.vc2.tiny import save_tiny_vc2_ckpt
 from t2v_turbo.student import read_student_meta
-from t2v_turbo.video_io import write_mp4
+from t2v_turbo.testing import write_caption_folder
 
 CAPTIONS = ["a cat running", "a red car on the street"]
 
@@ -22,14 +21,7 @@ def assets(tmp_path_factory):
     ckpt_path, config_path = save_tiny_vc2_ckpt(root / "raw", seed=0)
     teacher = root / "vc2"
     assert main(["convert", "vc2", "--ckpt", str(ckpt_path), "--config", str(config_path), "--out", str(teacher)]) == 0
-    videos = root / "videos"
-    videos.mkdir()
-    rng = np.random.default_rng(0)
-    for i, caption in enumerate(CAPTIONS):
-        base = rng.integers(0, 255, size=(1, 20, 24, 3))
-        frames = np.clip(base + 8 * np.arange(10)[:, None, None, None], 0, 255).astype(np.uint8)
-        write_mp4(videos / f"clip{i}.mp4", frames, fps=8)
-        (videos / f"clip{i}.txt").write_text(caption)
+    videos = write_caption_folder(root / "videos", CAPTIONS)
     return dict(root=root, teacher=teacher, videos=videos)
 
 

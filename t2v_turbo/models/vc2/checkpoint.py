@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from t2v_turbo.models.vc2.unet import VC2_UNET_CONFIG, VC2UNet
