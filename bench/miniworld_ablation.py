@@ -105,6 +105,8 @@ def main() -> int:
     running = start_trainings(out, names, steps, args.overrides)  # the teacher samples while they train
     reports = {"ground truth": minibench.ground_truth_report(prompts)}
     adapter = load_teacher(cfg["teacher"].get("path"))
+    reports["VAE reconstruction of ground truth (ceiling of latent models)"] = rp.compact(
+        minibench.evaluate(rp.vae_roundtrip(adapter, prompts, seed=seed), prompts))
     teacher_json = out / "teacher_minibench.json"
     settings = f"DDIM 50 steps, CFG {teacher_guidance}, seed {seed}, one video per prompt, {len(prompts)} prompts"
     if teacher_json.is_file() and json.loads(teacher_json.read_text())["settings"] == settings:

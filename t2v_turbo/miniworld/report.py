@@ -41,6 +41,14 @@ def sample_teacher(adapter, prompts: Sequence[str], seed: int = 0, steps: int = 
     return np.concatenate(out)
 
 
+@torch.no_grad()
+def vae_roundtrip(adapter, prompts: Sequence[str], seed: int = 0) -> np.ndarray:
+    """Ground-truth videos of ``prompts`` encoded and decoded by the teacher's VAE (uint8)."""
+    gt = np.stack([world.sample_for_caption(p).video for p in prompts])
+    z = adapter.encode_video(world.to_pixels(gt), generator=torch.Generator().manual_seed(seed))
+    return world.to_uint8(adapter.decode_latents(z))
+
+
 def write_videos(folder: str | Path, videos: np.ndarray, prompts: Sequence[str]) -> Path:
     """``{prompt}-{i}.mp4`` files (lossless), the naming MiniBench and VBench read."""
     folder = Path(folder)

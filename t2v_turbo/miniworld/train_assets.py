@@ -32,7 +32,7 @@ from t2v_turbo.miniworld.tokenizer import CONTEXT_LENGTH, MiniWorldTokenizer, sa
 log = logging.getLogger("t2v_turbo.miniworld.build")
 
 #: default number of optimiser steps per model (sized for ~40-50 min on 2 CPU cores)
-DEFAULT_STEPS = {"vae": 300, "teacher": 450, "image_reward": 1500, "video_reward": 1200}
+DEFAULT_STEPS = {"vae": 300, "teacher": 450, "teacher_more": 550, "image_reward": 1500, "video_reward": 1200}
 TEXT_HIDDEN = 64
 
 
@@ -197,15 +197,20 @@ def encode_pool(vae, videos: np.ndarray, seed: int = 0, chunk: int = 256) -> tor
 
 # ---- 2. teacher + text encoder ---------------------------------------------------------------
 def train_teacher(latents: torch.Tensor, captions: list[str], steps: int, batch_size: int = 24, lr: float = 1e-3,
-                  caption_dropout: float = 0.1, ema_decay: float = 0.99, seed: int = 0):
+                  caption_dropout: float = 0.1, ema_decay: float = 0.99, seed: int = 0, init_from: Path | None = None):
+    """Train (or, with ``init_from`` = a teacher folder, continue training) the UNet + text encoder."""
     from diffusers import UNet3DConditionModel
     from transformers import CLIPTextModel
 
     from distill.schedule import scaled_linear_alphas_cumprod
 
     torch.manual_seed(seed)
-    unet = UNet3DConditionModel(**unet_config())
-    text_encoder = CLIPTextModel(text_encoder_config())
+    if init_from is not None:
+        unet = UNet3DConditionModel.from_pretrained(init_from, subfolder="unet", torch_dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(init_from, subfolder="text_encoder", dtype=torch.float32)
+    else:
+        unet = UNet3DConditionModel(**unet_config())
+        text_encoder = CLIPTextModel(text_encoder_config())
     tokenizer = MiniWorldTokenizer()
     tokens = tokenizer(captions)
     empty = tokenizer([""])[0]
@@ -323,6 +328,15 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
             torch.save(lat, cache)
         record["latent_std_after_scaling"] = float(lat.std())
         unet, text_encoder, record["teacher"] = train_teacher(lat, captions, steps["teacher"], seed=seed)
+        save_teacher(teacher_dir, unet, vae, text_encoder)
+        save()
+    if "teacher_more" in stages:  # continue the teacher from its saved folder (a second phase at a lower lr)
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(out / "_vae_fp32")
+        lat = torch.load(out / "_latents.pt")
+        unet, text_encoder, record["teacher_phase2"] = train_teacher(
+            lat, captions, steps["teacher_more"], lr=5e-4, seed=seed + 1, init_from=teacher_dir)
         save_teacher(teacher_dir, unet, vae, text_encoder)
         save()
     if "rewards" in stages:
