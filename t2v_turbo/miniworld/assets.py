@@ -29,7 +29,11 @@ def load_teacher(path: str | Path | None = None, **kwargs):
     """The mini-world teacher (``DiffusersT2VAdapter``); default: the shipped folder."""
     from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
 
-    return DiffusersT2VAdapter.from_pretrained(asset_path(path, TEACHER), **kwargs)
+    from t2v_turbo.miniworld.world import NUM_FRAMES
+
+    adapter = DiffusersT2VAdapter.from_pretrained(asset_path(path, TEACHER), **kwargs)
+    adapter.default_num_frames = NUM_FRAMES  # the world's videos have 8 frames (32x32 comes from the UNet/VAE)
+    return adapter
 
 
 def training_dataset(folder: str | Path = "runs/miniworld-data", num_videos: int = 2000, seed: int = 0, **kwargs):
