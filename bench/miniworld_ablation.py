@@ -61,12 +61,15 @@ def start_trainings(out: Path, names: list[str], steps: int, extra: list[str]) -
 def wait_trainings(out: Path, running: dict) -> dict:
     """Wait for every training; returns wall seconds per variant; a failed run raises, naming its log."""
     seconds = {}
-    for name, (proc, t0, log) in running.items():
-        proc.wait()
-        log.close()
-        if proc.returncode:
-            raise RuntimeError(f"training {name!r} failed (exit {proc.returncode}); see {out / (KEYS[name] + '.log')}")
-        seconds[name] = time.time() - t0
+    while len(seconds) < len(running):  # poll, so each run's own finishing time is recorded
+        for name, (proc, t0, log) in running.items():
+            if name in seconds or proc.poll() is None:
+                continue
+            log.close()
+            if proc.returncode:
+                raise RuntimeError(f"training {name!r} failed (exit {proc.returncode}); see {out / (KEYS[name] + '.log')}")
+            seconds[name] = time.time() - t0
+        time.sleep(1)
     return seconds
 
 
