@@ -171,7 +171,7 @@ def export_student(student_folder: str | Path, out: str | Path, format: str, gui
     if format not in EXPORT_FORMATS:
         raise ValueError(f"`format`={format!r} is not one of {EXPORT_FORMATS}")
     meta = read_student_meta(student_folder)
-    adapter = load_teacher_for(meta)
+    adapter = load_teacher_for(meta, student_folder)
     unet, meta = load_student(student_folder, adapter)
     if format == "lora":
         return export_lora(unet, meta, out)

@@ -179,7 +179,7 @@ def load_student_pipeline(
     from t2v_turbo.student import load_student, load_teacher_for, read_student_meta
 
     meta = read_student_meta(student_folder)
-    adapter = load_teacher_for(meta, torch_dtype=dtype)
+    adapter = load_teacher_for(meta, student_folder, torch_dtype=dtype)
     unet, meta = load_student(student_folder, adapter)
     if device is not None or dtype is not None:
         adapter.to(device=device, dtype=dtype)

@@ -253,11 +253,21 @@ def read_student_meta(folder: str | Path) -> StudentMeta:
     return StudentMeta.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
 
 
-def load_teacher_for(meta: StudentMeta, **kwargs: Any):
+def resolve_teacher_path(meta: StudentMeta, student_folder: str | Path | None = None) -> str:
+    """Where the student's teacher is: a relative ``teacher_path`` is looked up beside the student
+    folder first (a shipped student records ``../teacher`` so it works from any checkout), then
+    taken as given (relative to the working directory, or a hub id)."""
+    path = Path(meta.teacher_path)
+    if student_folder is not None and not path.is_absolute() and (Path(student_folder) / path).exists():
+        return str(Path(student_folder) / path)
+    return meta.teacher_path
+
+
+def load_teacher_for(meta: StudentMeta, student_folder: str | Path | None = None, **kwargs: Any):
     """The teacher adapter named in a student's meta, loaded with ``from_pretrained``."""
     module_name, _, class_name = meta.teacher_adapter.rpartition(".")
     adapter_cls = getattr(importlib.import_module(module_name), class_name)
-    return adapter_cls.from_pretrained(meta.teacher_path, **kwargs)
+    return adapter_cls.from_pretrained(resolve_teacher_path(meta, student_folder), **kwargs)
 
 
 def load_student(folder: str | Path, adapter) -> tuple[nn.Module, StudentMeta]:

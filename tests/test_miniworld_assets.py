@@ -72,3 +72,15 @@ def test_shipped_student_samples():
 def test_asset_size_is_small():
     total = sum(p.stat().st_size for p in assets.ASSETS.rglob("*") if p.is_file())
     assert total < 12 * 2**20, f"shipped mini-world assets are {total / 2**20:.1f} MiB"
+
+
+def test_shipped_student_samples_through_the_cli_from_any_directory(tmp_path, monkeypatch):
+    """The shipped student records its teacher as ``../teacher``, resolved beside the student."""
+    from t2v_turbo.cli import main
+
+    assert json.loads((assets.STUDENT / "student.json").read_text())["teacher_path"] == "../teacher"
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "video.gif"
+    assert main(["sample", "--checkpoint", str(assets.STUDENT), "--prompt", PROMPTS[0], "--num-frames", "8",
+                 "--steps", "4", "--guidance", "4.0", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0

@@ -131,3 +131,14 @@ def test_strict_load_rejects_other_keys(adapter, tmp_path):
 def test_missing_checkpoint_names_the_folder(adapter, tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing_here"):
         load_student(tmp_path / "nothing_here", adapter)
+
+
+def test_relative_teacher_path_is_resolved_beside_the_student(tmp_path):
+    from t2v_turbo.student import StudentMeta, resolve_teacher_path
+
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "student").mkdir()
+    meta = StudentMeta(teacher_adapter="x.Y", teacher_path="../teacher", family="diffusers")
+    assert resolve_teacher_path(meta, tmp_path / "student") == str(tmp_path / "student" / "../teacher")
+    hub = StudentMeta(teacher_adapter="x.Y", teacher_path="ali-vilab/text-to-video-ms-1.7b", family="diffusers")
+    assert resolve_teacher_path(hub, tmp_path / "student") == "ali-vilab/text-to-video-ms-1.7b"

@@ -57,8 +57,8 @@ def evaluation_prompts() -> list[str]:
 
 
 def load_shipped_student(folder: str | Path | None = None, teacher: str | Path | None = None):
-    """A ``T2VTurboPipeline`` of the shipped quick-start student on the shipped teacher (whatever
-    teacher path its ``student.json`` recorded on the machine that trained it)."""
+    """A ``T2VTurboPipeline`` of the shipped quick-start student on the shipped teacher, with the
+    world's 8-frame default geometry."""
     from t2v_turbo.pipeline import T2VTurboPipeline
     from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
     from t2v_turbo.student import load_student
@@ -68,3 +68,19 @@ def load_shipped_student(folder: str | Path | None = None, teacher: str | Path |
     scheduler = T2VTurboScheduler.from_adapter(adapter, num_ddim_timesteps=meta.num_ddim_timesteps,
                                                sigma_data=meta.sigma_data, timestep_scaling=meta.timestep_scaling)
     return T2VTurboPipeline(adapter, unet, scheduler)
+
+
+def ship_student(trained: str | Path, folder: Path = STUDENT) -> Path:
+    """Copy a trained student into the shipped assets, recording its teacher as ``../teacher`` so
+    the copy loads from any checkout (``t2v_turbo.student.resolve_teacher_path``)."""
+    import json
+    import shutil
+
+    from t2v_turbo.student import META_NAME, WEIGHTS_NAME
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(trained) / WEIGHTS_NAME, folder / WEIGHTS_NAME)
+    meta = json.loads((Path(trained) / META_NAME).read_text())
+    meta["teacher_path"] = "../teacher"
+    (folder / META_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return folder
