@@ -95,28 +95,29 @@ def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 
 
 def plot_training(scalars: dict, path: str | Path) -> Path:
-    """Loss (CD) and reward curves of a run as a PNG."""
+    """Training curves as a PNG: the CD loss (log axis), the total loss L = L_CD - sum beta R
+    (linear axis: it is negative once the reward terms dominate) and each reward."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for tag in ("loss", "loss/cd"):
+    panels = [("loss/cd", "CD loss", "log"), ("loss", "total loss (CD - weighted rewards)", "linear")]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+    for ax, (tag, title, scale) in zip(axes, panels):
         if tag in scalars:
             s, v = zip(*scalars[tag])
-            axes[0].plot(s, v, label=tag)
-    axes[0].set_yscale("log")
-    axes[0].set_xlabel("step")
-    axes[0].set_title("loss")
-    axes[0].legend()
+            ax.plot(s, v)
+        ax.set_yscale(scale)
+        ax.set_xlabel("step")
+        ax.set_title(title)
     for tag in sorted(t for t in scalars if t.startswith("reward/")):
         s, v = zip(*scalars[tag])
-        axes[1].plot(s, v, label=tag)
-    axes[1].set_xlabel("step")
-    axes[1].set_title("reward (cosine)")
+        axes[2].plot(s, v, label=tag)
+    axes[2].set_xlabel("step")
+    axes[2].set_title("reward (cosine)")
     if any(t.startswith("reward/") for t in scalars):
-        axes[1].legend()
+        axes[2].legend()
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
