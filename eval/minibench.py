@@ -17,7 +17,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from t2v_turbo.miniworld.world import BACKGROUNDS, COLOURS, parse_caption, read_mp4
+from t2v_turbo.miniworld.world import BACKGROUNDS, COLOURS, parse_caption
+from t2v_turbo.video_io import read_video, to_uint8_videos
 
 DIMENSIONS = ("background", "colour", "shape", "motion", "single_object", "temporal_consistency")
 MASK_THRESHOLD = 60.0
@@ -114,20 +115,6 @@ def score_video(video: np.ndarray, prompt: str) -> dict[str, float]:
     return scores
 
 
-def _to_uint8_videos(videos) -> list[np.ndarray]:
-    """Accept uint8 numpy (B, T, H, W, 3) / list of (T, H, W, 3), or float tensors (B, 3, T, H, W) in [-1, 1]."""
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        torch = None
-    if torch is not None and isinstance(videos, torch.Tensor):
-        if videos.dtype == torch.uint8:
-            return list(videos.cpu().numpy())
-        x = ((videos.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return list(x.permute(0, 2, 3, 4, 1).cpu().numpy())
-    return [np.asarray(v) for v in videos]
-
-
 def _summarise(rows: list[dict]) -> dict:
     keys = DIMENSIONS + ("total",)
     out = {"count": len(rows)}
@@ -138,7 +125,7 @@ def _summarise(rows: list[dict]) -> dict:
 
 def evaluate(videos, prompts: Sequence[str], unreadable: Iterable[dict] = (), names: Sequence[str] | None = None) -> dict:
     """Score videos against prompts; returns the report dict (overall, seen, held_out, per video)."""
-    videos = _to_uint8_videos(videos)
+    videos = to_uint8_videos(videos)
     if len(videos) != len(prompts):
         raise ValueError(f"{len(videos)} videos for {len(prompts)} prompts")
     rows, bad = [], list(unreadable)
@@ -174,7 +161,7 @@ def evaluate_folder(folder: str | Path) -> dict:
             bad.append({"video": str(path), "error": "file name is not '{prompt}-{i}'"})
             continue
         try:
-            video = read_mp4(path)
+            video = read_video(path)
             parse_caption(match["prompt"])
         except ValueError as err:
             bad.append({"video": str(path), "error": str(err)})

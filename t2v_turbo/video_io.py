@@ -31,6 +31,16 @@ def to_uint8_frames(video: torch.Tensor | np.ndarray) -> np.ndarray:
     return pixels.permute(1, 2, 3, 0).contiguous().numpy()
 
 
+def to_uint8_videos(videos) -> list[np.ndarray]:
+    """A batch -> list of uint8 (T, H, W, 3): float (B, 3, T, H, W) in [-1, 1] (torch or numpy),
+    uint8 (B, T, H, W, 3), or a list of either kind of single video."""
+    if isinstance(videos, (torch.Tensor, np.ndarray)) and videos.ndim != 5:
+        raise ValueError(f"a batch of videos must be 5-D, got shape {tuple(videos.shape)}")
+    if isinstance(videos, torch.Tensor) and videos.dtype == torch.uint8:
+        videos = videos.cpu().numpy()
+    return [to_uint8_frames(v) for v in videos]
+
+
 def _mp4_codec() -> str:
     import av
 
@@ -49,19 +59,23 @@ def _even(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
-def write_mp4(path: str | Path, video, fps: int = 8, crf: int = 18) -> Path:
-    """H.264 (libx264, yuv420p; mpeg4 where libx264 is missing) mp4 at ``fps``."""
+def write_mp4(path: str | Path, video, fps: int = 8, crf: int = 18, lossless: bool = False) -> Path:
+    """H.264 mp4 at ``fps``: libx264 yuv420p at ``crf`` (mpeg4 where libx264 is missing), or with
+    ``lossless`` libx264rgb at crf 0 in RGB, which reads back bit-identical (small saturated
+    colours, e.g. the mini world's, do not survive 4:2:0 chroma subsampling)."""
     import av
 
-    frames = _even(to_uint8_frames(video))
+    frames = to_uint8_frames(video) if lossless else _even(to_uint8_frames(video))
 
     def write(tmp: str) -> None:
-        codec = _mp4_codec()
+        codec = "libx264rgb" if lossless else _mp4_codec()
         with av.open(tmp, mode="w", format="mp4") as container:
             stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
             stream.width, stream.height = frames.shape[2], frames.shape[1]
-            stream.pix_fmt = "yuv420p"
-            if codec == "libx264":
+            stream.pix_fmt = "rgb24" if lossless else "yuv420p"
+            if lossless:
+                stream.options = {"crf": "0", "preset": "veryfast"}
+            elif codec == "libx264":
                 stream.options = {"crf": str(crf)}
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
@@ -93,14 +107,18 @@ def write_video(path: str | Path, video, fps: int = 8) -> Path:
 
 
 def read_video(path: str | Path) -> np.ndarray:
-    """Every frame of a video file as uint8 (T, H, W, 3) RGB."""
+    """Every frame of a video file as uint8 (T, H, W, 3) RGB; ``ValueError`` naming the file if it
+    cannot be decoded or has no frames."""
     import av
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no video file at {path.resolve()}")
-    with av.open(str(path)) as container:
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    try:
+        with av.open(str(path)) as container:
+            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    except (OSError, av.error.FFmpegError, IndexError, ValueError) as err:
+        raise ValueError(f"{path}: cannot decode video: {err}") from err
     if not frames:
         raise ValueError(f"{path}: no decodable video frames")
     return np.stack(frames)

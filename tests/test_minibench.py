@@ -3,11 +3,14 @@
 import json
 
 import numpy as np
-import pytest
-import torch
 
 from eval import minibench
 from t2v_turbo.miniworld import world
+from t2v_turbo.video_io import write_mp4
+
+
+def write_lossless(path, video):
+    write_mp4(path, video, fps=world.FPS, lossless=True)
 
 PROMPTS = world.evaluation_prompts()
 
@@ -66,9 +69,9 @@ def test_tensor_input_matches_uint8():
 
 def test_folder_with_unreadable_and_misnamed_files(tmp_path):
     for i, p in enumerate(PROMPTS[:3]):
-        world.write_mp4(tmp_path / f"{p}-{i}.mp4", _gt(p))
+        write_lossless(tmp_path / f"{p}-{i}.mp4", _gt(p))
     (tmp_path / f"{PROMPTS[3]}-0.mp4").write_bytes(b"not a video")
-    world.write_mp4(tmp_path / "a pink circle moving left on a gray background-0.mp4", _gt(PROMPTS[0]))
+    write_lossless(tmp_path / "a pink circle moving left on a gray background-0.mp4", _gt(PROMPTS[0]))
     report = minibench.evaluate_folder(tmp_path)
     assert report["overall"]["count"] == 3 and report["overall"]["total"] >= 0.97
     bad = {b["video"].split("/")[-1]: b["error"] for b in report["unreadable"]}
@@ -82,8 +85,8 @@ def test_cli_writes_json_and_markdown(tmp_path):
 
     vids = tmp_path / "v"
     vids.mkdir()
-    world.write_mp4(vids / f"{PROMPTS[0]}-0.mp4", _gt(PROMPTS[0]))
-    world.write_mp4(vids / f"{PROMPTS[50]}-0.mp4", np.zeros((8, 32, 32, 3), np.uint8))
+    write_lossless(vids / f"{PROMPTS[0]}-0.mp4", _gt(PROMPTS[0]))
+    write_lossless(vids / f"{PROMPTS[50]}-0.mp4", np.zeros((8, 32, 32, 3), np.uint8))
     assert main(["eval", "minibench", str(vids), "--out", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["held_out"]["total"] >= 0.97 and report["seen"]["total"] < 0.3

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from t2v_turbo.miniworld import world
+from t2v_turbo.video_io import read_video
 
 
 def test_sample_is_a_pure_function_of_seed_index_split():
@@ -82,4 +83,4 @@ def test_dataset_writer_is_lossless(tmp_path):
     rows = list(csv.DictReader(open(path)))
     assert [r["caption"] for r in rows] == [world.sample_at(i, 5).caption for i in range(3)]
     for i, r in enumerate(rows):
-        assert np.array_equal(world.read_mp4(tmp_path / r["video"]), world.sample_at(i, 5).video)
+        assert np.array_equal(read_video(tmp_path / r["video"]), world.sample_at(i, 5).video)

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from eval.vbench.naming import check_case_collisions, video_filename
-from t2v_turbo.video_io import count_frames, to_uint8_frames, write_mp4
+from t2v_turbo.video_io import count_frames, to_uint8_videos, write_mp4
 from eval.vbench.suite import Suite, samples_per_prompt
 
 VideoFn = Callable[[list[str], list[int]], Sequence[np.ndarray]]
@@ -241,13 +241,6 @@ def generate_suite(
 
 
 # ---------------------------------------------------------------------------------------- models
-
-
-def to_uint8_videos(videos) -> list[np.ndarray]:
-    """(B, C, T, H, W) float in [-1, 1] (torch or numpy) -> list of uint8 (T, H, W, 3)."""
-    if videos.ndim != 5 or videos.shape[1] != 3:
-        raise ValueError(f"expected (B, 3, T, H, W) pixels in [-1, 1], got shape {tuple(videos.shape)}")
-    return [to_uint8_frames(v) for v in videos]
 
 
 def pipeline_video_fn(pipeline, settings: GenerationSettings, num_inference_steps: int, guidance_scale: float, device: str = "cpu") -> VideoFn:

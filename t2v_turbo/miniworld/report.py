@@ -12,6 +12,7 @@ import torch
 
 from eval import minibench
 from t2v_turbo.miniworld import world
+from t2v_turbo.video_io import write_mp4
 
 
 def sample_student(pipeline, prompts: Sequence[str], seed: int = 0, steps: int = 4, guidance_scale: float = 4.0,
@@ -57,7 +58,7 @@ def write_videos(folder: str | Path, videos: np.ndarray, prompts: Sequence[str])
     for video, prompt in zip(videos, prompts):
         i = counts.get(prompt, 0)
         counts[prompt] = i + 1
-        world.write_mp4(folder / f"{prompt}-{i}.mp4", video)
+        write_mp4(folder / f"{prompt}-{i}.mp4", video, fps=world.FPS, lossless=True)
     return folder
 
 

@@ -16,6 +16,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from t2v_turbo.video_io import write_mp4
+
 NUM_FRAMES = 8
 HEIGHT = WIDTH = 32
 FPS = 8
@@ -251,44 +253,6 @@ def to_uint8(pixels) -> np.ndarray:
 
 
 # ---- files ---------------------------------------------------------------------------
-#: x264 in RGB (no chroma subsampling) with crf 0 is lossless, so small colours survive exactly
-MP4_CODEC = "libx264rgb"
-MP4_OPTIONS = {"crf": "0", "preset": "veryfast"}
-
-
-def write_mp4(path: str | Path, video: np.ndarray, fps: int = FPS) -> None:
-    """Write uint8 (T, H, W, 3) losslessly (libx264rgb, crf 0) to ``path``."""
-    import av
-
-    video = np.asarray(video)
-    if video.dtype != np.uint8 or video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"{path}: expected uint8 (T, H, W, 3), got {video.dtype} {video.shape}")
-    with av.open(str(path), mode="w") as container:
-        stream_ = container.add_stream(MP4_CODEC, rate=fps)
-        stream_.width, stream_.height = video.shape[2], video.shape[1]
-        stream_.pix_fmt = "rgb24"
-        stream_.options = dict(MP4_OPTIONS)
-        for frame in video:
-            for packet in stream_.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream_.encode():
-            container.mux(packet)
-
-
-def read_mp4(path: str | Path) -> np.ndarray:
-    """uint8 (T, H, W, 3) frames of a video file; raises ``ValueError`` naming the file if unreadable."""
-    import av
-
-    try:
-        with av.open(str(path)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except Exception as err:  # PyAV raises several error types for broken files
-        raise ValueError(f"{path}: cannot decode video: {err}") from err
-    if not frames:
-        raise ValueError(f"{path}: the video has no frames")
-    return np.stack(frames)
-
-
 def write_dataset(folder: str | Path, num_videos: int, seed: int = 0, split: str = "train", csv_name: str = "data.csv", progress: bool = True) -> Path:
     """Write ``num_videos`` samples as mp4 + a CSV (columns ``video``, ``caption``; paths relative to the CSV)."""
     from tqdm import tqdm
@@ -302,7 +266,7 @@ def write_dataset(folder: str | Path, num_videos: int, seed: int = 0, split: str
         for i in tqdm(range(num_videos), desc=f"miniworld {split} videos", disable=not progress):
             sample = sample_at(i, seed, split)
             rel = f"videos/{split}_{seed}_{i:06d}.mp4"
-            write_mp4(folder / rel, sample.video)
+            write_mp4(folder / rel, sample.video, fps=FPS, lossless=True)
             writer.writerow([rel, sample.caption])
     return csv_path
 
