@@ -7,7 +7,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from t2v_turbo.testing import build_tiny_diffusers_t2v
 from t2v_turbo.video_io import write_mp4

@@ -10,7 +10,7 @@ import pytest
 
 from eval.vbench.aggregate import aggregate_directory, normalize
 from eval.vbench.generate import GenerationSettings, generate_suite, load_model_video_fn
-from eval.vbench.report import REPORT_MD, report_directory
+from eval.vbench.report import report_directory
 from eval.vbench.runner import VBenchSetupError, check_videos_folder, missing_weights, run_vbench
 from eval.vbench.suite import load_suite, locate_full_info_json, prompts_for_dimension, write_subset_full_info
 

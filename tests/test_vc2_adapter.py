@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,9 @@ from t2v_turbo.adapters.vc2 import VC2Adapter
 from t2v_turbo.models.vc2 import checkpoint as ckpt
 from t2v_turbo.models.vc2.tiny import build_tiny_vc2, save_tiny_vc2_ckpt, vc2_ckpt_state_dict
 from t2v_turbo.models.vc2.unet import VC2UNet
+from t2v_turbo.testing import reference_dir
 
-REFERENCE = Path("/work/shared/reference")
+REFERENCE = reference_dir()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ preprocessing to the fixtures, gradients, frame choice."""
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,8 +19,9 @@ from rewards.testing import (
 )
 from rewards.video_text import InternVideo2Reward, ViCLIPReward, sample_clip_frames
 from rewards.viclip import build_viclip, load_viclip
+from t2v_turbo.testing import reference_dir
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+REFERENCE = reference_dir()
 VICLIP_FIXTURE = REFERENCE / "viclip_tiny.safetensors"
 INTERNVIDEO2_FIXTURE = REFERENCE / "internvideo2_tiny.safetensors"
 ATOL = 1e-5
