@@ -125,7 +125,7 @@ def main() -> int:
     speed = None
     for name in names:
         pipe = load_student_pipeline(out / KEYS[name] / "student")
-        videos = rp.sample_student(pipe, prompts, seed=seed, guidance_scale=guidance)
+        videos = rp.sample_videos(pipe, prompts, seed=seed, guidance_scale=guidance)
         rp.write_videos(out / "videos" / KEYS[name], videos, prompts)
         reports[f"{name}, 4 steps"] = rp.compact(minibench.evaluate_folder(out / "videos" / KEYS[name]))
         if speed is None:

@@ -65,7 +65,7 @@ def build_word_tokenizer(vocabulary: Sequence[str] = DEFAULT_VOCABULARY, model_m
     )
 
 
-def _redraw_degenerate_parameters(module: torch.nn.Module, generator: torch.Generator) -> None:
+def redraw_degenerate_parameters(module: torch.nn.Module, generator: torch.Generator) -> None:
     """Re-draw parameters that are all zeros (as 0.05·randn) or all ones (as 1 + 0.1·randn)."""
     with torch.no_grad():
         for param in module.parameters():
@@ -75,7 +75,12 @@ def _redraw_degenerate_parameters(module: torch.nn.Module, generator: torch.Gene
                 param.copy_(1 + 0.1 * torch.randn(param.shape, generator=generator))
 
 
-def tiny_unet_config(cross_attention_dim: int = 32, time_cond_proj_dim: int | None = None) -> dict:
+def tiny_unet_config(
+    cross_attention_dim: int = 32,
+    time_cond_proj_dim: int | None = None,
+    norm_num_groups: int = 8,
+    attention_head_dim: int = 4,
+) -> dict:
     """Constructor kwargs of the tiny ``UNet3DConditionModel`` (2 levels, one cross-attention level)."""
     return dict(
         sample_size=8,
@@ -85,9 +90,9 @@ def tiny_unet_config(cross_attention_dim: int = 32, time_cond_proj_dim: int | No
         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
         block_out_channels=(32, 64),
         layers_per_block=1,
-        norm_num_groups=8,
+        norm_num_groups=norm_num_groups,
         cross_attention_dim=cross_attention_dim,
-        attention_head_dim=4,
+        attention_head_dim=attention_head_dim,
         time_cond_proj_dim=time_cond_proj_dim,
     )
 
@@ -143,7 +148,7 @@ def build_tiny_diffusers_t2v(
         )
     )
     for module in (unet, vae, text_encoder):
-        _redraw_degenerate_parameters(module, generator)
+        redraw_degenerate_parameters(module, generator)
         module.eval()
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,

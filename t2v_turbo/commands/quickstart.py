@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     guidance = float(cfg["validation"]["guidance_scale"])
     pipeline = load_student_pipeline(out / "run" / "student")
     t0 = time.time()
-    student_videos = rp.sample_student(pipeline, prompts, seed=cfg["seed"], guidance_scale=guidance)
+    student_videos = rp.sample_videos(pipeline, prompts, seed=cfg["seed"], guidance_scale=guidance)
     sample_seconds = time.time() - t0
     rp.write_videos(out / "videos" / "student", student_videos, prompts)
     reports = {"ground truth": minibench.ground_truth_report(prompts)}

@@ -12,34 +12,28 @@ import torch
 
 from eval import minibench
 from t2v_turbo.miniworld import world
-from t2v_turbo.video_io import write_mp4
+from t2v_turbo.video_io import to_uint8_videos, write_mp4
 
 
-def sample_student(pipeline, prompts: Sequence[str], seed: int = 0, steps: int = 4, guidance_scale: float = 4.0,
-                   batch_size: int = 30) -> np.ndarray:
-    """uint8 videos (N, T, H, W, 3) of a ``T2VTurboPipeline``; one fixed generator per run."""
+def sample_videos(pipeline, prompts: Sequence[str], seed: int = 0, steps: int = 4, guidance_scale: float = 4.0,
+                  batch_size: int = 30) -> np.ndarray:
+    """uint8 videos (N, T, H, W, 3) of a pipeline (student or teacher) at the world's geometry;
+    one fixed generator per run, prompts sampled ``batch_size`` at a time."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, len(prompts), batch_size):
         v = pipeline(list(prompts[i : i + batch_size]), num_inference_steps=steps, guidance_scale=guidance_scale,
                      num_frames=world.NUM_FRAMES, height=world.HEIGHT, width=world.WIDTH, generator=g)
-        out.append(world.to_uint8(v))
-    return np.concatenate(out)
+        out.extend(to_uint8_videos(v))
+    return np.stack(out)
 
 
 def sample_teacher(adapter, prompts: Sequence[str], seed: int = 0, steps: int = 50, guidance_scale: float = 4.0,
-                   batch_size: int = 30) -> np.ndarray:
+                  batch_size: int = 30) -> np.ndarray:
     """uint8 videos of the teacher: DDIM ``steps`` with classifier-free guidance."""
     from t2v_turbo.pipeline import TeacherPipeline
 
-    pipe = TeacherPipeline(adapter)
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        v = pipe(list(prompts[i : i + batch_size]), num_inference_steps=steps, guidance_scale=guidance_scale,
-                 num_frames=world.NUM_FRAMES, height=world.HEIGHT, width=world.WIDTH, generator=g)
-        out.append(world.to_uint8(v))
-    return np.concatenate(out)
+    return sample_videos(TeacherPipeline(adapter), prompts, seed, steps, guidance_scale, batch_size)
 
 
 @torch.no_grad()
@@ -47,7 +41,7 @@ def vae_roundtrip(adapter, prompts: Sequence[str], seed: int = 0) -> np.ndarray:
     """Ground-truth videos of ``prompts`` encoded and decoded by the teacher's VAE (uint8)."""
     gt = np.stack([world.sample_for_caption(p).video for p in prompts])
     z = adapter.encode_video(world.to_pixels(gt), generator=torch.Generator().manual_seed(seed))
-    return world.to_uint8(adapter.decode_latents(z))
+    return np.stack(to_uint8_videos(adapter.decode_latents(z)))
 
 
 def write_videos(folder: str | Path, videos: np.ndarray, prompts: Sequence[str]) -> Path:
@@ -73,7 +67,7 @@ def time_sampling(student_pipeline, adapter, prompts: Sequence[str], teacher_ste
             times.append(time.perf_counter() - t0)
         return min(times)
 
-    student_s = best(lambda: sample_student(student_pipeline, prompts, steps=student_steps, guidance_scale=guidance_scale,
+    student_s = best(lambda: sample_videos(student_pipeline, prompts, steps=student_steps, guidance_scale=guidance_scale,
                                             batch_size=len(prompts)))
     teacher_s = best(lambda: sample_teacher(adapter, prompts, steps=teacher_steps, guidance_scale=guidance_scale,
                                             batch_size=len(prompts)))

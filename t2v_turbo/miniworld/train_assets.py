@@ -53,18 +53,10 @@ def vae_config() -> dict:
 
 
 def unet_config() -> dict:
-    return dict(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        norm_num_groups=16,
-        cross_attention_dim=TEXT_HIDDEN,
-        attention_head_dim=8,
-    )
+    """The teacher UNet3D: the tiny two-level layout with the text encoder's width and wider norms/heads."""
+    from t2v_turbo.testing import tiny_unet_config
+
+    return tiny_unet_config(cross_attention_dim=TEXT_HIDDEN, norm_num_groups=16, attention_head_dim=8)
 
 
 def text_encoder_config():

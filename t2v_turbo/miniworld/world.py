@@ -246,12 +246,6 @@ def to_pixels(videos: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
-def to_uint8(pixels) -> np.ndarray:
-    """Float tensor (B, 3, T, H, W) in [-1, 1] -> uint8 (B, T, H, W, 3)."""
-    x = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8)
-    return x.permute(0, 2, 3, 4, 1).cpu().numpy()
-
-
 # ---- files ---------------------------------------------------------------------------
 def write_dataset(folder: str | Path, num_videos: int, seed: int = 0, split: str = "train", csv_name: str = "data.csv", progress: bool = True) -> Path:
     """Write ``num_videos`` samples as mp4 + a CSV (columns ``video``, ``caption``; paths relative to the CSV)."""

@@ -17,6 +17,7 @@ import torch
 from distill.schedule import scaled_linear_alphas_cumprod
 from t2v_turbo.models.vc2 import checkpoint as ckpt
 from t2v_turbo.models.vc2.unet import VC2UNet
+from t2v_turbo.testing import redraw_degenerate_parameters
 
 #: the UNet of shared/reference/vc2_unet_tiny.json, as a teacher (no time_cond_proj)
 TINY_UNET = dict(in_channels=4, out_channels=4, model_channels=32, attention_resolutions=[], num_res_blocks=1,
@@ -33,15 +34,6 @@ def tiny_vc2_config() -> dict:
     return ckpt.vc2_config(unet=TINY_UNET, vae=TINY_VAE, text_encoder=TINY_TEXT, fps=8, num_frames=4, height=16, width=16)
 
 
-def _redraw(module: torch.nn.Module, generator: torch.Generator) -> None:
-    with torch.no_grad():
-        for param in module.parameters():
-            if torch.all(param == 0):
-                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
-            elif torch.all(param == 1):
-                param.copy_(1 + 0.1 * torch.randn(param.shape, generator=generator))
-
-
 def build_tiny_vc2(seed: int = 0, config: dict | None = None):
     """(config, unet, vae, text_encoder, schedule buffers) with seeded random weights."""
     config = config or tiny_vc2_config()
@@ -51,7 +43,7 @@ def build_tiny_vc2(seed: int = 0, config: dict | None = None):
     vae = ckpt.build_vae(config["vae"])
     text = ckpt.VC2TextEncoder(**config["text_encoder"]).init_weights(generator)
     for module in (unet, vae):
-        _redraw(module, generator)
+        redraw_degenerate_parameters(module, generator)
     schedule = vc2_schedule_buffers()
     return config, unet.eval(), vae.eval(), text.eval(), schedule
 
