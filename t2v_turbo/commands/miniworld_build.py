@@ -1,7 +1,8 @@
-"""``t2v-turbo miniworld build [--out DIR] [--steps vae=300,teacher=450,...]``: train the mini world's models.
+"""``t2v-turbo miniworld build [--out DIR] [--stages ...] [--steps vae=300,...]``: train the mini world's models.
 
-Trains, with fixed seeds and on the world's training split only, the VAE, the teacher UNet with
-its text encoder (+ word tokenizer), the image-text reward and the video-text reward, and writes
+Trains, with fixed seeds and on the world's training split only, the VAE (then its decoder alone),
+the teacher UNet with its text encoder (+ word tokenizer) over the phases of
+``train_assets.TEACHER_PHASES``, the image-text reward and the video-text reward, and writes
 them in the layout the shipped assets use (``teacher/`` diffusers folder, ``image_reward/``,
 ``video_reward/``, ``training_log.json``). Default output: a new folder, never the shipped assets;
 copy the result over ``t2v_turbo/assets/miniworld/`` to update them.
@@ -13,11 +14,14 @@ import argparse
 import json
 import logging
 
+STAGES = ("vae", "vae_decoder", "teacher", "rewards")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/miniworld-assets", help="output folder (default runs/miniworld-assets)")
-    parser.add_argument("--steps", default="", help="optimiser steps per model, e.g. vae=300,teacher=450,image_reward=300,video_reward=300")
-    parser.add_argument("--stages", default="vae,teacher,rewards", help="comma-separated stages to run (vae, teacher, rewards)")
+    parser.add_argument("--steps", default="", help="optimiser steps per model, e.g. vae=300,vae_decoder=600,image_reward=1500,video_reward=1200 "
+                        "(the teacher's phases are train_assets.TEACHER_PHASES)")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated stages to run, in this order: {', '.join(STAGES)}")
     parser.add_argument("--num-videos", type=int, default=5000, help="size of the rendered training pool (default 5000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
@@ -41,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     stages = tuple(s for s in args.stages.split(",") if s)
-    unknown = set(stages) - {"vae", "teacher", "rewards"}
+    unknown = set(stages) - set(STAGES)
     if unknown:
-        print(f"error: --stages: unknown stage(s) {sorted(unknown)}; known: vae, teacher, rewards")
+        print(f"error: --stages: unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
         return 2
     record = build(args.out, steps=_parse_steps(args.steps), seed=args.seed, num_videos=args.num_videos,
                    stages=stages, threads=args.threads)

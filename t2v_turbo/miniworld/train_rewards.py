@@ -78,7 +78,7 @@ def _contrastive_loop(name, embed_samples, embed_texts, params, logit_scale, num
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         accs.append(float((logits.argmax(1) == labels[idx]).float().mean()))
         if step % 50 == 0:
             log.info("%s step %d loss %.4f acc %.3f (%.1fs)", name, step, np.mean(losses[-50:]), np.mean(accs[-50:]), time.time() - t0)
@@ -102,6 +102,27 @@ def _retrieval(sim: torch.Tensor, query: list[str], gallery: list[str]) -> dict:
     seen_hits = [h for h, o in zip(hits, held) if not o]
     held_hits = [h for h, o in zip(hits, held) if o]
     return {"seen": float(np.mean(seen_hits)), "held_out": float(np.mean(held_hits)), "num_seen": len(seen_hits), "num_held_out": len(held_hits)}
+
+
+def attribute_accuracy(sim: torch.Tensor, gallery: list[str], fields=("background", "colour", "shape", "motion")) -> dict:
+    """Per attribute: how often a video's own caption scores highest among the captions that differ from it
+    in that attribute only (chance 1/3 for background and shape, 1/6 colour, 1/5 motion).
+
+    ``sim``: (videos, captions) similarities over ``gallery``, one video per caption in the same order.
+    """
+    import dataclasses
+
+    index = {c: i for i, c in enumerate(gallery)}
+    values = {"background": world.BACKGROUNDS, "colour": world.COLOURS, "shape": world.SHAPES, "motion": world.MOTIONS}
+    out = {}
+    for field in fields:
+        hits = []
+        for i, caption in enumerate(gallery):
+            attrs = world.parse_caption(caption)
+            options = [index[world.caption_of(dataclasses.replace(attrs, **{field: v}))] for v in values[field]]
+            hits.append(options[int(sim[i, options].argmax())] == i)
+        out[field] = float(np.mean(hits))
+    return out
 
 
 def build_image_reward(folder: str | Path | None = None):
@@ -207,9 +228,10 @@ def train_and_save_video_reward(folder, videos: np.ndarray, captions: list[str],
         vid = loaded.model.encode_video(loaded.preprocess_clip(world.to_pixels(gv)), normalize=True)
         txt = loaded.encode_prompts(gc)
     stats["retrieval_text_to_video"] = {"gallery": f"{len(gc)} videos, one per caption", **_retrieval(txt @ vid.T, gc, gc)}
+    stats["attribute_accuracy"] = attribute_accuracy(vid @ txt.T, gc)
     stats["config"] = video_model_config()
     stats["num_parameters"] = sum(p.numel() for p in model.parameters())
-    log.info("video reward retrieval %s", stats["retrieval_text_to_video"])
+    log.info("video reward retrieval %s, per attribute %s", stats["retrieval_text_to_video"], stats["attribute_accuracy"])
     (folder / STATS_FILE).write_text(json.dumps(stats, indent=2))
     return stats
 
