@@ -66,3 +66,27 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     z = torch.randn(1, 4, 8, 8, 8)
     assert adapter.decode_latents(z).shape == (1, 3, 8, 32, 32)
     assert train_rewards.build_video_reward(resumed / "video_reward").score(torch.zeros(1, 3, 8, 32, 32), ["a red circle moving left on a black background"]).shape == (1,)
+
+
+def test_variant_sets_and_attribute_accuracy():
+    import pytest
+
+    from t2v_turbo.miniworld import train_rewards, world
+
+    texts = sorted(world.all_captions())
+    sets = train_rewards.variant_sets(texts, "motion")
+    assert sets.shape == (len(texts), len(world.MOTIONS)) and torch.equal(sets[:, 0], torch.arange(len(texts)))
+    for row in sets[:10]:
+        attrs = [world.parse_caption(texts[i]) for i in row]
+        assert len({a.motion for a in attrs}) == len(world.MOTIONS)
+        assert len({(a.colour, a.shape, a.background) for a in attrs}) == 1
+    with pytest.raises(ValueError, match="lack motion variants"):
+        train_rewards.variant_sets([t for t in texts if "moving up" not in t], "motion")
+
+    fields = ("background", "colour", "shape", "motion")
+    assert train_rewards.attribute_accuracy(torch.eye(len(texts)), texts) == {f: 1.0 for f in fields}
+    # a reward blind to motion ties every motion variant: the first option wins, so motion is at chance (1/5)
+    blind = torch.tensor([[float(world.strip_motion(a) == world.strip_motion(b)) for b in texts] for a in texts])
+    accuracy = train_rewards.attribute_accuracy(blind, texts)
+    assert accuracy["colour"] == accuracy["shape"] == accuracy["background"] == 1.0
+    assert accuracy["motion"] == pytest.approx(1 / len(world.MOTIONS))

@@ -179,7 +179,7 @@ def train_vae(videos: np.ndarray, steps: int, batch_size: int = 32, lr: float = 
         sched.step()
         losses.append(loss.item())
         if step % 100 == 0:
-            log.info("vae step %d loss %.4f", step, loss)
+            log.info("vae step %d loss %.4f", step, losses[-1])
     vae.eval()
     with torch.no_grad():
         sample = frames[torch.randint(len(frames), (512,), generator=g)].float() / 127.5 - 1
@@ -222,7 +222,7 @@ def finetune_vae_decoder(vae, videos: np.ndarray, steps: int, batch_size: int = 
         sched.step()
         losses.append(loss.item())
         if step % 100 == 0:
-            log.info("vae decoder step %d loss %.4f", step, loss)
+            log.info("vae decoder step %d loss %.4f", step, losses[-1])
     vae.requires_grad_(False)
     vae.eval()
     return vae, {"steps": steps, "batch_size": batch_size, "lr": lr, "seconds": time.time() - t0,

@@ -62,7 +62,29 @@ def _unfreeze(module):
     return module
 
 
-def _contrastive_loop(name, embed_samples, embed_texts, params, logit_scale, num_samples, texts, labels, steps, batch_size, lr, seed):
+def variant_sets(texts: list[str], field: str) -> torch.Tensor:
+    """(len(texts), K) indices into ``texts``: per caption, itself first, then every caption of ``texts`` that
+    differs from it in ``field`` only (the hard negatives a reward must tell apart)."""
+    import dataclasses
+
+    values = {"background": world.BACKGROUNDS, "colour": world.COLOURS, "shape": world.SHAPES, "motion": world.MOTIONS}[field]
+    index = {c: i for i, c in enumerate(texts)}
+    rows = []
+    for text in texts:
+        attrs = world.parse_caption(text)
+        others = [world.caption_of(dataclasses.replace(attrs, **{field: v})) for v in values if v != getattr(attrs, field)]
+        row = [index[text]] + [index[o] for o in others if o in index]
+        if len(row) != len(values):
+            raise ValueError(f"variant_sets: the training captions lack {field} variants of {text!r}")
+        rows.append(row)
+    return torch.tensor(rows)
+
+
+def _contrastive_loop(name, embed_samples, embed_texts, params, logit_scale, num_samples, texts, labels, steps, batch_size, lr, seed,
+                      hard_sets: torch.Tensor | None = None):
+    """Cross-entropy of each sample against every training caption; with ``hard_sets`` (``variant_sets``) plus a
+    second cross-entropy among the caption's own variants, so that the one attribute they differ in gets its own
+    gradient instead of a small share of the all-caption loss."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(labels)
@@ -74,6 +96,9 @@ def _contrastive_loop(name, embed_samples, embed_texts, params, logit_scale, num
         t = F.normalize(embed_texts(texts), dim=-1)
         logits = logit_scale().exp().clamp(max=100) * s @ t.T
         loss = F.cross_entropy(logits, labels[idx])
+        if hard_sets is not None:
+            options = hard_sets[labels[idx]]  # (B, K), the true caption in column 0
+            loss = loss + F.cross_entropy(logits.gather(1, options), torch.zeros(len(idx), dtype=torch.long))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -216,7 +241,8 @@ def train_and_save_video_reward(folder, videos: np.ndarray, captions: list[str],
 
     stats = _contrastive_loop("video_reward", embed_samples, lambda tx: model.encode_text(reward.tokenizer(tx)),
                               list(model.parameters()), lambda: _temp(model),
-                              len(videos), texts, labels, steps, batch_size, lr, seed)
+                              len(videos), texts, labels, steps, batch_size, lr, seed, hard_sets=variant_sets(texts, "motion"))
+    stats["hard_negatives"] = "motion variants of each caption (second cross-entropy)"
     model.eval()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
