@@ -20,6 +20,15 @@ def test_v_loss_weight_turns_the_epsilon_error_into_the_v_error():
     torch.testing.assert_close((v_hat - v).square().mean(1), weighted)
 
 
+def test_offset_noise_is_one_constant_per_sample_and_channel():
+    latents = torch.zeros(64, 4, 8, 8, 8)
+    offset = ta.offset_noise_like(latents, 0.3, torch.Generator().manual_seed(0))
+    assert offset.shape == latents.shape
+    per_channel = offset[:, :, :1, :1, :1]
+    assert torch.equal(offset, per_channel.expand_as(offset))  # constant over frames and pixels
+    assert abs(per_channel.std().item() - 0.3) < 0.05
+
+
 def test_decoder_finetuning_changes_only_the_decoder():
     from diffusers import AutoencoderKL
 
@@ -36,7 +45,7 @@ def test_decoder_finetuning_changes_only_the_decoder():
 
 PHASES = (
     dict(steps=2, batch_size=2, lr=1e-3, loss_weighting="uniform", dropout=0.1, seed=0),
-    dict(steps=2, batch_size=2, lr=1e-3, loss_weighting="v", dropout=0.0, seed=1),
+    dict(steps=2, batch_size=2, lr=1e-3, loss_weighting="v", dropout=0.0, offset_noise=0.3, seed=1),
 )
 STEPS = {"vae": 2, "vae_decoder": 2, "image_reward": 2, "video_reward": 2}
 
