@@ -3,6 +3,7 @@ end-to-end build whose teacher stage resumes after its last finished phase."""
 
 import json
 
+import pytest
 import torch
 
 from t2v_turbo.miniworld import train_assets as ta
@@ -70,6 +71,11 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     for part in ("unet", "text_encoder"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
 
+    # a lost checkpoint is named, not silently replaced by a fresh teacher
+    (straight / "_teacher_fp32.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="_teacher_fp32.pt"):
+        ta.build(straight, steps=STEPS, num_videos=8, stages=("teacher",), teacher_phases=PHASES)
+
     # the written folders load through the public loaders
     adapter = load_teacher(resumed / "teacher")
     z = torch.randn(1, 4, 8, 8, 8)
@@ -78,8 +84,6 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
 
 
 def test_variant_sets_and_attribute_accuracy():
-    import pytest
-
     from t2v_turbo.miniworld import train_rewards, world
 
     texts = sorted(world.all_captions())

@@ -404,6 +404,10 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
     if "vae" in stages:
         vae, record["vae"] = train_vae(videos, steps["vae"], seed=seed)
         vae.save_pretrained(vae_dir)
+        # a new encoder invalidates the encoded pool and every teacher phase trained on it
+        (out / "_latents.pt").unlink(missing_ok=True)
+        (out / "_teacher_fp32.pt").unlink(missing_ok=True)
+        record.pop("teacher_phases", None)
         save()
     if "vae_decoder" in stages:
         vae, record["vae_decoder"] = finetune_vae_decoder(AutoencoderKL.from_pretrained(vae_dir), videos, steps["vae_decoder"], seed=seed)
@@ -422,6 +426,9 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
         checkpoint = out / "_teacher_fp32.pt"
         unet, text_encoder = load_teacher_modules()
         if done:
+            if not checkpoint.is_file():
+                raise FileNotFoundError(f"{log_path} records {len(done)} finished teacher phases but {checkpoint} is missing; "
+                                        "remove 'teacher_phases' from the log to train the teacher from scratch")
             state = torch.load(checkpoint)
             unet.load_state_dict(state["unet"])
             text_encoder.load_state_dict(state["text_encoder"])
@@ -429,7 +436,8 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
             phase = dict(phase)
             phase_seed = seed + phase.pop("seed")
             unet, text_encoder, stats = train_teacher(unet, text_encoder, lat, captions, seed=phase_seed, **phase)
-            torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()}, checkpoint)
+            torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()}, checkpoint.with_suffix(".tmp"))
+            checkpoint.with_suffix(".tmp").replace(checkpoint)  # atomic: a crash never leaves half a checkpoint
             done.append({**stats, "seed": phase_seed, "threads": threads})
             save()
         save_teacher(teacher_dir, unet, vae, text_encoder)
