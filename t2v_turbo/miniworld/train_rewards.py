@@ -232,7 +232,8 @@ def train_and_save_video_reward(folder, videos: np.ndarray, captions: list[str],
     torch.manual_seed(seed)
     reward = build_video_reward(None)
     model = _unfreeze(reward.model)
-    texts = sorted(set(captions))
+    # every training-split caption is a class, so each one's motion variants exist even in a small pool
+    texts = sorted(world.caption_of(a) for a in world.train_attributes())
     labels = [texts.index(c) for c in captions]
 
     def embed_samples(idx, g):
