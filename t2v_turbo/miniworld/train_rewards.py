@@ -13,6 +13,7 @@ see the same pixels. Held-out captions never appear in training.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -34,6 +35,8 @@ VIDEO_CONFIG_FILE = "viclip_config.json"
 VIDEO_WEIGHTS_FILE = "viclip.safetensors"
 STATS_FILE = "training_stats.json"
 IMAGE_PREPROCESS = {"size": 32, "resize_mode": "squash"}
+#: the values each caption attribute can take, in the world's palette order
+ATTRIBUTE_VALUES = {"background": world.BACKGROUNDS, "colour": world.COLOURS, "shape": world.SHAPES, "motion": world.MOTIONS}
 
 
 def image_model_config() -> dict:
@@ -65,9 +68,7 @@ def _unfreeze(module):
 def variant_sets(texts: list[str], field: str) -> torch.Tensor:
     """(len(texts), K) indices into ``texts``: per caption, itself first, then every caption of ``texts`` that
     differs from it in ``field`` only (the hard negatives a reward must tell apart)."""
-    import dataclasses
-
-    values = {"background": world.BACKGROUNDS, "colour": world.COLOURS, "shape": world.SHAPES, "motion": world.MOTIONS}[field]
+    values = ATTRIBUTE_VALUES[field]
     index = {c: i for i, c in enumerate(texts)}
     rows = []
     for text in texts:
@@ -135,10 +136,8 @@ def attribute_accuracy(sim: torch.Tensor, gallery: list[str], fields=("backgroun
 
     ``sim``: (videos, captions) similarities over ``gallery``, one video per caption in the same order.
     """
-    import dataclasses
-
     index = {c: i for i, c in enumerate(gallery)}
-    values = {"background": world.BACKGROUNDS, "colour": world.COLOURS, "shape": world.SHAPES, "motion": world.MOTIONS}
+    values = ATTRIBUTE_VALUES
     out = {}
     for field in fields:
         hits = []
