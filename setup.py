@@ -8,9 +8,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["t2v_turbo*", "distill*", "rewards*", "eval*"]),
+    packages=find_packages(include=["t2v_turbo*", "distill*", "rewards*", "eval*", "miniworld*"]),
     include_package_data=True,
-    package_data={"t2v_turbo": ["assets/**/*"], "eval": ["data/*"], "eval.vbench": ["data/*"]},
+    package_data={"miniworld": ["assets/**/*", "data/*"], "eval.vbench": ["data/*"]},
     install_requires=[
         # torch/torchvision pinned together: open_clip needs a torchvision that matches torch.
         "torch==2.14.1",
@@ -35,7 +35,11 @@ setup(
     extras_require={
         "gpu": ["xformers", "bitsandbytes"],
         "wandb": ["wandb"],
-        "test": ["pytest>=8", "pytest-timeout"],
+        "test": ["pytest>=8", "pytest-timeout", "import-linter>=2.0"],
     },
-    entry_points={"console_scripts": ["t2v-turbo=t2v_turbo.cli:main"]},
+    entry_points={
+        "console_scripts": ["t2v-turbo=t2v_turbo.cli:main"],
+        # rewards that packages above the reward layer add to the registry (rewards.base.ENTRY_POINT_GROUP)
+        "t2v_turbo.rewards": ["miniworld = miniworld.rewards"],
+    },
 )

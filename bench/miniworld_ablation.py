@@ -43,8 +43,8 @@ def start_trainings(out: Path, names: list[str], steps: int, extra: list[str]) -
     """Start the variants' trainings as subprocesses (1 torch thread each); returns name -> (process, start, log)."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # the dataset is written once, before any run, so parallel runs never race on it
+    from miniworld.assets import training_dataset
     from t2v_turbo.config import load_config
-    from t2v_turbo.miniworld.assets import training_dataset
 
     cfg = load_config(REPO / "configs" / "miniworld.yaml", extra)
     training_dataset(out / "data", num_videos=cfg["data"]["num_videos"], seed=cfg["data"]["seed"])
@@ -88,10 +88,10 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from eval import minibench
+    from miniworld import minibench
+    from miniworld import report as rp
+    from miniworld.assets import ASSETS, evaluation_prompts, load_teacher
     from t2v_turbo.config import load_config
-    from t2v_turbo.miniworld import report as rp
-    from t2v_turbo.miniworld.assets import ASSETS, evaluation_prompts, load_teacher
     from t2v_turbo.pipeline import load_student_pipeline
 
     cfg = load_config(REPO / "configs" / "miniworld.yaml", args.overrides)

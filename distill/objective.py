@@ -38,12 +38,19 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from distill.boundary import consistency_output
 from distill.ema import EMATarget
 from distill.losses import consistency_distance
-from distill.schedule import ddim_timesteps, previous_timestep
-from distill.solver import add_noise, cfg_lcm_form, ddim_solver_step, extract, guidance_scale_embedding, x0_from_eps
 from rewards.base import VideoReward
+from t2v_turbo.diffusion.boundary import consistency_output
+from t2v_turbo.diffusion.schedule import ddim_timesteps, previous_timestep
+from t2v_turbo.diffusion.solver import (
+    add_noise,
+    cfg_lcm_form,
+    ddim_solver_step,
+    extract,
+    guidance_scale_embedding,
+    x0_from_eps,
+)
 
 
 @dataclasses.dataclass

@@ -1,1 +1,1 @@
-"""Evaluation: VBench (generation, running, aggregation) and the mini world's MiniBench."""
+"""Evaluation: VBench (generation, running, aggregation). The mini world's MiniBench lives in ``miniworld.minibench``."""

@@ -93,16 +93,20 @@ def register_reward(name: str) -> Callable:
     return wrap
 
 
+#: entry-point group through which other packages add rewards (the mini world registers
+#: ``miniworld-image`` / ``miniworld-video`` this way, so this layer never imports it)
+ENTRY_POINT_GROUP = "t2v_turbo.rewards"
+
+
 def _load_builtin_rewards() -> None:
     # Importing the modules fills the registry; kept lazy so `import rewards` stays cheap.
     import importlib
+    from importlib.metadata import entry_points
 
-    for module in ("rewards.image_text", "rewards.video_text", "rewards.miniworld"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
+    modules = ["rewards.image_text", "rewards.video_text"]
+    modules += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    for module in modules:
+        importlib.import_module(module)
 
 
 def list_rewards() -> list[str]:

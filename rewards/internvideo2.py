@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import BertConfig, BertModel
-from transformers.models.bert.modeling_bert import BertLayer
 from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+from transformers.models.bert.modeling_bert import BertLayer
 
 from rewards.viclip import read_state_dict, resolve_config
 

@@ -304,7 +304,7 @@ TINY_REWARD_KWARGS: dict[str, Callable[[Path], dict]] = {
 }
 
 #: Rewards whose defaults load the mini world's small assets shipped in the package
-#: (``t2v_turbo/assets/miniworld``): tests build them with no arguments.
+#: (``miniworld/assets``): tests build them with no arguments.
 SHIPPED_ASSET_REWARDS = ("miniworld-image", "miniworld-video")
 
 

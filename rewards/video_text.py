@@ -33,7 +33,7 @@ import torch
 from rewards.base import VideoReward, as_dtype, check_video_batch, register_reward
 from rewards.frames import clip_frames
 from rewards.preprocessing import IMAGENET_MEAN, IMAGENET_STD, ImagePreprocess, to_unit_range
-from rewards.viclip import build_viclip, load_viclip, resolve_config, VICLIP_CONFIGS
+from rewards.viclip import VICLIP_CONFIGS, build_viclip, load_viclip, resolve_config
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from distill.solver import guidance_scale_embedding
+from t2v_turbo.diffusion.solver import guidance_scale_embedding
 from t2v_turbo.fileio import atomic_write
 from t2v_turbo.student import (
     ADAPTER_NAME,

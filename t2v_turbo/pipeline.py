@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from distill.solver import guidance_scale_embedding
+from t2v_turbo.diffusion.solver import guidance_scale_embedding
 from t2v_turbo.sampler.scheduling_ddim_cfg import DDIMCFGScheduler, classifier_free_guidance
 from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
 

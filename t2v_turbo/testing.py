@@ -183,19 +183,3 @@ def write_caption_folder(folder: str | Path, captions: Sequence[str], seed: int 
         write_mp4(folder / f"clip{i}.mp4", frames, fps=8)
         (folder / f"clip{i}.txt").write_text(caption)
     return folder
-
-
-def reference_dir() -> Path:
-    """The reference fixtures (``shared/reference`` beside the checkout, as CI lays it out), or the
-    folder named by ``T2V_TURBO_REFERENCE``."""
-    import os
-
-    env = os.environ.get("T2V_TURBO_REFERENCE")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2] / "shared" / "reference")
-    for folder in candidates:
-        if folder.is_dir():
-            return folder
-    raise FileNotFoundError(
-        f"reference fixtures not found in {[str(c) for c in candidates]}; set T2V_TURBO_REFERENCE to the folder"
-    )

@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 
-from distill.schedule import scaled_linear_alphas_cumprod
-from distill.solver import guidance_scale_embedding
 from t2v_turbo.adapters.diffusers_t2v import GUIDANCE_LAYER_KEY, DiffusersT2VAdapter
+from t2v_turbo.diffusion.schedule import scaled_linear_alphas_cumprod
+from t2v_turbo.diffusion.solver import guidance_scale_embedding
 from t2v_turbo.testing import build_tiny_diffusers_t2v
 
 

@@ -34,7 +34,7 @@ def _random_lora_list(adapter, rank: int, seed: int) -> list[torch.Tensor]:
 def _inputs(adapter, seed=0):
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(2, 4, 4, 8, 8, generator=gen)
-    from distill.solver import guidance_scale_embedding
+    from t2v_turbo.diffusion.solver import guidance_scale_embedding
 
     return z, torch.tensor([999, 259]), adapter.encode_prompts(["a cat", "a dog"]), guidance_scale_embedding(torch.tensor([7.5, 3.0]), 256)
 
@@ -174,7 +174,7 @@ def test_lora_list_on_a_diffusers_modelscope_teacher(tmp_path):
     lf.merge_lora_list(plain, tensors)
     z = torch.randn(1, 4, 2, 8, 8, generator=gen)
     text = adapter.encode_prompts(["a cat"])
-    from distill.solver import guidance_scale_embedding
+    from t2v_turbo.diffusion.solver import guidance_scale_embedding
 
     w = guidance_scale_embedding(torch.tensor([7.5]), 256)
     with torch.no_grad():

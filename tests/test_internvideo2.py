@@ -1,5 +1,6 @@
 """InternVideo2-Stage2: key compatibility with the released checkpoint and the fixture's numbers."""
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +11,8 @@ from rewards.internvideo2 import (
     load_internvideo2,
 )
 from rewards.testing import internvideo2_released_state_dict, reference_tensors
-from t2v_turbo.testing import reference_dir
 
-REFERENCE = reference_dir()
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 FIXTURE = REFERENCE / "internvideo2_tiny.safetensors"
 ATOL = 1e-5  # the fixture README's tolerance on unit-norm features
 

@@ -4,8 +4,7 @@ import json
 
 import numpy as np
 
-from eval import minibench
-from t2v_turbo.miniworld import world
+from miniworld import minibench, world
 from t2v_turbo.video_io import write_mp4
 
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from t2v_turbo.miniworld import assets, world
-from t2v_turbo.miniworld.tokenizer import MiniWorldTokenizer, build_hf_tokenizer, vocabulary
-from t2v_turbo.miniworld.train_assets import TEACHER_PHASES
+from miniworld import assets, world
+from miniworld.tokenizer import MiniWorldTokenizer, build_hf_tokenizer, vocabulary
+from miniworld.train_assets import TEACHER_PHASES
 
 PROMPTS = ["a red triangle moving left on a black background", "a green square staying still on a teal background"]
 
@@ -42,7 +42,7 @@ def test_shipped_teacher_loads_and_samples():
 def test_shipped_teacher_takes_the_background_from_the_caption():
     """The same initial noise under three captions that differ only in the background gives each caption's
     background (the teacher trained on plain noise read it from the noise instead: 0.48 on MiniBench)."""
-    from eval import minibench
+    from miniworld import minibench
     from t2v_turbo.pipeline import TeacherPipeline
     from t2v_turbo.video_io import to_uint8_videos
 
@@ -66,7 +66,7 @@ def test_shipped_rewards_load_and_prefer_the_right_caption():
     g = torch.Generator().manual_seed(0)
     assert image(gt, [PROMPTS[0]], g) > image(gt, [wrong_colour], g)
     # the video reward tells attributes apart on a 270-video gallery (one per caption); motion is its weak one
-    from t2v_turbo.miniworld.train_rewards import _gallery, attribute_accuracy
+    from miniworld.train_rewards import _gallery, attribute_accuracy
 
     videos, captions = _gallery()
     with torch.no_grad():

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from t2v_turbo.miniworld import train_assets as ta
+from miniworld import train_assets as ta
 
 
 def test_v_loss_weight_turns_the_epsilon_error_into_the_v_error():
@@ -52,8 +52,8 @@ STEPS = {"vae": 2, "vae_decoder": 2, "image_reward": 2, "video_reward": 2}
 
 
 def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
-    from t2v_turbo.miniworld import train_rewards
-    from t2v_turbo.miniworld.assets import load_teacher
+    from miniworld import train_rewards
+    from miniworld.assets import load_teacher
 
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     record = ta.build(resumed, steps=STEPS, num_videos=8, teacher_phases=PHASES[:1])
@@ -84,7 +84,7 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
 
 
 def test_variant_sets_and_attribute_accuracy():
-    from t2v_turbo.miniworld import train_rewards, world
+    from miniworld import train_rewards, world
 
     texts = sorted(world.all_captions())
     sets = train_rewards.variant_sets(texts, "motion")

@@ -13,7 +13,7 @@ def test_train_two_steps_through_cli(tmp_path):
     meta = json.loads((tmp_path / "run" / "student" / "student.json").read_text())
     assert meta["lora"]["rank"] == 16
     assert (tmp_path / "data" / "train_seed0_n4.csv").is_file()
-    from t2v_turbo.miniworld.report import read_scalars
+    from miniworld.report import read_scalars
 
     scalars = read_scalars(tmp_path / "run" / "logs")
     assert len(scalars["loss/cd"]) == 2 and "reward/miniworld-video" in scalars and "reward/miniworld-image" in scalars

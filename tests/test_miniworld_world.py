@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from t2v_turbo.miniworld import world
+from miniworld import world
 from t2v_turbo.video_io import read_video
 
 
@@ -63,7 +63,7 @@ def test_caption_counts_held_out_and_eval_set():
     assert sum(world.parse_caption(p).held_out for p in prompts) == 45
     from pathlib import Path
 
-    shipped = (Path(__file__).parents[1] / "eval/data/miniworld_eval_prompts.txt").read_text().splitlines()
+    shipped = (Path(__file__).parents[1] / "miniworld/data/eval_prompts.txt").read_text().splitlines()
     assert shipped == prompts
 
 

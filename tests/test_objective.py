@@ -127,7 +127,7 @@ def test_mixed_objective_is_the_sum_of_its_terms_and_decodes_only_selected_frame
         z = torch.sqrt(adapter.alphas_cumprod[t]).view(-1, 1, 1, 1, 1) * latents + torch.sqrt(
             1 - adapter.alphas_cumprod[t]
         ).view(-1, 1, 1, 1, 1) * eps
-        from distill.solver import guidance_scale_embedding
+        from t2v_turbo.diffusion.solver import guidance_scale_embedding
 
         f = objective.consistency_fn(student, z, t, text, guidance_scale_embedding(w, 256))
         pixels = adapter.decode_latents(f)
@@ -243,7 +243,7 @@ def test_objective_passes_the_rewards_frame_weights(adapter, student):
         out = objective(student, latents, text, uncond, prompts, [0, 1], seed=0)
         index, w, eps = objective.draw([0, 1], latents.shape[1:], seed=0)
         t = objective.grid[index]
-        from distill.solver import add_noise, extract, guidance_scale_embedding
+        from t2v_turbo.diffusion.solver import add_noise, extract, guidance_scale_embedding
 
         z = add_noise(latents, eps, extract(adapter.alphas_cumprod, t, latents.ndim))
         pixels = adapter.decode_latents(objective.consistency_fn(student, z, t, text, guidance_scale_embedding(w, 256)))

@@ -56,8 +56,8 @@ def test_explicit_latents_and_timesteps(adapter, student):
     z = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(4))
     one_step = pipe("a dog", latents=z, timesteps=[999], output_type="latent", **GEOMETRY)
     assert pipe.unet_calls == 1
-    from distill.boundary import consistency_output
-    from distill.solver import guidance_scale_embedding, x0_from_eps
+    from t2v_turbo.diffusion.boundary import consistency_output
+    from t2v_turbo.diffusion.solver import guidance_scale_embedding, x0_from_eps
 
     t = torch.tensor([999])
     with torch.no_grad():

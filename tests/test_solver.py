@@ -5,10 +5,15 @@ import math
 import pytest
 import torch
 
-from distill.boundary import consistency_output, consistency_scalings
 from distill.losses import consistency_distance, l2_loss, pseudo_huber_loss
-from distill.schedule import ddim_timesteps, multistep_timesteps, previous_timestep, scaled_linear_alphas_cumprod
-from distill.solver import (
+from t2v_turbo.diffusion.boundary import consistency_output, consistency_scalings
+from t2v_turbo.diffusion.schedule import (
+    ddim_timesteps,
+    multistep_timesteps,
+    previous_timestep,
+    scaled_linear_alphas_cumprod,
+)
+from t2v_turbo.diffusion.solver import (
     add_noise,
     cfg_lcm_form,
     ddim_solver_step,

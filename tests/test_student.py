@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from distill.solver import guidance_scale_embedding
 from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+from t2v_turbo.diffusion.solver import guidance_scale_embedding
 from t2v_turbo.student import (
     LoraSettings,
     StudentMeta,

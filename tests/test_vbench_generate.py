@@ -13,9 +13,9 @@ from eval.vbench.generate import (
     shard_jobs,
     to_uint8_videos,
 )
-from t2v_turbo.video_io import count_frames, write_mp4
 from eval.vbench.naming import CaseCollisionError, expected_names
 from eval.vbench.suite import load_suite
+from t2v_turbo.video_io import count_frames, write_mp4
 
 ROWS = [
     {"prompt_en": "In a still frame, a stop sign", "dimension": ["temporal_flickering"]},

@@ -14,7 +14,7 @@ from eval.vbench.report import report_directory
 from eval.vbench.runner import VBenchSetupError, check_videos_folder, missing_weights, run_vbench
 from eval.vbench.suite import load_suite, locate_full_info_json, prompts_for_dimension, write_subset_full_info
 
-ASSETS = Path(__file__).resolve().parents[1] / "t2v_turbo" / "assets" / "miniworld"
+ASSETS = Path(__file__).resolve().parents[1] / "miniworld" / "assets"
 
 
 def _vbench_or_skip():

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from distill.solver import guidance_scale_embedding
 from t2v_turbo.adapters.vc2 import VC2Adapter
+from t2v_turbo.diffusion.solver import guidance_scale_embedding
 from t2v_turbo.models.vc2 import checkpoint as ckpt
 from t2v_turbo.models.vc2.tiny import build_tiny_vc2, save_tiny_vc2_ckpt, vc2_ckpt_state_dict
 from t2v_turbo.models.vc2.unet import VC2UNet
-from t2v_turbo.testing import reference_dir
 
-REFERENCE = reference_dir()
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,9 +11,8 @@ import torch
 from t2v_turbo.models.vc2 import lora_format as lf
 from t2v_turbo.models.vc2.unet import VC2_UNET_CONFIG, VC2UNet
 from t2v_turbo.student import LoraSettings, inject_lora
-from t2v_turbo.testing import reference_dir
 
-REFERENCE = reference_dir()
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 ATOL = RTOL = 1e-4
 LVDM_ONLY_KWARGS = ("use_checkpoint", "temporal_selfatt_only", "use_relative_position", "use_causal_attention")
 TABLE_FIELDS = ("index", "module", "which", "shape", "base_layer", "base_weight_shape", "rank")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from distill.solver import guidance_scale_embedding
+from t2v_turbo.diffusion.solver import guidance_scale_embedding
 from t2v_turbo.models.vc2.unet import VC2_UNET_CONFIG, VC2UNet, timestep_embedding
-from t2v_turbo.testing import reference_dir
 
-REFERENCE = reference_dir()
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 ATOL = RTOL = 1e-4  # the fixture README's suggested tolerance on UNet eps
 # lvdm-only constructor options that do not change the state dict or our (self-attention-only,
 # non-causal, no relative position) computation

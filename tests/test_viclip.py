@@ -1,15 +1,15 @@
 """ViCLIP: key compatibility with the released checkpoint and the reference fixture's numbers."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from rewards.testing import reference_tensors
 from rewards.viclip import load_viclip
-from t2v_turbo.testing import reference_dir
 
-REFERENCE = reference_dir()
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 FIXTURE = REFERENCE / "viclip_tiny.safetensors"
 ATOL = 1e-5  # the fixture README's tolerance on unit-norm features
 

@@ -3,6 +3,7 @@ preprocessing to the fixtures, gradients, frame choice."""
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +18,10 @@ from rewards.testing import (
     save_tiny_bert_tokenizer,
     save_tiny_xclip,
 )
-from rewards.video_text import InternVideo2Reward, ViCLIPReward, sample_clip_frames
 from rewards.viclip import build_viclip, load_viclip
-from t2v_turbo.testing import reference_dir
+from rewards.video_text import InternVideo2Reward, ViCLIPReward, sample_clip_frames
 
-REFERENCE = reference_dir()
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
 VICLIP_FIXTURE = REFERENCE / "viclip_tiny.safetensors"
 INTERNVIDEO2_FIXTURE = REFERENCE / "internvideo2_tiny.safetensors"
 ATOL = 1e-5

@@ -31,8 +31,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from eval.vbench.naming import check_case_collisions, video_filename
-from t2v_turbo.video_io import count_frames, to_uint8_videos, write_mp4
 from eval.vbench.suite import Suite, samples_per_prompt
+from t2v_turbo.video_io import count_frames, to_uint8_videos, write_mp4
 
 VideoFn = Callable[[list[str], list[int]], Sequence[np.ndarray]]
 VIDEOS_DIR = "videos"

@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Sequence
 
 from eval.vbench.aggregate import DIMENSIONS
-from eval.vbench.suite import Suite, prompts_for_dimension
 from eval.vbench.naming import expected_names
+from eval.vbench.suite import Suite, prompts_for_dimension
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".jpg", ".png")
 

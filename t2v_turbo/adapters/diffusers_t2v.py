@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from distill.schedule import scaled_linear_alphas_cumprod
 from t2v_turbo.adapters.base import TeacherAdapter
+from t2v_turbo.diffusion.schedule import scaled_linear_alphas_cumprod
 
 #: components a ModelScope-layout folder must hold
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -78,7 +78,7 @@ class DiffusersT2VAdapter(TeacherAdapter):
         """alpha_bar_t of the scheduler config.
 
         For "scaled_linear" betas the schedule is recomputed in float64 by
-        ``distill.schedule.scaled_linear_alphas_cumprod`` (the trainer and samplers share it);
+        ``t2v_turbo.diffusion.schedule.scaled_linear_alphas_cumprod`` (the trainer and samplers share it);
         diffusers computes the same values in float32 (they agree to about 1e-7). Other beta
         schedules are taken from the scheduler as it computes them.
         """

@@ -20,8 +20,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from distill.schedule import scaled_linear_alphas_cumprod
 from t2v_turbo.adapters.base import TeacherAdapter
+from t2v_turbo.diffusion.schedule import scaled_linear_alphas_cumprod
 from t2v_turbo.models.vc2 import checkpoint as ckpt
 from t2v_turbo.models.vc2.unet import VC2UNet
 

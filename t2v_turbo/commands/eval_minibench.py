@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from eval import minibench
+    from miniworld import minibench
 
     report = minibench.evaluate_folder(args.video_dir)
     out = Path(args.out) if args.out else Path(args.video_dir) / "minibench.json"

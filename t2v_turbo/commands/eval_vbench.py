@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
     run_vbench(out / VIDEOS_DIR, out / "results", suite.dimensions, full_info, name=re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "run",
                device=device, vbench_python=args.vbench_python, allow_download=args.vbench_download,
                extra_info={"model": record, "manifest": str(out / "manifest.json")})
-    from eval.vbench.report import read_run_info, write_report
     from eval.vbench.aggregate import aggregate_directory
+    from eval.vbench.report import read_run_info, write_report
 
     notes = [FLICKER_NOTE] if "temporal_flickering" in suite.dimensions else []
     compare_result = (_run_label(args.compare), aggregate_directory(compare)) if compare else None

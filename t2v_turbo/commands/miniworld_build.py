@@ -5,7 +5,7 @@ the teacher UNet with its text encoder (+ word tokenizer) over the phases of
 ``train_assets.TEACHER_PHASES``, the image-text reward and the video-text reward, and writes
 them in the layout the shipped assets use (``teacher/`` diffusers folder, ``image_reward/``,
 ``video_reward/``, ``training_log.json``). Default output: a new folder, never the shipped assets;
-copy the result over ``t2v_turbo/assets/miniworld/`` to update them.
+copy the result over ``miniworld/assets/`` to update them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_steps(text: str) -> dict:
-    from t2v_turbo.miniworld.train_assets import DEFAULT_STEPS
+    from miniworld.train_assets import DEFAULT_STEPS
 
     steps = {}
     for item in filter(None, text.split(",")):
@@ -41,7 +41,7 @@ def _parse_steps(text: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from t2v_turbo.miniworld.train_assets import build
+    from miniworld.train_assets import build
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     stages = tuple(s for s in args.stages.split(",") if s)

@@ -36,11 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from eval import minibench
+    from miniworld import minibench
+    from miniworld import report as rp
+    from miniworld.assets import ASSETS, evaluation_prompts, load_teacher
     from t2v_turbo.cli import main as cli_main
     from t2v_turbo.config import load_config
-    from t2v_turbo.miniworld import report as rp
-    from t2v_turbo.miniworld.assets import ASSETS, evaluation_prompts, load_teacher
     from t2v_turbo.pipeline import load_student_pipeline
 
     torch.set_num_threads(args.threads)
@@ -88,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
     rows = {"student": student_videos[show]}
     if teacher_videos is not None:
         rows["teacher"] = teacher_videos[show]
-    from t2v_turbo.miniworld.world import sample_for_caption
     import numpy as np
+
+    from miniworld.world import sample_for_caption
 
     rows["ground truth"] = np.stack([sample_for_caption(prompts[i]).video for i in show])
     grid = rp.save_sample_grid(out / "samples", rows, [prompts[i] for i in show])

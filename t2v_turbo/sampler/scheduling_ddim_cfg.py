@@ -12,7 +12,7 @@ with abar_prev = abar[0] below the grid (``set_alpha_to_one=False``).
 
 Scale convention: ``guidance_scale`` is the standard CFG scale s (s = 1: the conditional model;
 ModelScope's default 9, T2V-Turbo comparisons 7.5). It equals 1 + w in the LCM convention
-``cond + w (cond - uncond)`` that the distillation uses (``distill.solver.cfg_lcm_form``).
+``cond + w (cond - uncond)`` that the distillation uses (``t2v_turbo.diffusion.solver.cfg_lcm_form``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from distill.solver import ddim_solver_step, x0_from_eps
+from t2v_turbo.diffusion.solver import ddim_solver_step, x0_from_eps
 from t2v_turbo.sampler.scheduling_t2v_turbo import alphas_cumprod_from_config, noise_schedule_kwargs
 
 

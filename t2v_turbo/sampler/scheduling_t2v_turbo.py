@@ -25,9 +25,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
-from distill.boundary import consistency_output
-from distill.schedule import ddim_timesteps, multistep_timesteps, scaled_linear_alphas_cumprod
-from distill.solver import add_noise, x0_from_eps
+from t2v_turbo.diffusion.boundary import consistency_output
+from t2v_turbo.diffusion.schedule import ddim_timesteps, multistep_timesteps, scaled_linear_alphas_cumprod
+from t2v_turbo.diffusion.solver import add_noise, x0_from_eps
 
 
 @dataclasses.dataclass

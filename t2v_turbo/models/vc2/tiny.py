@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from distill.schedule import scaled_linear_alphas_cumprod
+from t2v_turbo.diffusion.schedule import scaled_linear_alphas_cumprod
 from t2v_turbo.models.vc2 import checkpoint as ckpt
 from t2v_turbo.models.vc2.unet import VC2UNet
 from t2v_turbo.testing import redraw_degenerate_parameters

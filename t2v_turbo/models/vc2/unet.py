@@ -19,7 +19,7 @@ Layout conventions:
 - the text context and the embeddings are repeated per frame (``repeat_interleave``);
 - timestep and fps embeddings are sinusoidal with the order [cos, sin] (see
   :func:`timestep_embedding`); the guidance embedding fed to ``timestep_cond`` is computed
-  outside with LCM's convention ([sin, cos], see ``distill.solver.guidance_scale_embedding``).
+  outside with LCM's convention ([sin, cos], see ``t2v_turbo.diffusion.solver.guidance_scale_embedding``).
 """
 
 from __future__ import annotations

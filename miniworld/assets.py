@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "miniworld"
+ASSETS = Path(__file__).resolve().parent / "assets"
 TEACHER = ASSETS / "teacher"
 IMAGE_REWARD = ASSETS / "image_reward"
 VIDEO_REWARD = ASSETS / "video_reward"
 STUDENT = ASSETS / "student"
-EVAL_PROMPTS = Path(__file__).resolve().parents[2] / "eval" / "data" / "miniworld_eval_prompts.txt"
+EVAL_PROMPTS = Path(__file__).resolve().parent / "data" / "eval_prompts.txt"
 
 
 def asset_path(path: str | Path | None, default: Path) -> Path:
@@ -27,9 +27,8 @@ def asset_path(path: str | Path | None, default: Path) -> Path:
 
 def load_teacher(path: str | Path | None = None, **kwargs):
     """The mini-world teacher (``DiffusersT2VAdapter``); default: the shipped folder."""
+    from miniworld.world import NUM_FRAMES
     from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
-
-    from t2v_turbo.miniworld.world import NUM_FRAMES
 
     adapter = DiffusersT2VAdapter.from_pretrained(asset_path(path, TEACHER), **kwargs)
     adapter.default_num_frames = NUM_FRAMES  # the world's videos have 8 frames (32x32 comes from the UNet/VAE)
@@ -40,7 +39,7 @@ def training_dataset(folder: str | Path = "runs/miniworld-data", num_videos: int
     """The world's training split written once as mp4 + CSV under ``folder`` (reused when present),
     read back by the trainer's normal ``distill.data.VideoCaptionCSV``."""
     from distill.data import VideoCaptionCSV
-    from t2v_turbo.miniworld.world import write_dataset
+    from miniworld.world import write_dataset
 
     folder = Path(folder)
     csv_path = folder / f"train_seed{seed}_n{num_videos}.csv"

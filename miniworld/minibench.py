@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from t2v_turbo.miniworld.world import BACKGROUNDS, COLOURS, parse_caption
+from miniworld.world import BACKGROUNDS, COLOURS, parse_caption
 from t2v_turbo.video_io import read_video, to_uint8_videos
 
 DIMENSIONS = ("background", "colour", "shape", "motion", "single_object", "temporal_consistency")
@@ -217,7 +217,7 @@ def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
 
 def ground_truth_report(prompts: Sequence[str] | None = None, videos_per_prompt: int = 1, seed: int = 0) -> dict:
     """MiniBench of the world's own videos (the ceiling) on the evaluation prompt set."""
-    from t2v_turbo.miniworld.world import evaluation_prompts, sample_for_caption
+    from miniworld.world import evaluation_prompts, sample_for_caption
 
     prompts = list(prompts or evaluation_prompts())
     all_prompts = [p for p in prompts for _ in range(videos_per_prompt)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.solver import append_dims
+from t2v_turbo.diffusion.solver import append_dims
 
 
 def consistency_scalings(

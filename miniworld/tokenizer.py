@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from t2v_turbo.miniworld.world import world_vocabulary
+from miniworld.world import world_vocabulary
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 CONTEXT_LENGTH = 16
@@ -73,7 +73,7 @@ class MiniWorldTokenizer:
 
     def encode(self, text: str) -> list[int]:
         if self.strip_motion:
-            from t2v_turbo.miniworld.world import strip_motion
+            from miniworld.world import strip_motion
 
             try:
                 text = strip_motion(text)

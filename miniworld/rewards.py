@@ -1,7 +1,7 @@
 """The mini world's reward models, registered as ``miniworld-image`` and ``miniworld-video``.
 
 Both are the project's generic reward classes with the mini world's small trained weights
-(shipped in ``t2v_turbo/assets/miniworld/``, trained by ``t2v-turbo miniworld build``):
+(shipped in ``miniworld/assets/``, trained by ``t2v-turbo miniworld build``):
 
 - ``miniworld-image``: ``OpenCLIPReward`` on a small custom open_clip CLIP, fed the caption
   without its motion phrase (it was trained on single frames, so it cannot see motion);
@@ -18,10 +18,10 @@ from rewards.base import register_reward
 @register_reward("miniworld-image")
 def miniworld_image(checkpoint: str | os.PathLike | None = None, num_frames: int = 5, dtype: str = "float32"):
     """Image-text reward of the mini world; ``checkpoint`` = a folder with the open_clip config + weights."""
+    from miniworld.assets import IMAGE_REWARD, asset_path
+    from miniworld.tokenizer import MiniWorldTokenizer
+    from miniworld.train_rewards import IMAGE_CONFIG_FILE, IMAGE_PREPROCESS, IMAGE_WEIGHTS_FILE
     from rewards.image_text import OpenCLIPReward
-    from t2v_turbo.miniworld.assets import IMAGE_REWARD, asset_path
-    from t2v_turbo.miniworld.tokenizer import MiniWorldTokenizer
-    from t2v_turbo.miniworld.train_rewards import IMAGE_CONFIG_FILE, IMAGE_PREPROCESS, IMAGE_WEIGHTS_FILE
 
     folder = asset_path(checkpoint, IMAGE_REWARD)
     config = folder / IMAGE_CONFIG_FILE
@@ -38,10 +38,10 @@ def miniworld_video(checkpoint: str | os.PathLike | None = None, dtype: str = "f
     """Video-text reward of the mini world; ``checkpoint`` = a folder with the ViCLIP config + weights."""
     import json
 
+    from miniworld.assets import VIDEO_REWARD, asset_path
+    from miniworld.tokenizer import MiniWorldTokenizer
+    from miniworld.train_rewards import VIDEO_CONFIG_FILE, VIDEO_WEIGHTS_FILE
     from rewards.video_text import ViCLIPReward
-    from t2v_turbo.miniworld.assets import VIDEO_REWARD, asset_path
-    from t2v_turbo.miniworld.tokenizer import MiniWorldTokenizer
-    from t2v_turbo.miniworld.train_rewards import VIDEO_CONFIG_FILE, VIDEO_WEIGHTS_FILE
 
     folder = asset_path(checkpoint, VIDEO_REWARD)
     config = folder / VIDEO_CONFIG_FILE

@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from t2v_turbo.miniworld import world
-from t2v_turbo.miniworld.tokenizer import CONTEXT_LENGTH, MiniWorldTokenizer, vocabulary
+from miniworld import world
+from miniworld.tokenizer import CONTEXT_LENGTH, MiniWorldTokenizer, vocabulary
 
-log = logging.getLogger("t2v_turbo.miniworld.build")
+log = logging.getLogger("miniworld.build")
 
 IMAGE_CONFIG_FILE = "open_clip_config.json"
 IMAGE_WEIGHTS_FILE = "open_clip_model.safetensors"

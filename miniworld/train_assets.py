@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from t2v_turbo.miniworld import world
-from t2v_turbo.miniworld.tokenizer import CONTEXT_LENGTH, MiniWorldTokenizer, save_hf_tokenizer, vocabulary
+from miniworld import world
+from miniworld.tokenizer import CONTEXT_LENGTH, MiniWorldTokenizer, save_hf_tokenizer, vocabulary
 
-log = logging.getLogger("t2v_turbo.miniworld.build")
+log = logging.getLogger("miniworld.build")
 
 #: optimiser steps of the VAE, its decoder fine-tuning and the two reward models
 DEFAULT_STEPS = {"vae": 300, "vae_decoder": 2100, "image_reward": 1500, "video_reward": 3000}
@@ -295,7 +295,7 @@ def train_teacher(unet, text_encoder, latents: torch.Tensor, captions: list[str]
     """
     from diffusers.models.attention_processor import AttnProcessor
 
-    from distill.schedule import scaled_linear_alphas_cumprod
+    from t2v_turbo.diffusion.schedule import scaled_linear_alphas_cumprod
 
     if loss_weighting not in ("uniform", "v"):
         raise ValueError(f"loss_weighting must be 'uniform' or 'v', got {loss_weighting!r}")
@@ -442,7 +442,7 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
             save()
         save_teacher(teacher_dir, unet, vae, text_encoder)
     if "rewards" in stages:
-        from t2v_turbo.miniworld import train_rewards
+        from miniworld import train_rewards
 
         record["image_reward"] = train_rewards.train_and_save_image_reward(out / "image_reward", videos, captions, steps["image_reward"], seed)
         save()

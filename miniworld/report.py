@@ -10,8 +10,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from eval import minibench
-from t2v_turbo.miniworld import world
+from miniworld import minibench, world
 from t2v_turbo.video_io import to_uint8_videos, write_mp4
 
 
