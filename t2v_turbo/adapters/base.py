@@ -6,8 +6,14 @@ touching them. Conventions:
 
 - pixel videos are (B, C, T, H, W) float in [-1, 1];
 - latents are (B, c, T, h, w) and already multiplied by ``vae_scale_factor``;
-- timesteps are integer (B,) tensors on the 1000-step training grid;
-- every UNet call goes through ``predict_eps`` so family-specific inputs (fps, layout) stay here.
+- timesteps are integer (B,) tensors on the 1000-step training grid (for a flow teacher the
+  grid index i stands for sigma_i, see ``t2v_turbo.diffusion.flow``);
+- every network call goes through ``predict`` (the raw output, of the adapter's
+  ``prediction_type``) or ``predict_eps`` so family-specific inputs (fps, layout, timestep
+  conversion) stay here;
+- ``noise_coefficients()`` gives (alpha_t, sigma_t) with z_t = alpha_t x0 + sigma_t eps, and
+  ``t2v_turbo.diffusion.prediction`` converts an output to (x0, eps) by ``prediction_type``: the
+  trainer and samplers pick their conversions from these two, never from the family.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
+
+from t2v_turbo.diffusion.prediction import noise_coefficients
 
 
 class TeacherAdapter(abc.ABC):
@@ -28,8 +36,12 @@ class TeacherAdapter(abc.ABC):
     unet: nn.Module
     vae: nn.Module
     text_encoder: nn.Module
-    #: alpha_bar_t on the training grid, float32 (num_train_timesteps,)
-    alphas_cumprod: torch.Tensor
+    #: what the network predicts: "epsilon" (eps) or "flow" (velocity v = eps - x0)
+    prediction_type: str = "epsilon"
+    #: alpha_bar_t on the training grid, float32 (num_train_timesteps,) ("epsilon" families)
+    alphas_cumprod: torch.Tensor | None = None
+    #: sigma_i on the training grid, float32 (num_train_timesteps,) ("flow" families)
+    flow_sigmas: torch.Tensor | None = None
     num_train_timesteps: int = 1000
     vae_scale_factor: float = 0.18215
     #: default video geometry of the family: frames, height, width (pixels), fps
@@ -61,6 +73,23 @@ class TeacherAdapter(abc.ABC):
         """
 
     # ---- UNet -------------------------------------------------------------------------
+    def noise_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t) on the training grid, each (num_train_timesteps,): z_t = alpha_t x0 + sigma_t eps."""
+        return noise_coefficients(self.prediction_type, alphas_cumprod=self.alphas_cumprod, sigmas=self.flow_sigmas)
+
+    def predict(
+        self,
+        unet: nn.Module,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_embedding: torch.Tensor,
+        timestep_cond: torch.Tensor | None = None,
+        fps: int | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The raw output of ``unet`` at grid indices ``timesteps``: eps for ``prediction_type``
+        "epsilon", the velocity for "flow". The epsilon families' output is ``predict_eps``."""
+        return self.predict_eps(unet, latents, timesteps, text_embedding, timestep_cond=timestep_cond, fps=fps)
+
     @abc.abstractmethod
     def predict_eps(
         self,
@@ -90,7 +119,9 @@ class TeacherAdapter(abc.ABC):
         for module in self.modules().values():
             module.to(device=device, dtype=dtype)
         if device is not None:
-            self.alphas_cumprod = self.alphas_cumprod.to(device)
+            for name in ("alphas_cumprod", "flow_sigmas"):
+                if getattr(self, name) is not None:
+                    setattr(self, name, getattr(self, name).to(device))
         return self
 
     @property
