@@ -60,6 +60,7 @@ from t2v_turbo.config import (
     signature_errors,
     validate_component,
 )
+from t2v_turbo.fileio import FolderLock
 from t2v_turbo.schema import schema_defaults, schema_errors
 
 logger = logging.getLogger(__name__)
@@ -202,6 +203,8 @@ class DistillationRecipe:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
             cpu=train["device"] == "cpu",
         )
+        if self.accelerator.is_main_process:  # one run per output_dir, taken before anything loads
+            self.output_lock = FolderLock(self.output_dir, "training run").acquire()
         set_seed(cfg["seed"])
         device = self.accelerator.device
 
@@ -535,6 +538,8 @@ class DistillationRecipe:
 
         if hasattr(self, "accelerator"):
             self.accelerator.end_training()
+        if hasattr(self, "output_lock"):
+            self.output_lock.release()
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
 

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from distill.nonfinite import NonFiniteError
     from distill.trainer import DistillationRecipe, resolve_run_config
     from t2v_turbo.config import ConfigError, load_config
+    from t2v_turbo.fileio import FolderInUseError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ConfigError) as err:
             print(f"error: {args.config}: {err}", file=sys.stderr)
             return 2
+        except FolderInUseError as err:
+            print(f"error: {args.config}: {err}", file=sys.stderr)
+            return 1
         try:
             recipe.train()
         except NonFiniteError as err:
