@@ -38,14 +38,26 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from distill.checkpoints import (
+    CHECKPOINT_PREFIX,
+    CONFIG_NAME,
+    STATE_NAME,
+    CheckpointError,
+    LoadedCheckpoint,
+    find_resume_checkpoint,
+    list_checkpoints,
+    rng_file_name,
+    rng_state,
+    set_rng_state,
+    tensor_bytes,
+    write_guard,
+)
 from distill.config_schema import OptimizerArgs, RunConfig
 from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples
 from distill.ema import EMATarget
@@ -66,9 +78,6 @@ from t2v_turbo.schema import schema_defaults, schema_errors
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_NAME = "training_state.pt"
-CONFIG_NAME = "config.yaml"
 
 #: every key a run config may hold, with its default (``teacher`` and ``data`` have none); the schema is ``RunConfig``
 DEFAULTS: dict[str, Any] = schema_defaults(RunConfig)
@@ -150,28 +159,6 @@ def resolve_run_config(cfg: dict, check_rewards: bool = True) -> dict:
     return resolved
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete ``checkpoint-<step>`` folders, oldest first (``.tmp`` leftovers are ignored)."""
-    found = []
-    for path in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
-        suffix = path.name[len(CHECKPOINT_PREFIX):]
-        if path.is_dir() and suffix.isdigit() and (path / STATE_NAME).is_file():
-            found.append((int(suffix), path))
-    return [p for _, p in sorted(found)]
-
-
-def resolve_resume(resume: str, output_dir: str | Path) -> Path:
-    if resume == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        if not checkpoints:
-            raise FileNotFoundError(f"--resume latest: no complete {CHECKPOINT_PREFIX}<step> folder in {Path(output_dir).resolve()}")
-        return checkpoints[-1]
-    path = Path(resume)
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"--resume {resume}: {path.resolve()} is not a checkpoint folder (no {STATE_NAME})")
-    return path
-
-
 class DistillationRecipe:
     """Consistency distillation with mixed reward feedback (T2V-Turbo), from one run config."""
 
@@ -205,6 +192,8 @@ class DistillationRecipe:
         )
         if self.accelerator.is_main_process:  # one run per output_dir, taken before anything loads
             self.output_lock = FolderLock(self.output_dir, "training run").acquire()
+        # read before anything heavy loads, so that an unreadable checkpoint is named at once
+        checkpoint = self._find_resume_checkpoint(resume) if resume is not None else None
         set_seed(cfg["seed"])
         device = self.accelerator.device
 
@@ -279,8 +268,8 @@ class DistillationRecipe:
 
         # data: an instantiated dataset addressed by global sample positions
         self.dataset = instantiate(cfg["data"])
-        if resume is not None:
-            self.load_checkpoint(resolve_resume(resume, self.output_dir))
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
         self._build_dataloader()
 
         if self.accelerator.is_main_process:
@@ -438,38 +427,48 @@ class DistillationRecipe:
             sigma_data=self.cfg["distill"]["sigma_data"],
         )
 
+    def training_state(self) -> dict:
+        """What ``training_state.pt`` holds: plain data only (tensors, numbers, strings, lists, dicts)."""
+        params = dict(self.student.named_parameters())
+        scaler = self.accelerator.scaler
+        return {
+            "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable_names},
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "global_step": self.global_step,
+            "micro_step": self.micro_step,
+            "skipped_videos": self.skipped_videos,
+            "skipped_steps": self.skipped_steps.state_dict(),
+            "num_processes": self.accelerator.num_processes,
+        }
+
     def save_checkpoint(self, step: int) -> Path:
-        """Write ``checkpoint-<step>/`` atomically: all files go to ``checkpoint-<step>.tmp`` first."""
-        from t2v_turbo.student import save_student
+        """Write ``checkpoint-<step>/`` atomically: all files go to ``checkpoint-<step>.tmp`` first; a failed
+        write (a full disk) removes it, keeps the previous checkpoints and raises ``CheckpointWriteError``."""
+        from t2v_turbo.student import save_student, student_state_dict
 
         accelerator = self.accelerator
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
         self._require_finite_weights(final.name)
         tmp = self.output_dir / f"{CHECKPOINT_PREFIX}{step}.tmp"
+        state = self.training_state() if accelerator.is_main_process else None
+        needed = tensor_bytes(state) + tensor_bytes(student_state_dict(self.student))
+        with write_guard(tmp, final, needed):
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                save_student(tmp / "student", self.student, self._student_meta())
+                torch.save(state, tmp / STATE_NAME)
+                save_config(self.cfg, tmp / CONFIG_NAME)
+            accelerator.wait_for_everyone()
+            torch.save(rng_state(), tmp / rng_file_name(accelerator.process_index))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                (tmp / "trainer_state.json").write_text(json.dumps(
+                    {"global_step": step, "micro_step": self.micro_step, "num_processes": accelerator.num_processes}) + "\n")
         if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_student(tmp / "student", self.student, self._student_meta())
-            params = dict(self.student.named_parameters())
-            state = {
-                "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable_names},
-                "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "global_step": self.global_step,
-                "micro_step": self.micro_step,
-                "skipped_videos": self.skipped_videos,
-                "skipped_steps": self.skipped_steps.state_dict(),
-                "num_processes": accelerator.num_processes,
-            }
-            torch.save(state, tmp / STATE_NAME)
-            save_config(self.cfg, tmp / CONFIG_NAME)
-        accelerator.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            (tmp / "trainer_state.json").write_text(
-                json.dumps({"global_step": step, "micro_step": self.micro_step, "num_processes": accelerator.num_processes}) + "\n")
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -492,8 +491,20 @@ class DistillationRecipe:
                 f"{what} is not written. The last finite checkpoint is {kept[-1] if kept else 'none (no checkpoint yet)'}"
             )
 
-    def load_checkpoint(self, folder: Path) -> None:
-        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=False)
+    def _find_resume_checkpoint(self, resume: str) -> LoadedCheckpoint:
+        """``--resume latest|PATH`` read (plain data only); all processes must agree on the step."""
+        checkpoint = find_resume_checkpoint(resume, self.output_dir, self.accelerator.process_index)
+        if self.accelerator.num_processes > 1:
+            step = torch.tensor(float(checkpoint.state["global_step"]), device=self.accelerator.device)
+            low, high = self.accelerator.reduce(step.clone(), "min"), self.accelerator.reduce(step.clone(), "max")
+            if low != high:
+                raise CheckpointError(f"--resume {resume}: the processes found different readable checkpoints "
+                                      f"(steps {int(low)} to {int(high)}); check the rng_state_<rank>.pt files")
+        return checkpoint
+
+    def load_checkpoint(self, checkpoint: LoadedCheckpoint) -> None:
+        """Restore weights, optimizer, grad scaler, LR schedule, EMA, counters and RNG from a read checkpoint."""
+        folder, state = checkpoint.folder, checkpoint.state
         if state["num_processes"] != self.accelerator.num_processes:
             raise RuntimeError(
                 f"{folder}: written by {state['num_processes']} processes, resuming with "
@@ -506,6 +517,8 @@ class DistillationRecipe:
             for name, value in state["trainable"].items():
                 params[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.accelerator.scaler is not None and state["grad_scaler"] is not None:
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.ema is not None:
             if state["ema"] is None:
@@ -514,7 +527,7 @@ class DistillationRecipe:
         self.global_step, self.micro_step = state["global_step"], state["micro_step"]
         self.skipped_videos = state["skipped_videos"]
         self.skipped_steps.load_state_dict(state["skipped_steps"])
-        _set_rng_state(torch.load(folder / f"rng_state_{self.accelerator.process_index}.pt", weights_only=False))
+        set_rng_state(checkpoint.rng)
         logger.info("resumed from %s at step %d", folder, self.global_step)
 
     def _clean_partial_checkpoints(self) -> None:
@@ -523,13 +536,14 @@ class DistillationRecipe:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def save_final(self) -> Path:
-        from t2v_turbo.student import save_student
+        from t2v_turbo.student import save_student, student_state_dict
 
         folder = self.output_dir / "student"
         self._require_finite_weights(f"the final student {folder}")
         if self.accelerator.is_main_process:
-            save_student(folder, self.student, self._student_meta())
-            save_config(self.cfg, folder / CONFIG_NAME)
+            with write_guard(None, folder, tensor_bytes(student_state_dict(self.student))):
+                save_student(folder, self.student, self._student_meta())
+                save_config(self.cfg, folder / CONFIG_NAME)
         self.accelerator.wait_for_everyone()
         return folder
 
@@ -597,21 +611,6 @@ def _accumulate(logs: dict, out, steps: int) -> None:
         logs[key] = logs.get(key, 0.0) + float(value.detach()) / steps
     for key, value in out.reward_grad_norms.items():
         logs[f"grad_norm/{key}"] = value
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _flat_hparams(cfg: dict, prefix: str = "") -> dict:

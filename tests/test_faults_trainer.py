@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,24 @@ def assets(tmp_path_factory):
 def tiny_config(assets, output_dir, *overrides):
     return load_config(TINY, [f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}",
                               f"output_dir={output_dir}", "logging.tensorboard=false", *overrides])
+
+
+def run(cfg, resume=None):
+    recipe = DistillationRecipe(cfg)
+    try:
+        recipe.setup(resume=resume)
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(assets, tmp_path_factory):
+    """An output_dir holding checkpoint-1 and checkpoint-2 of a 2-step run (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("two_checkpoints")
+    run(tiny_config(assets, out, "train.max_steps=2", "train.checkpoint_every=1", "train.keep_checkpoints=2"))
+    return out
 
 
 def trained_state(checkpoint: Path) -> dict:
@@ -165,3 +184,64 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, cap
     assert not lock.owner_path.exists()
     with FolderLock(tmp_path):  # released: free again, and no stale warning
         pass
+
+
+def test_resume_latest_falls_back_past_a_truncated_checkpoint(assets, two_checkpoints, tmp_path, caplog):
+    out = tmp_path / "run"
+    shutil.copytree(two_checkpoints, out)
+    bad = out / f"{CHECKPOINT_PREFIX}2" / "training_state.pt"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    recipe = DistillationRecipe(tiny_config(assets, out, "train.max_steps=2", "train.checkpoint_every=1"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="distill.checkpoints"):
+            recipe.setup(resume="latest")
+        assert (recipe.global_step, recipe.micro_step) == (1, 1)
+    finally:
+        recipe.cleanup()
+    assert f"skipping {CHECKPOINT_PREFIX}2: {bad}: unreadable" in caplog.text
+    assert f"resuming from {out / (CHECKPOINT_PREFIX + '1')}, the newest readable checkpoint" in caplog.text
+
+
+def test_resume_from_a_corrupt_checkpoint_names_the_file_before_loading(assets, two_checkpoints, tmp_path, capsys):
+    from t2v_turbo.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(two_checkpoints, out)
+    empty = out / f"{CHECKPOINT_PREFIX}1" / "rng_state_0.pt"
+    empty.write_bytes(b"")
+    truncated = out / f"{CHECKPOINT_PREFIX}2" / "training_state.pt"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    # the teacher folder does not exist: the checkpoint is read (and refused) before anything loads
+    args = ["train", str(TINY), f"teacher.path={tmp_path / 'no_teacher'}", f"data.folder={assets['videos']}",
+            f"output_dir={out}", "logging.tensorboard=false"]
+    assert main(args + ["--resume", str(out / f"{CHECKPOINT_PREFIX}1")]) == 2
+    assert f"{empty}: unreadable (0 bytes)" in capsys.readouterr().err
+    assert main(args + ["--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint in" in err and f"{truncated}: unreadable (100 bytes)" in err and f"{empty}: unreadable" in err
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_exits_nonzero(assets, two_checkpoints, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(two_checkpoints, out)
+    shutil.rmtree(out / f"{CHECKPOINT_PREFIX}2")
+    before = {p.relative_to(out): p.read_bytes() for p in (out / f"{CHECKPOINT_PREFIX}1").rglob("*") if p.is_file()}
+    # a file-size limit makes the writes of the next checkpoint fail as on a full disk (EFBIG instead of ENOSPC)
+    limit = (out / f"{CHECKPOINT_PREFIX}1" / "student" / "student.safetensors").stat().st_size // 2
+    assert (out / "config.yaml").stat().st_size < limit
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
+              "from t2v_turbo.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(
+        [sys.executable, "-c", script, "train", str(TINY), f"teacher.path={assets['teacher']}",
+         f"data.folder={assets['videos']}", f"output_dir={out}", "logging.tensorboard=false", "train.max_steps=2",
+         "train.checkpoint_every=1", "--resume", "latest"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr[-3000:]
+    final = out / f"{CHECKPOINT_PREFIX}2"
+    assert f"error: {TINY}: writing {final} failed: " in done.stderr
+    assert "bytes are free on that disk" in done.stderr and "It needs about " in done.stderr
+    assert f"The previous checkpoint {out / (CHECKPOINT_PREFIX + '1')} is kept" in done.stderr
+    assert list_checkpoints(out) == [out / f"{CHECKPOINT_PREFIX}1"]
+    assert not (out / f"{CHECKPOINT_PREFIX}2.tmp").exists() and not final.exists()
+    assert {p.relative_to(out): p.read_bytes() for p in (out / f"{CHECKPOINT_PREFIX}1").rglob("*") if p.is_file()} == before

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distill.checkpoints import CheckpointError, CheckpointWriteError
     from distill.nonfinite import NonFiniteError
     from distill.trainer import DistillationRecipe, resolve_run_config
     from t2v_turbo.config import ConfigError, load_config
@@ -42,19 +43,14 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info("resolved config (%s):\n%s", args.config, text)
     recipe = DistillationRecipe(resolved)
     try:
-        try:
-            recipe.setup(resume=args.resume)
-        except (FileNotFoundError, ConfigError) as err:
-            print(f"error: {args.config}: {err}", file=sys.stderr)
-            return 2
-        except FolderInUseError as err:
-            print(f"error: {args.config}: {err}", file=sys.stderr)
-            return 1
-        try:
-            recipe.train()
-        except NonFiniteError as err:
-            print(f"error: {args.config}: {err}", file=sys.stderr)
-            return 1
+        recipe.setup(resume=args.resume)
+        recipe.train()
+    except (FileNotFoundError, ConfigError, CheckpointError) as err:  # a bad input: config, path, checkpoint
+        print(f"error: {args.config}: {err}", file=sys.stderr)
+        return 2
+    except (FolderInUseError, NonFiniteError, CheckpointWriteError) as err:  # the run could not go on
+        print(f"error: {args.config}: {err}", file=sys.stderr)
+        return 1
     finally:
         recipe.cleanup()
     return 0
