@@ -21,7 +21,6 @@ Loading is strict: the saved key set must equal the rebuilt student's.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import re
 from pathlib import Path
@@ -265,9 +264,18 @@ def resolve_teacher_path(meta: StudentMeta, student_folder: str | Path | None = 
 
 
 def load_teacher_for(meta: StudentMeta, student_folder: str | Path | None = None, **kwargs: Any):
-    """The teacher adapter named in a student's meta, loaded with ``from_pretrained``."""
-    module_name, _, class_name = meta.teacher_adapter.rpartition(".")
-    adapter_cls = getattr(importlib.import_module(module_name), class_name)
+    """The teacher adapter named in a student's meta, loaded with ``from_pretrained``.
+
+    ``teacher_adapter`` comes from a file that may be someone else's: it must name a
+    ``TeacherAdapter`` class in the trusted modules (``t2v_turbo.config.resolve_component``).
+    """
+    from t2v_turbo.adapters.base import TeacherAdapter
+    from t2v_turbo.config import resolve_component
+
+    where = f"{Path(student_folder) / META_NAME if student_folder is not None else META_NAME}: teacher_adapter"
+    adapter_cls = resolve_component(meta.teacher_adapter, where)
+    if not (isinstance(adapter_cls, type) and issubclass(adapter_cls, TeacherAdapter)):
+        raise ValueError(f"{where} {meta.teacher_adapter!r} is not a TeacherAdapter class")
     return adapter_cls.from_pretrained(resolve_teacher_path(meta, student_folder), **kwargs)
 
 

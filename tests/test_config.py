@@ -33,12 +33,13 @@ def test_yaml_reads_exponent_floats():
     assert parse_yaml("a: 1e-5\nb: 1.0e-5\nc: 10\nd: v1e5") == {"a": 1e-5, "b": 1e-5, "c": 10, "d": "v1e5"}
 
 
-def test_resolve_component_handles_classmethods_and_names_what_is_missing():
+def test_resolve_component_handles_classmethods_and_names_what_is_missing(monkeypatch):
     from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
 
     assert resolve_component("t2v_turbo.adapters.diffusers_t2v.DiffusersT2VAdapter.from_pretrained") == DiffusersT2VAdapter.from_pretrained
     with pytest.raises(ConfigError, match="'torch.optim' has no attribute 'AdamQ'"):
         resolve_component("torch.optim.AdamQ")
+    monkeypatch.setenv("T2V_TURBO_TRUST_CONFIG", "1")  # outside the allowlist only a trusted config gets this far
     with pytest.raises(ConfigError, match="cannot import module 'no_such_pkg'"):
         resolve_component("no_such_pkg.Thing")
 

@@ -5,6 +5,7 @@ marker is not written and that the error names the file and the opt-in. The firs
 payload really runs code when unpickled.
 """
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,77 @@ def test_a_crafted_rng_state_is_refused_too(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint in .* can be read"):
         find_resume_checkpoint("latest", tmp_path, rank=0)
     assert not marker.exists()
+
+
+def test_a_config_component_from_an_override_runs_no_shell_command(assets, tmp_path, capsys):
+    from t2v_turbo.cli import main
+
+    marker = tmp_path / "marker"
+    code = main(["train", str(TINY), "teacher._component_=os.system", "~teacher.path",
+                 f"+teacher.command=echo code ran > {marker}", f"data.folder={assets['videos']}",
+                 f"output_dir={tmp_path / 'run'}", "logging.tensorboard=false"])
+    err = capsys.readouterr().err
+    assert code == 2 and not marker.exists()
+    assert "teacher._component_ 'os.system': not a trusted module. A config may call only the modules t2v_turbo, distill" in err
+    assert "--trust-config" in err and "T2V_TURBO_TRUST_CONFIG=1" in err and "T2V_TURBO_TRUSTED_MODULES" in err
+
+
+def test_trusted_prefixes_cannot_be_used_to_reach_other_modules(monkeypatch):
+    from t2v_turbo.config import ConfigError, resolve_component, validate_component
+
+    monkeypatch.delenv("T2V_TURBO_TRUST_CONFIG", raising=False)
+    monkeypatch.delenv("T2V_TURBO_TRUSTED_MODULES", raising=False)
+    for dotted, why in [("t2v_turbo.fileio.os.system", "it reaches the untrusted module 'os'"),
+                        ("t2v_turbo.config.importlib.import_module", "it reaches the untrusted module 'importlib'"),
+                        ("t2v_turbo.config.Path", "it resolves to an object of the untrusted module 'pathlib'"),
+                        ("distill.trainer.logger.__class__", "a dunder attribute is not allowed"),
+                        ("t2v_turbo_evil.x", "not a trusted module")]:
+        with pytest.raises(ConfigError, match=f"_component_ '{dotted}': {why}"):
+            resolve_component(dotted)
+    node = {"_component_": "transformers.AutoModel.from_pretrained", "pretrained_model_name_or_path": "x",
+            "trust_remote_code": True}
+    assert validate_component(node, "teacher") == [
+        "teacher.trust_remote_code=true runs code from the model's folder; if you trust it, pass --trust-config "
+        "(or set T2V_TURBO_TRUST_CONFIG=1)"]
+
+
+def test_the_opt_ins_extend_the_allowlist(tmp_path, monkeypatch, capsys):
+    from t2v_turbo.cli import main
+    from t2v_turbo.config import instantiate
+
+    monkeypatch.delenv("T2V_TURBO_TRUST_CONFIG", raising=False)
+    monkeypatch.delenv("T2V_TURBO_TRUSTED_MODULES", raising=False)
+    args = ["train", str(TINY), "optimizer._component_=builtins.dict", "--print-config"]
+    assert main(args) == 2 and "optimizer._component_ 'builtins.dict': not a trusted module" in capsys.readouterr().err
+    assert main(args + ["--trust-config"]) == 0 and "_component_: builtins.dict" in capsys.readouterr().out
+    assert "T2V_TURBO_TRUST_CONFIG" not in __import__("os").environ  # the flag does not outlive the command
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("T2V_TURBO_TRUSTED_MODULES", "subprocess")
+    instantiate({"_component_": "subprocess.run", "args": f"echo code ran > {marker}", "shell": True})
+    assert marker.read_text().strip() == "code ran"  # the opted-in component really runs
+
+
+def test_a_downloaded_student_json_imports_no_module_outside_the_allowlist(tmp_path, monkeypatch):
+    import json
+
+    from t2v_turbo.config import ConfigError
+    from t2v_turbo.student import StudentMeta, load_teacher_for, read_student_meta
+
+    monkeypatch.delenv("T2V_TURBO_TRUST_CONFIG", raising=False)
+    monkeypatch.delenv("T2V_TURBO_TRUSTED_MODULES", raising=False)
+    marker = tmp_path / "marker"
+    (tmp_path / "modules").mkdir()
+    (tmp_path / "modules" / "evil_adapter.py").write_text(f"open({str(marker)!r}, 'w').write('code ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
+    student = tmp_path / "student"
+    student.mkdir()
+    meta = StudentMeta(teacher_adapter="evil_adapter.Adapter", teacher_path="teacher", family="modelscope")
+    (student / "student.json").write_text(json.dumps(dataclasses.asdict(meta)))
+    with pytest.raises(ConfigError, match=rf"{student / 'student.json'}: teacher_adapter 'evil_adapter.Adapter': not a "
+                                          r"trusted module.*--trust-config"):
+        load_teacher_for(read_student_meta(student), student)
+    assert not marker.exists()
+    meta.teacher_adapter = "t2v_turbo.config.ConfigError"
+    (student / "student.json").write_text(json.dumps(dataclasses.asdict(meta)))
+    with pytest.raises(ValueError, match="'t2v_turbo.config.ConfigError' is not a TeacherAdapter class"):
+        load_teacher_for(read_student_meta(student), student)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import yaml
@@ -20,9 +21,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default=None, metavar="latest|PATH",
                         help="continue from the newest checkpoint in output_dir, or from a checkpoint folder")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="let the config's _component_ nodes call anything importable (only for configs you trust; "
+                             "by default they are limited to the project's packages, torch.optim, diffusers, ...)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from t2v_turbo.config import TRUST_CONFIG_ENV
+
+    if not args.trust_config:
+        return _run(args)
+    # an environment variable, so that DataLoader workers and launched processes see it too
+    previous = os.environ.get(TRUST_CONFIG_ENV)
+    os.environ[TRUST_CONFIG_ENV] = "1"
+    try:
+        return _run(args)
+    finally:
+        if previous is None:
+            del os.environ[TRUST_CONFIG_ENV]
+        else:
+            os.environ[TRUST_CONFIG_ENV] = previous
+
+
+def _run(args: argparse.Namespace) -> int:
     from distill.checkpoints import CheckpointError, CheckpointWriteError
     from distill.nonfinite import NonFiniteError
     from distill.trainer import DistillationRecipe, resolve_run_config
