@@ -62,8 +62,9 @@ def rng_state() -> dict:
     numpy = np.random.get_state(legacy=False)
     state = {
         "python": random.getstate(),
-        "numpy": {"bit_generator": numpy["bit_generator"], "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),
-                  "pos": int(numpy["state"]["pos"]), "has_gauss": int(numpy["has_gauss"]), "gauss": float(numpy["gauss"])},
+        "numpy": {"bit_generator": numpy["bit_generator"],
+                  "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)), "pos": int(numpy["state"]["pos"]),
+                  "has_gauss": int(numpy["has_gauss"]), "gauss": float(numpy["gauss"])},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -125,7 +126,8 @@ def find_resume_checkpoint(resume: str, output_dir: str | Path, rank: int) -> Lo
         return read_checkpoint(path, rank)
     checkpoints = list_checkpoints(output_dir)
     if not checkpoints:
-        raise FileNotFoundError(f"--resume latest: no complete {CHECKPOINT_PREFIX}<step> folder in {Path(output_dir).resolve()}")
+        raise FileNotFoundError(
+            f"--resume latest: no complete {CHECKPOINT_PREFIX}<step> folder in {Path(output_dir).resolve()}")
     problems = []
     for folder in reversed(checkpoints):
         try:

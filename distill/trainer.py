@@ -466,8 +466,9 @@ class DistillationRecipe:
             torch.save(rng_state(), tmp / rng_file_name(accelerator.process_index))
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
-                (tmp / "trainer_state.json").write_text(json.dumps(
-                    {"global_step": step, "micro_step": self.micro_step, "num_processes": accelerator.num_processes}) + "\n")
+                counters = {"global_step": step, "micro_step": self.micro_step,
+                            "num_processes": accelerator.num_processes}
+                (tmp / "trainer_state.json").write_text(json.dumps(counters) + "\n")
         if accelerator.is_main_process:
             if final.exists():
                 shutil.rmtree(final)
@@ -486,9 +487,10 @@ class DistillationRecipe:
         bad = nonfinite_tensors(named)
         if bad:
             kept = list_checkpoints(self.output_dir)
+            last = kept[-1] if kept else "none (no checkpoint yet)"
             raise NonFiniteError(
                 f"step {self.global_step}: {len(bad)} trained weight tensor(s) hold NaN or Inf (first {bad[0]}); "
-                f"{what} is not written. The last finite checkpoint is {kept[-1] if kept else 'none (no checkpoint yet)'}"
+                f"{what} is not written. The last finite checkpoint is {last}"
             )
 
     def _find_resume_checkpoint(self, resume: str) -> LoadedCheckpoint:

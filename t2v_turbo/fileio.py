@@ -10,7 +10,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,43 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.remove(tmp)
         raise
     return path
+
+
+class PickleRefusedError(RuntimeError):
+    """A ``torch.save`` file holds Python objects whose unpickling could run code, and no opt-in was given."""
+
+
+def torch_load(path: str | os.PathLike, allow_pickle: bool = False,
+               opt_in: str = "allow_pickle=True (CLI: --allow-pickle)") -> Any:
+    """``torch.load`` on CPU (memory-mapped when the file's format allows) that runs no code from the file.
+
+    The file is read with ``weights_only=True`` (tensors, numbers, strings, containers). A file that
+    needs more is refused with ``PickleRefusedError`` naming it and ``opt_in``; with
+    ``allow_pickle=True`` it is unpickled in full after a warning, which runs whatever code it
+    holds: only for files you trust.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err) and "zip" not in str(err).lower():
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy format: no memory map
+    except pickle.UnpicklingError as err:
+        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line),
+                      "the weights-only load failed")
+        if not allow_pickle:
+            raise PickleRefusedError(
+                f"{path}: refused: it holds Python objects beyond tensors and plain data ({detail}); unpickling "
+                f"them could run code. If you trust the file, set {opt_in}"
+            ) from err
+        logger.warning("%s: unpickling in full (%s given): this runs any code the file holds", path, opt_in)
+        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 class FolderInUseError(RuntimeError):

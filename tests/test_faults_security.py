@@ -146,3 +146,23 @@ def test_a_downloaded_student_json_imports_no_module_outside_the_allowlist(tmp_p
     (student / "student.json").write_text(json.dumps(dataclasses.asdict(meta)))
     with pytest.raises(ValueError, match="'t2v_turbo.config.ConfigError' is not a TeacherAdapter class"):
         load_teacher_for(read_student_meta(student), student)
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_a_crafted_reward_checkpoint_is_refused_naming_the_opt_in(tmp_path, zip_format):
+    from rewards.base import build_reward
+    from rewards.internvideo2 import load_internvideo2
+    from t2v_turbo.fileio import PickleRefusedError
+
+    marker = tmp_path / "marker"
+    crafted = tmp_path / "ViClip-InternVid-10M-FLT.pth"
+    torch.save({"model": WritesMarker(marker)}, crafted, _use_new_zipfile_serialization=zip_format)
+    opt_in = "If you trust the file, set allow_pickle: true in the reward's args"
+    with pytest.raises(PickleRefusedError, match=f"{crafted}: refused: .*{opt_in}"):
+        build_reward("viclip", checkpoint=str(crafted), config="tiny")
+    with pytest.raises(PickleRefusedError, match=f"{crafted}: refused: .*{opt_in}"):
+        load_internvideo2(crafted, "tiny")
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="holds no state dict"):  # the opt-in unpickles in full: the code runs
+        build_reward("viclip", checkpoint=str(crafted), config="tiny", allow_pickle=True)
+    assert marker.read_text() == "code ran"
