@@ -15,11 +15,19 @@ from typing import Any, Callable
 logger = logging.getLogger(__name__)
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and setting it back: there is no read-only call)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, then ``os.replace`` it into place.
 
     The temporary name keeps ``path``'s suffix so writers that look at it still work; on any
-    error it is removed and ``path`` is left as it was.
+    error it is removed and ``path`` is left as it was. The published file gets the mode a plain
+    ``open()`` would give it (0o666 less the umask: 0o644 under the usual 022), not mkstemp's 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,6 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
