@@ -59,7 +59,7 @@ from distill.checkpoints import (
     write_guard,
 )
 from distill.config_schema import OptimizerArgs, RunConfig
-from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples
+from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples, count_reasons
 from distill.ema import EMATarget
 from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
 from distill.objective import VAE_STREAM, ConsistencySettings, RewardTerm, T2VTurboObjective, sample_generator
@@ -351,12 +351,21 @@ class DistillationRecipe:
         return reason
 
     def train(self) -> None:
+        """Train to ``train.max_steps`` (logs, checkpoints, validation), then write the final student. What
+        was skipped is logged at the end, also when the run stops on an error."""
         from tqdm.auto import tqdm
 
-        cfg, train = self.cfg, self.cfg["train"]
-        accelerator = self.accelerator
-        progress = tqdm(total=train["max_steps"], initial=self.global_step, disable=not accelerator.is_main_process,
-                        desc="distill")
+        progress = tqdm(total=self.cfg["train"]["max_steps"], initial=self.global_step, desc="distill",
+                        disable=not self.accelerator.is_main_process)
+        try:
+            self._train_loop(progress)
+        finally:
+            progress.close()
+            self.report_skips()
+        self.save_final()
+
+    def _train_loop(self, progress) -> None:
+        cfg, train, accelerator = self.cfg, self.cfg["train"], self.accelerator
         data = iter(self.dataloader)
         accumulated: dict[str, float] = {}
         while self.global_step < train["max_steps"]:
@@ -388,8 +397,19 @@ class DistillationRecipe:
                 self.save_checkpoint(self.global_step)
             if cfg["validation"]["every"] and self.global_step % cfg["validation"]["every"] == 0:
                 self.validate(self.global_step)
-        progress.close()
-        self.save_final()
+
+    def report_skips(self) -> str:
+        """What this process left out of the run, in one line, logged at its end (a warning when anything was)."""
+        invalid = getattr(self.dataset, "invalid_items", [])
+        parts = [f"{self.skipped_videos} video(s) that could not be decoded (replaced while training)",
+                 f"{len(invalid)} data item(s) left out when the data was read"
+                 + (f" ({count_reasons(invalid)})" if invalid else ""),
+                 f"{self.skipped_steps.total} optimizer step(s) with a non-finite loss or gradient"]
+        rank = f" (process {self.accelerator.process_index})" if self.accelerator.num_processes > 1 else ""
+        line = f"skipped in this run{rank}: " + "; ".join(parts)
+        anything = self.skipped_videos or invalid or self.skipped_steps.total
+        logger.log(logging.WARNING if anything else logging.INFO, line)
+        return line
 
     # ---- validation ---------------------------------------------------------------------
     @torch.no_grad()
