@@ -49,6 +49,7 @@ import torch
 
 from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples
 from distill.ema import EMATarget
+from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
 from distill.objective import VAE_STREAM, ConsistencySettings, RewardTerm, T2VTurboObjective, sample_generator
 from t2v_turbo.config import (
     COMPONENT_KEY,
@@ -100,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
         "keep_checkpoints": 3,
         "log_every": 10,
         "device": "auto",
+        "max_consecutive_skips": 10,
     },
     "validation": {
         "every": 0,
@@ -252,6 +254,8 @@ class DistillationRecipe:
         self.global_step = 0
         self.micro_step = 0
         self.skipped_videos = 0
+        self.skipped_steps = SkippedSteps(self.cfg["train"]["max_consecutive_skips"])
+        self._window_losses: list[torch.Tensor] = []
 
     # ---- setup --------------------------------------------------------------------------
     def setup(self, resume: str | None = None) -> None:
@@ -397,19 +401,38 @@ class DistillationRecipe:
             )
 
     def train_step(self, batch: dict, grad_norms: bool = False):
-        """One micro-batch: loss, backward, and (at the end of an accumulation window) clipping
-        and the optimizer step. Returns (objective output, gradient norm before clipping or None)."""
+        """One micro-batch: loss and backward; at the end of an accumulation window the finite
+        check, clipping and the optimizer step. Returns (objective output, gradient norm before
+        clipping or None, why the optimizer step was skipped or None)."""
         accelerator, max_norm = self.accelerator, self.cfg["train"]["max_grad_norm"]
+        grad_norm, skip = None, None
         with accelerator.accumulate(self.model):
             out = self.compute_loss(batch, grad_norms=grad_norms)
             accelerator.backward(out.loss)
-            grad_norm = None
-            if accelerator.sync_gradients and max_norm:
-                grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self._window_losses.append(out.loss.detach())
+            if accelerator.sync_gradients:
+                skip = self._skip_reason()
+                if skip is None:
+                    if max_norm:
+                        grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+                    self.optimizer.step()
+                    if self.optimizer.step_was_skipped:
+                        skip = "fp16 gradient overflow (the GradScaler skipped the update and lowered its scale)"
+                self.optimizer.zero_grad(set_to_none=True)
+                self._window_losses = []
         self.micro_step += 1
-        return out, grad_norm
+        return out, grad_norm, skip
+
+    def _skip_reason(self) -> str | None:
+        """Why this window's optimizer step must be skipped (non-finite loss or gradient), agreed by all
+        processes. Under fp16 the GradScaler checks the gradients itself (an overflow lowers its scale)."""
+        named = None if self.accelerator.scaler is not None else self.student.named_parameters()
+        reason = nonfinite_reason(self._window_losses, named)
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor(float(reason is not None), device=self.accelerator.device)
+            if float(self.accelerator.reduce(flag, "sum")) > 0 and reason is None:
+                reason = "a non-finite loss on another process"
+        return reason
 
     def train(self) -> None:
         from tqdm.auto import tqdm
@@ -424,17 +447,20 @@ class DistillationRecipe:
             batch = next(data)
             self.skipped_videos += len(batch["skipped"])
             log_now = (self.global_step + 1) % train["log_every"] == 0
-            out, grad_norm = self.train_step(batch, grad_norms=log_now)
+            out, grad_norm, skip = self.train_step(batch, grad_norms=log_now)
             _accumulate(accumulated, out, train["gradient_accumulation_steps"])
             if not accelerator.sync_gradients:
                 continue
-            self.lr_scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.student)
             self.global_step += 1
+            self.skipped_steps.record(self.global_step, skip)
+            if skip is None:
+                self.lr_scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(self.student)
             progress.update(1)
             if log_now:
                 logs = dict(accumulated, lr=self.lr_scheduler.get_last_lr()[0])
+                logs["train/skipped_steps"] = self.skipped_steps.total
                 if grad_norm is not None:
                     logs["grad_norm/student"] = float(grad_norm)
                 skipped = torch.tensor(float(self.skipped_videos), device=accelerator.device)
@@ -491,6 +517,7 @@ class DistillationRecipe:
 
         accelerator = self.accelerator
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        self._require_finite_weights(final.name)
         tmp = self.output_dir / f"{CHECKPOINT_PREFIX}{step}.tmp"
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -505,6 +532,7 @@ class DistillationRecipe:
                 "global_step": self.global_step,
                 "micro_step": self.micro_step,
                 "skipped_videos": self.skipped_videos,
+                "skipped_steps": self.skipped_steps.state_dict(),
                 "num_processes": accelerator.num_processes,
             }
             torch.save(state, tmp / STATE_NAME)
@@ -522,6 +550,20 @@ class DistillationRecipe:
                 shutil.rmtree(old)
         accelerator.wait_for_everyone()
         return final
+
+    def _require_finite_weights(self, what: str) -> None:
+        """Refuse to write ``what`` when a trained weight (or its EMA) holds NaN or Inf."""
+        params = dict(self.student.named_parameters())
+        named = [(name, params[name]) for name in self.trainable_names]
+        if self.ema is not None:
+            named += [(f"ema.{name}", value) for name, value in self.ema.shadow.items()]
+        bad = nonfinite_tensors(named)
+        if bad:
+            kept = list_checkpoints(self.output_dir)
+            raise NonFiniteError(
+                f"step {self.global_step}: {len(bad)} trained weight tensor(s) hold NaN or Inf (first {bad[0]}); "
+                f"{what} is not written. The last finite checkpoint is {kept[-1] if kept else 'none (no checkpoint yet)'}"
+            )
 
     def load_checkpoint(self, folder: Path) -> None:
         state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=False)
@@ -544,6 +586,7 @@ class DistillationRecipe:
             self.ema.load_state_dict(state["ema"])
         self.global_step, self.micro_step = state["global_step"], state["micro_step"]
         self.skipped_videos = state["skipped_videos"]
+        self.skipped_steps.load_state_dict(state["skipped_steps"])
         _set_rng_state(torch.load(folder / f"rng_state_{self.accelerator.process_index}.pt", weights_only=False))
         logger.info("resumed from %s at step %d", folder, self.global_step)
 
@@ -556,6 +599,7 @@ class DistillationRecipe:
         from t2v_turbo.student import save_student
 
         folder = self.output_dir / "student"
+        self._require_finite_weights(f"the final student {folder}")
         if self.accelerator.is_main_process:
             save_student(folder, self.student, self._student_meta())
             save_config(self.cfg, folder / CONFIG_NAME)

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distill.nonfinite import NonFiniteError
     from distill.trainer import DistillationRecipe, resolve_run_config
     from t2v_turbo.config import ConfigError, load_config
 
@@ -45,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ConfigError) as err:
             print(f"error: {args.config}: {err}", file=sys.stderr)
             return 2
-        recipe.train()
+        try:
+            recipe.train()
+        except NonFiniteError as err:
+            print(f"error: {args.config}: {err}", file=sys.stderr)
+            return 1
     finally:
         recipe.cleanup()
     return 0
