@@ -261,7 +261,9 @@ class DistillationRecipe:
             video_only_fraction=options["video_only_fraction"],
             decode_chunk_size=options["decode_chunk_size"],
             vae_gradient_checkpointing=options["vae_gradient_checkpointing"],
+            frame_window=options["frame_window"],
         )
+        logger.info("rewards choose frames among the first %s pixel frames", options["frame_window"] or "all")
         self.ema = EMATarget(self.student, cfg["distill"]["ema_decay"]) if cfg["distill"]["target"] == "ema" else None
 
         # optimizer and LR schedule (stepped once per optimizer step, on every process alike)
@@ -593,6 +595,8 @@ def _accumulate(logs: dict, out, steps: int) -> None:
               **{f"reward_term/{k}": v for k, v in out.terms.items() if k != "cd"}}
     if out.cd_loss is not None:
         values["loss/cd"] = out.cd_loss
+    if out.decoded_latent_frames:
+        values["data/decoded_latent_frames"] = torch.tensor(float(max(out.decoded_latent_frames)))
     for key, value in values.items():
         logs[key] = logs.get(key, 0.0) + float(value.detach()) / steps
     for key, value in out.reward_grad_norms.items():

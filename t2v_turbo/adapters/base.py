@@ -23,8 +23,35 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from t2v_turbo.diffusion.prediction import noise_coefficients
+
+
+def encode_per_frame(
+    vae: nn.Module,
+    pixels: torch.Tensor,
+    scale: float,
+    generator: torch.Generator | None = None,
+    frame_chunk_size: int = 8,
+) -> torch.Tensor:
+    """A per-frame 2D VAE (diffusers ``AutoencoderKL``): (B, 3, T, H, W) pixels in [-1, 1] -> latents
+    (B, c, T, h, w) = ``scale`` x a posterior sample of each frame, ``frame_chunk_size`` frames at a time."""
+    batch, _, frames = pixels.shape[:3]
+    flat = pixels.transpose(1, 2).flatten(0, 1)
+    dtype = next(vae.parameters()).dtype
+    chunks = [vae.encode(chunk.to(dtype)).latent_dist.sample(generator) for chunk in flat.split(frame_chunk_size)]
+    return (torch.cat(chunks) * scale).unflatten(0, (batch, frames)).transpose(1, 2)
+
+
+def decode_per_frame(vae: nn.Module, latents: torch.Tensor, scale: float, frame_chunk_size: int = 8) -> torch.Tensor:
+    """Inverse of ``encode_per_frame``: latents / ``scale`` decoded frame by frame -> (B, 3, T, H, W),
+    unclamped and differentiable, ``frame_chunk_size`` frames at a time."""
+    batch, _, frames = latents.shape[:3]
+    flat = latents.transpose(1, 2).flatten(0, 1) / scale
+    dtype = next(vae.parameters()).dtype
+    chunks = [vae.decode(chunk.to(dtype)).sample for chunk in flat.split(frame_chunk_size)]
+    return torch.cat(chunks).unflatten(0, (batch, frames)).transpose(1, 2)
 
 
 class TeacherAdapter(abc.ABC):
@@ -71,6 +98,35 @@ class TeacherAdapter(abc.ABC):
         Differentiable with respect to ``latents``; frames are decoded ``frame_chunk_size``
         at a time to bound memory. To decode only some frames, index the latents first.
         """
+
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames of a ``num_frames`` pixel video (per-frame VAEs: the same number)."""
+        return num_frames
+
+    def pixel_frames(self, num_latent_frames: int) -> int:
+        """Pixel frames decoded from ``num_latent_frames`` latent frames (inverse of ``latent_frames``)."""
+        return num_latent_frames
+
+    def latent_frames_needed(self, frames: Sequence[int]) -> int:
+        """How many latent frames a decode of the pixel ``frames`` touches (per-frame VAEs: one each)."""
+        return len(set(frames))
+
+    def decode_frames(
+        self, latents: torch.Tensor, frames: Sequence[int], frame_chunk_size: int = 8, checkpointing: bool = False
+    ) -> torch.Tensor:
+        """Pixels (B, 3, len(frames), H, W) of the pixel ``frames`` (sorted, distinct) of ``latents``,
+        decoding only what they need, with gradient; with ``checkpointing`` each chunk of frames is
+        recomputed in backward instead of keeping its activations.
+
+        Per-frame VAEs decode exactly the latent frames ``frames``; a causal video VAE overrides this.
+        """
+        selected = latents[:, :, list(frames)]
+        if not checkpointing:
+            return self.decode_latents(selected, frame_chunk_size)
+        chunks = selected.split(frame_chunk_size, dim=2)
+        return torch.cat(
+            [checkpoint(self.decode_latents, c, frame_chunk_size, use_reentrant=False) for c in chunks], dim=2
+        )
 
     # ---- UNet -------------------------------------------------------------------------
     def noise_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
