@@ -40,6 +40,7 @@ import logging
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +373,7 @@ class DistillationRecipe:
                         desc="distill")
         data = iter(self.dataloader)
         accumulated: dict[str, float] = {}
+        window_start, window_step = time.perf_counter(), self.global_step  # per-step speed over each log window
         while self.global_step < train["max_steps"]:
             batch = next(data)
             self.skipped_videos += len(batch["skipped"])
@@ -394,8 +396,15 @@ class DistillationRecipe:
                     logs["grad_norm/student"] = float(grad_norm)
                 skipped = torch.tensor(float(self.skipped_videos), device=accelerator.device)
                 logs["data/skipped_videos"] = float(accelerator.reduce(skipped, "sum"))
+                seconds_per_step = (time.perf_counter() - window_start) / max(self.global_step - window_step, 1)
+                window_start, window_step = time.perf_counter(), self.global_step
+                logs["train/seconds_per_step"] = seconds_per_step
                 accelerator.log(logs, step=self.global_step)
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                if accelerator.is_main_process:  # a line per log window, so a slow machine shows in any log
+                    left_min = seconds_per_step * (train["max_steps"] - self.global_step) / 60
+                    logger.info("step %d/%d: loss %.4f, %.2f s/step, about %.1f min left",
+                                self.global_step, train["max_steps"], logs["loss"], seconds_per_step, left_min)
             accumulated = {}
             if train["checkpoint_every"] and self.global_step % train["checkpoint_every"] == 0:
                 self.save_checkpoint(self.global_step)
@@ -429,15 +438,19 @@ class DistillationRecipe:
     def _student_meta(self):
         from t2v_turbo.student import StudentMeta
 
-        s = self.cfg["student"]
+        s, d = self.cfg["student"], self.cfg["distill"]
+        # the geometry of the training clips and the guidance range are the student's sampling defaults
+        geometry = {key: getattr(self.dataset, key, None) for key in ("num_frames", "height", "width", "fps")}
         return StudentMeta.for_adapter(
             self.adapter, time_cond_proj_dim=s["time_cond_proj_dim"], lora=s["lora"],
             train_guidance_layer=s["train_guidance_layer"],
             guidance_scale=self.cfg["validation"]["guidance_scale"],
             num_inference_steps=self.cfg["validation"]["num_inference_steps"],
-            num_ddim_timesteps=self.cfg["distill"]["num_ddim_timesteps"],
-            timestep_scaling=self.cfg["distill"]["timestep_scaling"],
-            sigma_data=self.cfg["distill"]["sigma_data"],
+            num_ddim_timesteps=d["num_ddim_timesteps"],
+            timestep_scaling=d["timestep_scaling"],
+            sigma_data=d["sigma_data"],
+            guidance_range=[float(d["w_min"]), float(d["w_max"])],
+            **geometry,
         )
 
     def save_checkpoint(self, step: int) -> Path:
