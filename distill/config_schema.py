@@ -45,6 +45,8 @@ class RewardOptions:
     dtype: DtypeName = "float32"
     vae_gradient_checkpointing: bool = False
     decode_chunk_size: PositiveInt = 8
+    #: the rewards choose their frames among the first N pixel frames only (null: all frames)
+    frame_window: PositiveInt | None = None
 
 
 @dataclasses.dataclass

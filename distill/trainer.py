@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -250,7 +251,9 @@ class DistillationRecipe:
             video_only_fraction=options["video_only_fraction"],
             decode_chunk_size=options["decode_chunk_size"],
             vae_gradient_checkpointing=options["vae_gradient_checkpointing"],
+            frame_window=options["frame_window"],
         )
+        logger.info("rewards choose frames among the first %s pixel frames", options["frame_window"] or "all")
         self.ema = EMATarget(self.student, cfg["distill"]["ema_decay"]) if cfg["distill"]["target"] == "ema" else None
 
         # optimizer and LR schedule (stepped once per optimizer step, on every process alike)
@@ -368,6 +371,7 @@ class DistillationRecipe:
         cfg, train, accelerator = self.cfg, self.cfg["train"], self.accelerator
         data = iter(self.dataloader)
         accumulated: dict[str, float] = {}
+        window_start, window_step = time.perf_counter(), self.global_step  # per-step speed over each log window
         while self.global_step < train["max_steps"]:
             batch = next(data)
             self.skipped_videos += len(batch["skipped"])
@@ -390,8 +394,15 @@ class DistillationRecipe:
                     logs["grad_norm/student"] = float(grad_norm)
                 skipped = torch.tensor(float(self.skipped_videos), device=accelerator.device)
                 logs["data/skipped_videos"] = float(accelerator.reduce(skipped, "sum"))
+                seconds_per_step = (time.perf_counter() - window_start) / max(self.global_step - window_step, 1)
+                window_start, window_step = time.perf_counter(), self.global_step
+                logs["train/seconds_per_step"] = seconds_per_step
                 accelerator.log(logs, step=self.global_step)
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                if accelerator.is_main_process:  # a line per log window, so a slow machine shows in any log
+                    left_min = seconds_per_step * (train["max_steps"] - self.global_step) / 60
+                    logger.info("step %d/%d: loss %.4f, %.2f s/step, about %.1f min left",
+                                self.global_step, train["max_steps"], logs["loss"], seconds_per_step, left_min)
             accumulated = {}
             if train["checkpoint_every"] and self.global_step % train["checkpoint_every"] == 0:
                 self.save_checkpoint(self.global_step)
@@ -436,15 +447,19 @@ class DistillationRecipe:
     def _student_meta(self):
         from t2v_turbo.student import StudentMeta
 
-        s = self.cfg["student"]
+        s, d = self.cfg["student"], self.cfg["distill"]
+        # the geometry of the training clips and the guidance range are the student's sampling defaults
+        geometry = {key: getattr(self.dataset, key, None) for key in ("num_frames", "height", "width", "fps")}
         return StudentMeta.for_adapter(
             self.adapter, time_cond_proj_dim=s["time_cond_proj_dim"], lora=s["lora"],
             train_guidance_layer=s["train_guidance_layer"],
             guidance_scale=self.cfg["validation"]["guidance_scale"],
             num_inference_steps=self.cfg["validation"]["num_inference_steps"],
-            num_ddim_timesteps=self.cfg["distill"]["num_ddim_timesteps"],
-            timestep_scaling=self.cfg["distill"]["timestep_scaling"],
-            sigma_data=self.cfg["distill"]["sigma_data"],
+            num_ddim_timesteps=d["num_ddim_timesteps"],
+            timestep_scaling=d["timestep_scaling"],
+            sigma_data=d["sigma_data"],
+            guidance_range=[float(d["w_min"]), float(d["w_max"])],
+            **geometry,
         )
 
     def training_state(self) -> dict:
@@ -629,6 +644,8 @@ def _accumulate(logs: dict, out, steps: int) -> None:
               **{f"reward_term/{k}": v for k, v in out.terms.items() if k != "cd"}}
     if out.cd_loss is not None:
         values["loss/cd"] = out.cd_loss
+    if out.decoded_latent_frames:
+        values["data/decoded_latent_frames"] = torch.tensor(float(max(out.decoded_latent_frames)))
     for key, value in values.items():
         logs[key] = logs.get(key, 0.0) + float(value.detach()) / steps
     for key, value in out.reward_grad_norms.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -144,3 +145,40 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def write_folder(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Call ``write(tmp_folder)`` on a new folder beside ``path``, then move it into place, so the
+    result never mixes old and new files and a failed write leaves ``path`` as it was.
+
+    An existing non-empty ``path`` is an error unless ``overwrite``; then the old folder is renamed
+    aside, the new one renamed into place and the old one deleted (two renames: only a crash
+    between them leaves ``path`` missing, with the old folder kept as ``.<name>.old-*`` beside it).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} already exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        write(tmp)
+        if path.is_dir() and any(path.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)  # onto an empty folder or nothing
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

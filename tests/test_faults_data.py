@@ -1,7 +1,6 @@
 """Fault injection on training data: bad captions and rows are left out, named and counted; bad
 videos are replaced by draws from a stream; the trainer prints the counts at the end of a run."""
 
-import csv
 import logging
 import tarfile
 from pathlib import Path

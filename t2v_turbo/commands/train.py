@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 import yaml
+
+from t2v_turbo.commands import CommandError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,23 +56,20 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides)
         resolved = resolve_run_config(cfg)
     except ConfigError as err:
-        print(f"error: {args.config}: {err}", file=sys.stderr)
-        return 2
+        raise CommandError(f"{args.config}: {err}") from err
     text = yaml.safe_dump(resolved, sort_keys=False)
     if args.print_config:
         print(text, end="")
         return 0
     logging.getLogger(__name__).info("resolved config (%s):\n%s", args.config, text)
     recipe = DistillationRecipe(resolved)
-    try:
+    try:  # setup reads a --resume checkpoint first, before the teacher loads and the data renders
         recipe.setup(resume=args.resume)
         recipe.train()
     except (FileNotFoundError, ConfigError, CheckpointError) as err:  # a bad input: config, path, checkpoint
-        print(f"error: {args.config}: {err}", file=sys.stderr)
-        return 2
+        raise CommandError(f"{args.config}: {err}") from err
     except (FolderInUseError, NonFiniteError, CheckpointWriteError) as err:  # the run could not go on
-        print(f"error: {args.config}: {err}", file=sys.stderr)
-        return 1
+        raise CommandError(f"{args.config}: {err}", exit_code=1) from err
     finally:
         recipe.cleanup()
     return 0
