@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
 from distill.trainer import CHECKPOINT_PREFIX, DistillationRecipe, list_checkpoints
 from t2v_turbo.config import load_config
-from t2v_turbo.fileio import FolderInUseError, FolderLock
 from t2v_turbo.testing import build_tiny_diffusers_t2v, write_caption_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +22,8 @@ CAPTIONS = ["a cat running", "a red car on the street", "a bird flying in the sk
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("assets")
-    return {"teacher": build_tiny_diffusers_t2v(root / "teacher"), "videos": write_caption_folder(root / "videos", CAPTIONS)}
+    return {"teacher": build_tiny_diffusers_t2v(root / "teacher"),
+            "videos": write_caption_folder(root / "videos", CAPTIONS)}
 
 
 def tiny_config(assets, output_dir, *overrides):
@@ -55,17 +54,22 @@ def trained_state(checkpoint: Path) -> dict:
 
 
 def test_nonfinite_reason_names_the_first_bad_value():
+    from distill.nonfinite import nonfinite_reason, nonfinite_tensors
+
     finite = torch.nn.Linear(2, 2)
     finite.weight.grad, finite.bias.grad = torch.ones(2, 2), torch.zeros(2)
     assert nonfinite_reason([torch.tensor(1.5), torch.tensor(0.0)], finite.named_parameters()) is None
     assert nonfinite_reason([torch.tensor(1.0), torch.tensor(float("nan"))]) == "loss=nan (micro-batch 2 of 2)"
     assert nonfinite_reason([torch.tensor(float("inf"))]) == "loss=inf"
     finite.bias.grad = torch.tensor([0.0, float("-inf")])
-    assert nonfinite_reason([torch.tensor(1.0)], finite.named_parameters()) == "non-finite gradient in 1 tensor(s), first bias"
+    reason = nonfinite_reason([torch.tensor(1.0)], finite.named_parameters())
+    assert reason == "non-finite gradient in 1 tensor(s), first bias"
     assert nonfinite_tensors([("a", torch.zeros(3)), ("b", None), ("c", torch.tensor([1.0, float("nan")]))]) == ["c"]
 
 
 def test_skipped_steps_stop_after_the_configured_run_of_skips():
+    from distill.nonfinite import NonFiniteError, SkippedSteps
+
     counter = SkippedSteps(max_consecutive=3)
     counter.record(1, "loss=nan")
     counter.record(2, "loss=nan")
@@ -73,7 +77,7 @@ def test_skipped_steps_stop_after_the_configured_run_of_skips():
     counter.record(4, "loss=inf")
     counter.record(5, "loss=inf")
     assert (counter.total, counter.consecutive) == (4, 2)
-    with pytest.raises(NonFiniteError, match=r"step 6: 3 optimizer steps in a row .*last: loss=nan.*max_consecutive_skips=3"):
+    with pytest.raises(NonFiniteError, match=r"step 6: 3 optimizer steps in a row .*last: loss=nan.*skips=3"):
         counter.record(6, "loss=nan")
 
 
@@ -124,6 +128,8 @@ def test_diverging_run_stops_and_writes_only_finite_weights(assets, tmp_path, ca
 
 
 def test_nonfinite_weights_are_never_written_and_rotation_keeps_the_last_finite_checkpoint(assets, tmp_path):
+    from distill.nonfinite import NonFiniteError
+
     recipe = DistillationRecipe(tiny_config(assets, tmp_path, "train.max_steps=1", "train.keep_checkpoints=1"))
     recipe.setup()
     try:
@@ -133,7 +139,8 @@ def test_nonfinite_weights_are_never_written_and_rotation_keeps_the_last_finite_
         with torch.no_grad():
             dict(recipe.student.named_parameters())[name].view(-1)[0] = float("inf")
         recipe.global_step = 2
-        with pytest.raises(NonFiniteError, match=rf"step 2: 1 trained weight tensor\(s\) hold NaN or Inf \(first {name}\); "
+        with pytest.raises(NonFiniteError, match=rf"step 2: 1 trained weight tensor\(s\) hold NaN or Inf "
+                                                 rf"\(first {name}\); "
                                                  rf"{CHECKPOINT_PREFIX}2 is not written.*{finite}"):
             recipe.save_checkpoint(2)
         with pytest.raises(NonFiniteError, match="the final student .* is not written"):
@@ -146,8 +153,8 @@ def test_nonfinite_weights_are_never_written_and_rotation_keeps_the_last_finite_
 
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that takes the folder's lock and keeps it until its stdin closes."""
-    script = ("import sys; from t2v_turbo.fileio import FolderLock; lock = FolderLock(sys.argv[1], 'other run').acquire(); "
-              "print('locked', flush=True); sys.stdin.read()")
+    script = ("import sys; from t2v_turbo.fileio import FolderLock; "
+              "lock = FolderLock(sys.argv[1], 'other run').acquire(); print('locked', flush=True); sys.stdin.read()")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             env=env, text=True)
@@ -157,6 +164,7 @@ def hold_lock(folder: Path) -> subprocess.Popen:
 
 def test_a_second_run_into_the_same_output_dir_fails_naming_the_holder(assets, tmp_path, capsys):
     from t2v_turbo.cli import main
+    from t2v_turbo.fileio import FolderLock
 
     holder = hold_lock(tmp_path)
     try:
@@ -167,10 +175,12 @@ def test_a_second_run_into_the_same_output_dir_fails_naming_the_holder(assets, t
         holder.wait()
     assert code == 1
     assert f"is in use by another other run: PID {holder.pid} on " in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == [FolderLock.LOCK_NAME, FolderLock.OWNER_NAME]  # nothing of ours
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FolderLock.LOCK_NAME, FolderLock.OWNER_NAME]  # none of ours
 
 
 def test_a_stale_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, caplog):
+    from t2v_turbo.fileio import FolderInUseError, FolderLock
+
     holder = hold_lock(tmp_path)
     holder.kill()  # SIGKILL: no chance to release
     holder.wait()
@@ -221,11 +231,15 @@ def test_resume_from_a_corrupt_checkpoint_names_the_file_before_loading(assets, 
     assert "no checkpoint in" in err and f"{truncated}: unreadable (100 bytes)" in err and f"{empty}: unreadable" in err
 
 
+def files_of(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_exits_nonzero(assets, two_checkpoints, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(two_checkpoints, out)
     shutil.rmtree(out / f"{CHECKPOINT_PREFIX}2")
-    before = {p.relative_to(out): p.read_bytes() for p in (out / f"{CHECKPOINT_PREFIX}1").rglob("*") if p.is_file()}
+    before = files_of(out / f"{CHECKPOINT_PREFIX}1")
     # a file-size limit makes the writes of the next checkpoint fail as on a full disk (EFBIG instead of ENOSPC)
     limit = (out / f"{CHECKPOINT_PREFIX}1" / "student" / "student.safetensors").stat().st_size // 2
     assert (out / "config.yaml").stat().st_size < limit
@@ -244,4 +258,4 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_exits_nonzer
     assert f"The previous checkpoint {out / (CHECKPOINT_PREFIX + '1')} is kept" in done.stderr
     assert list_checkpoints(out) == [out / f"{CHECKPOINT_PREFIX}1"]
     assert not (out / f"{CHECKPOINT_PREFIX}2.tmp").exists() and not final.exists()
-    assert {p.relative_to(out): p.read_bytes() for p in (out / f"{CHECKPOINT_PREFIX}1").rglob("*") if p.is_file()} == before
+    assert files_of(out / f"{CHECKPOINT_PREFIX}1") == before
