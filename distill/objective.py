@@ -36,11 +36,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from fractions import Fraction
-from typing import Sequence
+from typing import Annotated, Literal, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from distill.ema import EMATarget
 from distill.losses import consistency_distance
@@ -48,21 +47,22 @@ from rewards.base import VideoReward
 from t2v_turbo.diffusion.prediction import consistency_function, interpolate, x0_eps_from_output
 from t2v_turbo.diffusion.schedule import ddim_timesteps, previous_timestep
 from t2v_turbo.diffusion.solver import append_dims, cfg_lcm_form, guidance_scale_embedding
+from t2v_turbo.schema import Range
 
 
 @dataclasses.dataclass
 class ConsistencySettings:
-    """The ``distill:`` section of a run config (T2V-Turbo v1 defaults)."""
+    """The ``distill:`` section of a run config (T2V-Turbo v1 defaults); the annotations are its schema."""
 
-    num_ddim_timesteps: int = 50
-    w_min: float = 5.0
-    w_max: float = 15.0
-    loss_type: str = "huber"
-    huber_c: float = 0.001
-    sigma_data: float = 0.5
-    timestep_scaling: float = 10.0
-    target: str = "online"
-    ema_decay: float = 0.95
+    num_ddim_timesteps: Annotated[int, Range(ge=1)] = 50
+    w_min: Annotated[float, Range(ge=0)] = 5.0
+    w_max: Annotated[float, Range(ge=0)] = 15.0
+    loss_type: Literal["huber", "l2"] = "huber"
+    huber_c: Annotated[float, Range(gt=0)] = 0.001
+    sigma_data: Annotated[float, Range(gt=0)] = 0.5
+    timestep_scaling: Annotated[float, Range(gt=0)] = 10.0
+    target: Literal["online", "ema"] = "online"
+    ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.95
 
     def __post_init__(self):
         if self.target not in ("online", "ema"):
@@ -96,9 +96,11 @@ class ObjectiveOutput:
     cd_loss: torch.Tensor | None
     rewards: dict[str, torch.Tensor]
     reward_grad_norms: dict[str, float]
-    #: (number of samples, number of frames) decoded for each group of samples
+    #: (number of samples, number of pixel frames) decoded for each group of samples
     decoded: list[tuple[int, int]]
     video_only: torch.Tensor
+    #: latent frames each group's decode ran through (a causal VAE decodes up to the last frame needed)
+    decoded_latent_frames: list[int] = dataclasses.field(default_factory=list)
 
 
 def video_only_mask(positions: Sequence[int], fraction: float) -> torch.Tensor:
@@ -134,7 +136,13 @@ class T2VTurboObjective:
         video_only_fraction: float = 0.0,
         decode_chunk_size: int = 8,
         vae_gradient_checkpointing: bool = False,
+        frame_window: int | None = None,
     ):
+        """``frame_window`` N: the rewards choose their frames among the first N pixel frames only
+        (``None``: the whole video), so a causal VAE decodes only the latent frames those need."""
+        if frame_window is not None and frame_window < 1:
+            raise ValueError(f"reward_options.frame_window={frame_window} must be a positive number of frames or null")
+        self.frame_window = frame_window
         self.adapter = adapter
         self.settings = settings
         self.rewards = list(rewards)
@@ -229,9 +237,11 @@ class T2VTurboObjective:
             terms["cd"] = per_sample.sum() / batch
 
         # 8. rewards on the decoded single-step prediction f_theta(z_{t_{n+k}})
-        reward_values, norms, decoded = self.reward_terms(f_theta, prompts, positions, seed, video_only, grad_norms, terms)
+        reward_values, norms, decoded, latent_frames = self.reward_terms(
+            f_theta, prompts, positions, seed, video_only, grad_norms, terms
+        )
         loss = sum(terms.values()) if terms else f_theta.sum() * 0.0
-        return ObjectiveOutput(loss, terms, cd_loss, reward_values, norms, decoded, video_only)
+        return ObjectiveOutput(loss, terms, cd_loss, reward_values, norms, decoded, video_only, latent_frames)
 
     @torch.no_grad()
     def target(self, unet, z_nk, t_nk, t_n, w, w_emb, text_embedding, uncond_embedding, ema):
@@ -251,22 +261,14 @@ class T2VTurboObjective:
         with swap:
             return self.consistency_fn(unet, z_n, t_n, text_embedding, w_emb)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE-decode with gradient, optionally checkpointing each chunk of frames."""
-        if not self.vae_gradient_checkpointing:
-            return self.adapter.decode_latents(latents, self.decode_chunk_size)
-        chunks = latents.split(self.decode_chunk_size, dim=2)
-        return torch.cat(
-            [checkpoint(self.adapter.decode_latents, c, self.decode_chunk_size, use_reentrant=False) for c in chunks],
-            dim=2,
-        )
-
     def reward_terms(self, f_theta, prompts, positions, seed, video_only, grad_norms, terms):
         """Decode only the frames some reward needs (per group of samples needing the same
         frames) and add -beta_i * sum_b R_i,b / B to ``terms`` for every reward."""
         if not self.rewards:
-            return {}, {}, []
-        batch, num_frames = f_theta.shape[0], f_theta.shape[2]
+            return {}, {}, [], []
+        batch, num_frames = f_theta.shape[0], self.adapter.pixel_frames(f_theta.shape[2])
+        if self.frame_window is not None:
+            num_frames = min(num_frames, self.frame_window)
         g = sample_generator(seed, positions[0], FRAME_STREAM)
         frame_idx = [list(r.reward.frame_indices(num_frames, g)) for r in self.rewards]
         split = self.video_only_fraction > 0
@@ -281,10 +283,13 @@ class T2VTurboObjective:
             if needed[b]:
                 groups.setdefault(tuple(needed[b]), []).append(b)
         pixels_of: dict[int, tuple[torch.Tensor, dict[int, int]]] = {}
-        decoded = []
+        decoded, latent_frames = [], []
         for frames, members in groups.items():
-            pixels = self.decode(f_theta[members][:, :, list(frames)])
+            pixels = self.adapter.decode_frames(
+                f_theta[members], frames, self.decode_chunk_size, self.vae_gradient_checkpointing
+            )
             decoded.append((len(members), len(frames)))
+            latent_frames.append(self.adapter.latent_frames_needed(frames))
             where = {f: j for j, f in enumerate(frames)}
             for j, b in enumerate(members):
                 pixels_of[b] = (pixels[j], where)
@@ -302,4 +307,4 @@ class T2VTurboObjective:
             if grad_norms and terms[term.name].requires_grad:
                 (grad,) = torch.autograd.grad(terms[term.name], frames, retain_graph=True)
                 norms[term.name] = float(grad.float().norm())
-        return values, norms, decoded
+        return values, norms, decoded, latent_frames

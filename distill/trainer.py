@@ -35,18 +35,19 @@ Errors: ``ConfigError`` naming every bad key at once (``validate_run_config``);
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from distill.config_schema import OptimizerArgs, RunConfig
 from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples
 from distill.ema import EMATarget
 from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
@@ -55,12 +56,13 @@ from t2v_turbo.config import (
     COMPONENT_KEY,
     ConfigError,
     instantiate,
-    key_errors,
     merge,
     save_config,
     signature_errors,
     validate_component,
 )
+from t2v_turbo.fileio import FolderLock
+from t2v_turbo.schema import schema_defaults, schema_errors
 
 logger = logging.getLogger(__name__)
 
@@ -69,104 +71,42 @@ CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "training_state.pt"
 CONFIG_NAME = "config.yaml"
 
-#: every key a run config may hold, with its default; ``teacher`` and ``data`` have no default
-DEFAULTS: dict[str, Any] = {
-    "output_dir": "runs/t2v_turbo",
-    "seed": 0,
-    "student": {
-        "time_cond_proj_dim": 256,
-        "train_guidance_layer": True,
-        "lora": {"rank": 32, "alpha": 32.0, "dropout": 0.1, "target_modules": "attention"},
-    },
-    "distill": dataclasses.asdict(ConsistencySettings()),
-    "rewards": [],
-    "reward_options": {
-        "video_only_fraction": 0.0,
-        "dtype": "float32",
-        "vae_gradient_checkpointing": False,
-        "decode_chunk_size": 8,
-    },
-    "dataloader": {"batch_size": 1, "num_workers": 0, "shuffle": True},
-    "optimizer": {COMPONENT_KEY: "torch.optim.AdamW", "lr": 1.0e-5, "betas": [0.9, 0.999], "weight_decay": 0.0},
-    "lr_scheduler": {"name": "constant", "warmup_steps": 0},
-    "train": {
-        "max_steps": 10000,
-        "gradient_accumulation_steps": 1,
-        "max_grad_norm": 1.0,
-        "mixed_precision": "no",
-        "gradient_checkpointing": False,
-        "teacher_dtype": "float32",
-        "checkpoint_every": 500,
-        "keep_checkpoints": 3,
-        "log_every": 10,
-        "device": "auto",
-        "max_consecutive_skips": 10,
-    },
-    "validation": {
-        "every": 0,
-        "prompts": [],
-        "num_inference_steps": 4,
-        "guidance_scale": 7.5,
-        "num_frames": None,
-        "fps": 8,
-        "format": "mp4",
-        "seed": 0,
-    },
-    "logging": {"tensorboard": True, "wandb": False, "wandb_project": "t2v-turbo"},
-}
-REQUIRED = ("teacher", "data")
-REWARD_KEYS = {"name", "weight", "args"}
-LORA_KEYS = {"rank", "alpha", "dropout", "target_modules"}
+#: every key a run config may hold, with its default (``teacher`` and ``data`` have none); the schema is ``RunConfig``
+DEFAULTS: dict[str, Any] = schema_defaults(RunConfig)
+COMPONENT_SECTIONS = ("teacher", "data")
 
 
 def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
-    """Every problem of a run config (unknown or missing keys, bad values, component keys that
-    the callables do not take), without building anything heavy. Empty when valid."""
-    errors: list[str] = []
-    errors += key_errors(cfg, set(DEFAULTS) | set(REQUIRED), "config")
-    for name in REQUIRED:
-        if name not in cfg:
-            errors.append(f"config: the section {name!r} is required")
-        elif not isinstance(cfg[name], dict) or COMPONENT_KEY not in cfg[name]:
-            errors.append(f"{name}: must be a mapping with a {COMPONENT_KEY!r} key")
-    if isinstance(cfg.get("teacher"), dict) and COMPONENT_KEY in cfg["teacher"]:
-        errors += validate_component(cfg["teacher"], "teacher")
-    if isinstance(cfg.get("data"), dict) and COMPONENT_KEY in cfg["data"]:
-        errors += validate_component(cfg["data"], "data")
-    for section in ("student", "distill", "reward_options", "dataloader", "lr_scheduler", "train", "validation", "logging"):
-        errors += key_errors(cfg.get(section, {}), DEFAULTS[section], section)
-    lora = cfg.get("student", {}).get("lora")
-    if lora is not None:
-        errors += key_errors(lora, LORA_KEYS, "student.lora")
-    try:
-        ConsistencySettings(**cfg.get("distill", {}))
-    except (TypeError, ValueError) as err:
-        errors.append(str(err))
-    errors += _optimizer_errors(cfg.get("optimizer", {}))
-    errors += _reward_errors(cfg.get("rewards", []), check_rewards)
-    options = cfg.get("reward_options", {})
-    if options.get("dtype") not in DTYPES:
-        errors.append(f"reward_options.dtype={options.get('dtype')!r} is not one of {sorted(DTYPES)}")
-    fraction = options.get("video_only_fraction", 0.0)
-    if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-        errors.append(f"reward_options.video_only_fraction={fraction!r} must be a number in [0, 1)")
-    train = cfg.get("train", {})
-    if train.get("mixed_precision") is False:
+    """Every problem of a run config (unknown or missing keys, values of the wrong type or out of
+    range, component keys that the callables do not take), without building anything heavy.
+    Empty when valid."""
+    train = cfg.get("train")
+    if isinstance(train, dict) and train.get("mixed_precision") is False:
         # YAML 1.1 reads a bare `no` (e.g. the override train.mixed_precision=no) as false.
         train["mixed_precision"] = "no"
-    if train.get("mixed_precision") not in ("no", "bf16", "fp16"):
-        errors.append(f"train.mixed_precision={train.get('mixed_precision')!r} is not one of 'no', 'bf16', 'fp16'")
-    if train.get("teacher_dtype") not in DTYPES:
-        errors.append(f"train.teacher_dtype={train.get('teacher_dtype')!r} is not one of {sorted(DTYPES)}")
+    errors = schema_errors(cfg, RunConfig)
+    for name in COMPONENT_SECTIONS:
+        if name not in cfg:
+            continue
+        if not isinstance(cfg[name], dict) or COMPONENT_KEY not in cfg[name]:
+            errors.append(f"{name}: must be a mapping with a {COMPONENT_KEY!r} key")
+        else:
+            errors += validate_component(cfg[name], name)
+    distill = cfg.get("distill", {})
+    if not any(e.startswith("distill") for e in errors):
+        try:  # what the annotations cannot say (w_min <= w_max)
+            ConsistencySettings(**distill)
+        except (TypeError, ValueError) as err:
+            errors.append(str(err))
+    errors += _optimizer_errors(cfg.get("optimizer", {}))
+    if isinstance(cfg.get("rewards"), list) and not any(e.startswith("rewards") for e in errors):
+        errors += _reward_errors(cfg["rewards"], check_rewards)
     from diffusers.optimization import SchedulerType
 
     names = [s.value for s in SchedulerType]
-    if cfg.get("lr_scheduler", {}).get("name") not in names:
-        errors.append(f"lr_scheduler.name={cfg.get('lr_scheduler', {}).get('name')!r} is not one of {names}")
-    if train.get("device") not in ("auto", "cpu"):
-        errors.append(f"train.device={train.get('device')!r} is not one of 'auto' (accelerate's choice), 'cpu'")
-    if cfg.get("validation", {}).get("format") not in ("mp4", "gif"):
-        errors.append(f"validation.format={cfg['validation'].get('format')!r} is not one of 'mp4', 'gif'")
+    scheduler = cfg.get("lr_scheduler", {})
+    if isinstance(scheduler, dict) and scheduler.get("name") not in names:
+        errors.append(f"lr_scheduler.name={scheduler.get('name')!r} is not one of {names}")
     return errors
 
 
@@ -179,44 +119,33 @@ def _optimizer_errors(node: Any) -> list[str]:
         except ImportError:
             return [f"optimizer: {node[COMPONENT_KEY]} needs bitsandbytes (pip install 't2v-turbo[gpu]'), "
                     "or use torch.optim.AdamW"]
-    return validate_component(node, "optimizer", extra_kwargs=("params",))
+    args = {k: v for k, v in node.items() if k != COMPONENT_KEY}
+    return schema_errors(args, OptimizerArgs, "optimizer", partial=True) + validate_component(
+        node, "optimizer", extra_kwargs=("params",))
 
 
-def _reward_errors(rewards: Any, check_names: bool) -> list[str]:
-    if not isinstance(rewards, list):
-        return [f"rewards: must be a list of {{name, weight, args}} mappings, got {type(rewards).__name__}"]
+def _reward_errors(rewards: list[dict], check_names: bool) -> list[str]:
+    """Reward names against the registry and their ``args`` against the builders' signatures."""
+    if not check_names or not rewards:
+        return []
+    from rewards.base import _REGISTRY, list_rewards
+
+    list_rewards()
     errors = []
-    registry = None
-    if check_names and rewards:
-        from rewards.base import _REGISTRY, list_rewards
-
-        list_rewards()
-        registry = _REGISTRY
     for i, spec in enumerate(rewards):
         where = f"rewards[{i}]"
-        found = key_errors(spec, REWARD_KEYS, where)
-        if found:
-            errors += found
-            continue
-        if "name" not in spec or not isinstance(spec.get("weight", 1.0), (int, float)):
-            errors.append(f"{where}: needs a 'name' and a numeric 'weight', got {spec}")
-            continue
-        if registry is not None:
-            if spec["name"] not in registry:
-                errors.append(f"{where}.name: unknown reward {spec['name']!r}; registered: {sorted(registry)}")
-            else:
-                errors += signature_errors(registry[spec["name"]], spec.get("args") or {}, f"{where}.args",
-                                           f"reward {spec['name']!r}")
+        if spec["name"] not in _REGISTRY:
+            errors.append(f"{where}.name: unknown reward {spec['name']!r}; registered: {sorted(_REGISTRY)}")
+        else:
+            errors += signature_errors(_REGISTRY[spec["name"]], spec.get("args") or {}, f"{where}.args",
+                                       f"reward {spec['name']!r}")
     return errors
 
 
 def resolve_run_config(cfg: dict, check_rewards: bool = True) -> dict:
     """Defaults merged under ``cfg``, validated; raises ``ConfigError`` listing every problem."""
-    unknown = key_errors(cfg, set(DEFAULTS) | set(REQUIRED), "config")
     resolved = merge(DEFAULTS, cfg)
     errors = validate_run_config(resolved, check_rewards)
-    if unknown and unknown[0] not in errors:
-        errors.insert(0, unknown[0])
     if errors:
         raise ConfigError("invalid run config:\n  " + "\n  ".join(errors))
     return resolved
@@ -275,6 +204,8 @@ class DistillationRecipe:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
             cpu=train["device"] == "cpu",
         )
+        if self.accelerator.is_main_process:  # one run per output_dir, taken before anything loads
+            self.output_lock = FolderLock(self.output_dir, "training run").acquire()
         set_seed(cfg["seed"])
         device = self.accelerator.device
 
@@ -331,7 +262,9 @@ class DistillationRecipe:
             video_only_fraction=options["video_only_fraction"],
             decode_chunk_size=options["decode_chunk_size"],
             vae_gradient_checkpointing=options["vae_gradient_checkpointing"],
+            frame_window=options["frame_window"],
         )
+        logger.info("rewards choose frames among the first %s pixel frames", options["frame_window"] or "all")
         self.ema = EMATarget(self.student, cfg["distill"]["ema_decay"]) if cfg["distill"]["target"] == "ema" else None
 
         # optimizer and LR schedule (stepped once per optimizer step, on every process alike)
@@ -440,6 +373,7 @@ class DistillationRecipe:
                         desc="distill")
         data = iter(self.dataloader)
         accumulated: dict[str, float] = {}
+        window_start, window_step = time.perf_counter(), self.global_step  # per-step speed over each log window
         while self.global_step < train["max_steps"]:
             batch = next(data)
             self.skipped_videos += len(batch["skipped"])
@@ -462,8 +396,15 @@ class DistillationRecipe:
                     logs["grad_norm/student"] = float(grad_norm)
                 skipped = torch.tensor(float(self.skipped_videos), device=accelerator.device)
                 logs["data/skipped_videos"] = float(accelerator.reduce(skipped, "sum"))
+                seconds_per_step = (time.perf_counter() - window_start) / max(self.global_step - window_step, 1)
+                window_start, window_step = time.perf_counter(), self.global_step
+                logs["train/seconds_per_step"] = seconds_per_step
                 accelerator.log(logs, step=self.global_step)
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                if accelerator.is_main_process:  # a line per log window, so a slow machine shows in any log
+                    left_min = seconds_per_step * (train["max_steps"] - self.global_step) / 60
+                    logger.info("step %d/%d: loss %.4f, %.2f s/step, about %.1f min left",
+                                self.global_step, train["max_steps"], logs["loss"], seconds_per_step, left_min)
             accumulated = {}
             if train["checkpoint_every"] and self.global_step % train["checkpoint_every"] == 0:
                 self.save_checkpoint(self.global_step)
@@ -497,15 +438,19 @@ class DistillationRecipe:
     def _student_meta(self):
         from t2v_turbo.student import StudentMeta
 
-        s = self.cfg["student"]
+        s, d = self.cfg["student"], self.cfg["distill"]
+        # the geometry of the training clips and the guidance range are the student's sampling defaults
+        geometry = {key: getattr(self.dataset, key, None) for key in ("num_frames", "height", "width", "fps")}
         return StudentMeta.for_adapter(
             self.adapter, time_cond_proj_dim=s["time_cond_proj_dim"], lora=s["lora"],
             train_guidance_layer=s["train_guidance_layer"],
             guidance_scale=self.cfg["validation"]["guidance_scale"],
             num_inference_steps=self.cfg["validation"]["num_inference_steps"],
-            num_ddim_timesteps=self.cfg["distill"]["num_ddim_timesteps"],
-            timestep_scaling=self.cfg["distill"]["timestep_scaling"],
-            sigma_data=self.cfg["distill"]["sigma_data"],
+            num_ddim_timesteps=d["num_ddim_timesteps"],
+            timestep_scaling=d["timestep_scaling"],
+            sigma_data=d["sigma_data"],
+            guidance_range=[float(d["w_min"]), float(d["w_max"])],
+            **geometry,
         )
 
     def save_checkpoint(self, step: int) -> Path:
@@ -608,6 +553,8 @@ class DistillationRecipe:
 
         if hasattr(self, "accelerator"):
             self.accelerator.end_training()
+        if hasattr(self, "output_lock"):
+            self.output_lock.release()
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
 
@@ -661,6 +608,8 @@ def _accumulate(logs: dict, out, steps: int) -> None:
               **{f"reward_term/{k}": v for k, v in out.terms.items() if k != "cd"}}
     if out.cd_loss is not None:
         values["loss/cd"] = out.cd_loss
+    if out.decoded_latent_frames:
+        values["data/decoded_latent_frames"] = torch.tensor(float(max(out.decoded_latent_frames)))
     for key, value in values.items():
         logs[key] = logs.get(key, 0.0) + float(value.detach()) / steps
     for key, value in out.reward_grad_norms.items():

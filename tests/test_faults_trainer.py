@@ -1,6 +1,9 @@
 """Fault injection on the trainer (tiny config, CPU): NaN/Inf steps, non-finite weights."""
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,9 +12,11 @@ import torch
 from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
 from distill.trainer import CHECKPOINT_PREFIX, DistillationRecipe, list_checkpoints
 from t2v_turbo.config import load_config
+from t2v_turbo.fileio import FolderInUseError, FolderLock
 from t2v_turbo.testing import build_tiny_diffusers_t2v, write_caption_folder
 
-TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
 CAPTIONS = ["a cat running", "a red car on the street", "a bird flying in the sky", "a dog on the beach"]
 
 
@@ -118,3 +123,45 @@ def test_nonfinite_weights_are_never_written_and_rotation_keeps_the_last_finite_
         recipe.cleanup()
     assert list_checkpoints(tmp_path) == [finite]
     assert not (tmp_path / f"{CHECKPOINT_PREFIX}2.tmp").exists()
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process that takes the folder's lock and keeps it until its stdin closes."""
+    script = ("import sys; from t2v_turbo.fileio import FolderLock; lock = FolderLock(sys.argv[1], 'other run').acquire(); "
+              "print('locked', flush=True); sys.stdin.read()")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env=env, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_run_into_the_same_output_dir_fails_naming_the_holder(assets, tmp_path, capsys):
+    from t2v_turbo.cli import main
+
+    holder = hold_lock(tmp_path)
+    try:
+        code = main(["train", str(TINY), f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}",
+                     f"output_dir={tmp_path}", "logging.tensorboard=false", "train.max_steps=1"])
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert code == 1
+    assert f"is in use by another other run: PID {holder.pid} on " in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FolderLock.LOCK_NAME, FolderLock.OWNER_NAME]  # nothing of ours
+
+
+def test_a_stale_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, caplog):
+    holder = hold_lock(tmp_path)
+    holder.kill()  # SIGKILL: no chance to release
+    holder.wait()
+    with caplog.at_level(logging.WARNING, logger="t2v_turbo.fileio"):
+        lock = FolderLock(tmp_path, "training run").acquire()
+    assert f"taking over the stale lock of PID {holder.pid}" in caplog.text
+    assert lock.read_owner()["pid"] == os.getpid()
+    with pytest.raises(FolderInUseError, match=f"in use by another training run: PID {os.getpid()} "):
+        FolderLock(tmp_path).acquire()
+    lock.release()
+    assert not lock.owner_path.exists()
+    with FolderLock(tmp_path):  # released: free again, and no stale warning
+        pass

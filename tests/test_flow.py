@@ -73,7 +73,7 @@ def test_add_noise_equals_flow_match_scale_noise():
 
 
 def test_euler_step_is_ddim_in_flow_variables_and_equals_flow_match_euler_step():
-    x0, eps = _tensors(2)
+    _, eps = _tensors(2)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     scheduler.set_timesteps(4)
     sample = eps.clone()

@@ -23,8 +23,47 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from t2v_turbo.diffusion.prediction import noise_coefficients
+
+
+def encode_per_frame(
+    vae: nn.Module,
+    pixels: torch.Tensor,
+    scale: float,
+    generator: torch.Generator | None = None,
+    frame_chunk_size: int = 8,
+) -> torch.Tensor:
+    """A per-frame 2D VAE (diffusers ``AutoencoderKL``): (B, 3, T, H, W) pixels in [-1, 1] -> latents
+    (B, c, T, h, w) = ``scale`` x a posterior sample of each frame, ``frame_chunk_size`` frames at a time."""
+    batch, _, frames = pixels.shape[:3]
+    flat = pixels.transpose(1, 2).flatten(0, 1)
+    dtype = next(vae.parameters()).dtype
+    chunks = [vae.encode(chunk.to(dtype)).latent_dist.sample(generator) for chunk in flat.split(frame_chunk_size)]
+    return (torch.cat(chunks) * scale).unflatten(0, (batch, frames)).transpose(1, 2)
+
+
+def decode_per_frame(vae: nn.Module, latents: torch.Tensor, scale: float, frame_chunk_size: int = 8) -> torch.Tensor:
+    """Inverse of ``encode_per_frame``: latents / ``scale`` decoded frame by frame -> (B, 3, T, H, W),
+    unclamped and differentiable, ``frame_chunk_size`` frames at a time."""
+    batch, _, frames = latents.shape[:3]
+    flat = latents.transpose(1, 2).flatten(0, 1) / scale
+    dtype = next(vae.parameters()).dtype
+    chunks = [vae.decode(chunk.to(dtype)).sample for chunk in flat.split(frame_chunk_size)]
+    return torch.cat(chunks).unflatten(0, (batch, frames)).transpose(1, 2)
+
+
+def move_module(module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """``module.to(device, dtype)`` passing only what is set. A diffusers model that keeps no
+    module in float32 is cast by ``nn.Module.to`` itself: diffusers' ``to`` warns on any ``dtype``
+    argument, even ``None`` with nothing to keep ("should be kept in float32: []")."""
+    kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    if not kwargs:
+        return module
+    if dtype is not None and not getattr(module, "_keep_in_fp32_modules", None):
+        return nn.Module.to(module, **kwargs)
+    return module.to(**kwargs)
 
 
 class TeacherAdapter(abc.ABC):
@@ -49,6 +88,8 @@ class TeacherAdapter(abc.ABC):
     default_height: int = 256
     default_width: int = 256
     default_fps: int = 8
+    #: write this family's sampled mp4s losslessly (RGB): small saturated worlds lose colour to yuv420p
+    lossless_video: bool = False
 
     # ---- text -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -71,6 +112,35 @@ class TeacherAdapter(abc.ABC):
         Differentiable with respect to ``latents``; frames are decoded ``frame_chunk_size``
         at a time to bound memory. To decode only some frames, index the latents first.
         """
+
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames of a ``num_frames`` pixel video (per-frame VAEs: the same number)."""
+        return num_frames
+
+    def pixel_frames(self, num_latent_frames: int) -> int:
+        """Pixel frames decoded from ``num_latent_frames`` latent frames (inverse of ``latent_frames``)."""
+        return num_latent_frames
+
+    def latent_frames_needed(self, frames: Sequence[int]) -> int:
+        """How many latent frames a decode of the pixel ``frames`` touches (per-frame VAEs: one each)."""
+        return len(set(frames))
+
+    def decode_frames(
+        self, latents: torch.Tensor, frames: Sequence[int], frame_chunk_size: int = 8, checkpointing: bool = False
+    ) -> torch.Tensor:
+        """Pixels (B, 3, len(frames), H, W) of the pixel ``frames`` (sorted, distinct) of ``latents``,
+        decoding only what they need, with gradient; with ``checkpointing`` each chunk of frames is
+        recomputed in backward instead of keeping its activations.
+
+        Per-frame VAEs decode exactly the latent frames ``frames``; a causal video VAE overrides this.
+        """
+        selected = latents[:, :, list(frames)]
+        if not checkpointing:
+            return self.decode_latents(selected, frame_chunk_size)
+        chunks = selected.split(frame_chunk_size, dim=2)
+        return torch.cat(
+            [checkpoint(self.decode_latents, c, frame_chunk_size, use_reentrant=False) for c in chunks], dim=2
+        )
 
     # ---- UNet -------------------------------------------------------------------------
     def noise_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +187,7 @@ class TeacherAdapter(abc.ABC):
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TeacherAdapter":
         """Move the frozen teacher modules (and the schedule) to ``device``/``dtype``."""
         for module in self.modules().values():
-            module.to(device=device, dtype=dtype)
+            move_module(module, device=device, dtype=dtype)
         if device is not None:
             for name in ("alphas_cumprod", "flow_sigmas"):
                 if getattr(self, name) is not None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import yaml
+
+from t2v_turbo.commands import CommandError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,33 +25,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from distill.nonfinite import NonFiniteError
-    from distill.trainer import DistillationRecipe, resolve_run_config
+    from distill.trainer import DistillationRecipe, resolve_resume, resolve_run_config
     from t2v_turbo.config import ConfigError, load_config
+    from t2v_turbo.fileio import FolderInUseError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
         resolved = resolve_run_config(cfg)
     except ConfigError as err:
-        print(f"error: {args.config}: {err}", file=sys.stderr)
-        return 2
+        raise CommandError(f"{args.config}: {err}") from err
     text = yaml.safe_dump(resolved, sort_keys=False)
     if args.print_config:
         print(text, end="")
         return 0
+    if args.resume is not None:  # before the teacher loads and the data renders
+        try:
+            resolve_resume(args.resume, resolved["output_dir"])
+        except FileNotFoundError as err:
+            raise CommandError(f"{args.config}: {err}") from err
     logging.getLogger(__name__).info("resolved config (%s):\n%s", args.config, text)
     recipe = DistillationRecipe(resolved)
     try:
         try:
             recipe.setup(resume=args.resume)
         except (FileNotFoundError, ConfigError) as err:
-            print(f"error: {args.config}: {err}", file=sys.stderr)
-            return 2
+            raise CommandError(f"{args.config}: {err}") from err
+        except FolderInUseError as err:
+            raise CommandError(f"{args.config}: {err}", exit_code=1) from err
         try:
             recipe.train()
         except NonFiniteError as err:
-            print(f"error: {args.config}: {err}", file=sys.stderr)
-            return 1
+            raise CommandError(f"{args.config}: {err}", exit_code=1) from err
     finally:
         recipe.cleanup()
     return 0
