@@ -27,15 +27,17 @@ def adapter(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def student_dir(adapter, tmp_path_factory):
-    """A student whose meta says: 2 frames of 8x16 at 4 fps, w = 3 in a trained range [2, 6], 2 steps, lossless video."""
+    """A student whose meta says: 2 frames of 8x16 at 4 fps, w = 3 in a trained range [2, 6], 2 steps,
+    lossless video."""
     unet = build_student(adapter, 256, lora=SETTINGS)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for _, p in sorted((n, p) for n, p in unet.named_parameters() if p.requires_grad):
             p.add_(0.1 * torch.randn(p.shape, generator=g))
     folder = tmp_path_factory.mktemp("student")
-    meta = StudentMeta.for_adapter(adapter, lora=SETTINGS, guidance_scale=3.0, num_inference_steps=2, guidance_range=[2.0, 6.0],
-                                   num_frames=2, height=8, width=16, fps=4, lossless_video=True)
+    meta = StudentMeta.for_adapter(adapter, lora=SETTINGS, guidance_scale=3.0, num_inference_steps=2,
+                                   guidance_range=[2.0, 6.0], num_frames=2, height=8, width=16, fps=4,
+                                   lossless_video=True)
     save_student(folder, unet, meta)
     return folder
 
@@ -51,14 +53,16 @@ def student_dir(adapter, tmp_path_factory):
 ])
 def test_sample_rejects_bad_numbers_naming_the_flag(flag, value, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse stops before any checkpoint is read
-        main(["sample", "--checkpoint", str(tmp_path / "nowhere"), "--prompt", "a cat", "--out", str(tmp_path / "a.mp4"), flag, value])
+        main(["sample", "--checkpoint", str(tmp_path / "nowhere"), "--prompt", "a cat",
+              "--out", str(tmp_path / "a.mp4"), flag, value])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
 
 def test_sample_uses_the_students_defaults_and_writes_lossless_video(student_dir, adapter, tmp_path, capsys):
     out = tmp_path / "a.mp4"
-    assert main(["sample", "--checkpoint", str(student_dir), "--prompt", "a cat", "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["sample", "--checkpoint", str(student_dir), "--prompt", "a cat", "--out", str(out),
+                 "--device", "cpu"]) == 0
     assert "warning" not in capsys.readouterr().err
     frames = read_video(out)
     assert frames.shape == (2, 8, 16, 3)  # the student's geometry, not the teacher's defaults
@@ -73,10 +77,12 @@ def test_sample_uses_the_students_defaults_and_writes_lossless_video(student_dir
 
 
 def test_sample_warns_outside_the_trained_guidance_range(student_dir, tmp_path, capsys):
-    assert main(["sample", "--checkpoint", str(student_dir), "--prompt", "a cat", "--guidance", "9", "--out", str(tmp_path / "a.mp4")]) == 0
+    args = ["sample", "--checkpoint", str(student_dir), "--prompt", "a cat"]
+    assert main([*args, "--guidance", "9", "--out", str(tmp_path / "a.mp4")]) == 0
     err = capsys.readouterr().err
-    assert err.count("warning: --guidance: guidance scale 9 is outside the range the student was trained on [2, 6]") == 1
-    assert main(["sample", "--checkpoint", str(student_dir), "--prompt", "a cat", "--guidance", "6", "--out", str(tmp_path / "b.mp4")]) == 0
+    warning = "warning: --guidance: guidance scale 9 is outside the range the student was trained on [2, 6]"
+    assert err.count(warning) == 1
+    assert main([*args, "--guidance", "6", "--out", str(tmp_path / "b.mp4")]) == 0
     assert "warning" not in capsys.readouterr().err
 
 
@@ -88,7 +94,8 @@ def test_sample_keeps_existing_outputs_unless_overwrite(student_dir, tmp_path, c
     args = ["sample", "--checkpoint", str(student_dir), "--prompt", "a cat", "--num-samples", "2", "--out", str(out)]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"t2v-turbo sample: error: --out: 1 output(s) already exist ({kept}); pass --overwrite to replace them"
+    assert err == (f"t2v-turbo sample: error: --out: 1 output(s) already exist ({kept}); "
+                   "pass --overwrite to replace them")
     assert kept.read_bytes() == b"an earlier run" and not (out / "a cat-0.mp4").exists()  # nothing written
     assert main(args + ["--overwrite"]) == 0
     assert read_video(kept).shape == (2, 8, 16, 3) and read_video(out / "a cat-0.mp4").shape == (2, 8, 16, 3)
@@ -103,9 +110,11 @@ def test_sample_finds_an_unwritable_out_before_loading_the_model(student_dir, tm
     monkeypatch.setattr(t2v_turbo.pipeline, "load_student_pipeline", must_not_load)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    assert main(["sample", "--checkpoint", str(student_dir), "--prompt", "a cat", "--out", str(blocker / "videos")]) == 2
+    out = blocker / "videos"
+    assert main(["sample", "--checkpoint", str(student_dir), "--prompt", "a cat", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"t2v-turbo sample: error: --out: cannot write to {blocker / 'videos'}") and err.count("\n") == 1
+    assert err.startswith(f"t2v-turbo sample: error: --out: cannot write to {blocker / 'videos'}")
+    assert err.count("\n") == 1
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
@@ -155,7 +164,8 @@ def test_write_folder_leaves_the_old_folder_when_the_write_fails(tmp_path):
      "t2v-turbo sample: error: no student checkpoint at {tmp}/missing"),
     (["export", "{tmp}/missing", "--format", "merged", "--out", "{tmp}/out"],
      "t2v-turbo export: error: no student checkpoint at {tmp}/missing"),
-    (["eval", "minibench", "{tmp}/missing"], "t2v-turbo eval minibench: error: MiniBench: no video folder at {tmp}/missing"),
+    (["eval", "minibench", "{tmp}/missing"],
+     "t2v-turbo eval minibench: error: MiniBench: no video folder at {tmp}/missing"),
     (["train", "{tmp}/missing.yaml"], "t2v-turbo train: error: {tmp}/missing.yaml"),
 ])
 def test_user_errors_are_one_error_line(argv, start, tmp_path, capsys):
@@ -166,15 +176,16 @@ def test_user_errors_are_one_error_line(argv, start, tmp_path, capsys):
 
 
 def test_resume_latest_without_a_checkpoint_fails_before_the_data_is_rendered(tmp_path, capsys):
-    code = main(["train", str(CONFIGS / "miniworld.yaml"), f"output_dir={tmp_path / 'run'}", f"data.folder={tmp_path / 'data'}",
-                 "--resume", "latest"])
+    code = main(["train", str(CONFIGS / "miniworld.yaml"), f"output_dir={tmp_path / 'run'}",
+                 f"data.folder={tmp_path / 'data'}", "--resume", "latest"])
     assert code == 2
     assert "--resume latest: no complete checkpoint-<step> folder in" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
 
 
 def test_a_hub_id_not_in_the_cache_says_so_and_how_to_pass_a_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"'t2v-turbo-tests/no-such-model' is not in the local cache .* pass a local folder"):
+    message = r"'t2v-turbo-tests/no-such-model' is not in the local cache .* pass a local folder"
+    with pytest.raises(FileNotFoundError, match=message):
         DiffusersT2VAdapter.from_pretrained("t2v-turbo-tests/no-such-model")
 
 
