@@ -26,6 +26,7 @@ setup(
         "open_clip_torch>=2.24",
         "accelerate>=1.0",
         "safetensors>=0.4",
+        "filelock>=3.12",
         "peft>=0.15",
         "av>=12",
         "pyyaml>=6",

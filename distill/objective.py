@@ -7,6 +7,10 @@ sample positions, and returns the loss with each term separately. All randomness
 processes or on resuming; the frames the rewards score are drawn once per batch from a
 generator seeded by (seed, first position of the batch).
 
+The noisy latents, the teacher's DDIM step and the consistency function are written with the
+adapter's (alpha_t, sigma_t) and ``prediction_type`` (``t2v_turbo.diffusion.prediction``), so
+epsilon teachers (ModelScope, VideoCrafter2) and flow teachers (Wan) run the same code.
+
 Objective (T2V-Turbo, arXiv 2405.18750, Algorithm 1 and Eq. 10):
 
     L = L_CD - sum_i beta_i R_i,
@@ -32,40 +36,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from fractions import Fraction
-from typing import Sequence
+from typing import Annotated, Literal, Sequence
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from distill.ema import EMATarget
 from distill.losses import consistency_distance
 from rewards.base import VideoReward
-from t2v_turbo.diffusion.boundary import consistency_output
+from t2v_turbo.diffusion.prediction import consistency_function, interpolate, x0_eps_from_output
 from t2v_turbo.diffusion.schedule import ddim_timesteps, previous_timestep
-from t2v_turbo.diffusion.solver import (
-    add_noise,
-    cfg_lcm_form,
-    ddim_solver_step,
-    extract,
-    guidance_scale_embedding,
-    x0_from_eps,
-)
+from t2v_turbo.diffusion.solver import append_dims, cfg_lcm_form, guidance_scale_embedding
+from t2v_turbo.schema import Range
 
 
 @dataclasses.dataclass
 class ConsistencySettings:
-    """The ``distill:`` section of a run config (T2V-Turbo v1 defaults)."""
+    """The ``distill:`` section of a run config (T2V-Turbo v1 defaults); the annotations are its schema."""
 
-    num_ddim_timesteps: int = 50
-    w_min: float = 5.0
-    w_max: float = 15.0
-    loss_type: str = "huber"
-    huber_c: float = 0.001
-    sigma_data: float = 0.5
-    timestep_scaling: float = 10.0
-    target: str = "online"
-    ema_decay: float = 0.95
+    num_ddim_timesteps: Annotated[int, Range(ge=1)] = 50
+    w_min: Annotated[float, Range(ge=0)] = 5.0
+    w_max: Annotated[float, Range(ge=0)] = 15.0
+    loss_type: Literal["huber", "l2"] = "huber"
+    huber_c: Annotated[float, Range(gt=0)] = 0.001
+    sigma_data: Annotated[float, Range(gt=0)] = 0.5
+    timestep_scaling: Annotated[float, Range(gt=0)] = 10.0
+    target: Literal["online", "ema"] = "online"
+    ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.95
 
     def __post_init__(self):
         if self.target not in ("online", "ema"):
@@ -99,9 +96,11 @@ class ObjectiveOutput:
     cd_loss: torch.Tensor | None
     rewards: dict[str, torch.Tensor]
     reward_grad_norms: dict[str, float]
-    #: (number of samples, number of frames) decoded for each group of samples
+    #: (number of samples, number of pixel frames) decoded for each group of samples
     decoded: list[tuple[int, int]]
     video_only: torch.Tensor
+    #: latent frames each group's decode ran through (a causal VAE decodes up to the last frame needed)
+    decoded_latent_frames: list[int] = dataclasses.field(default_factory=list)
 
 
 def video_only_mask(positions: Sequence[int], fraction: float) -> torch.Tensor:
@@ -137,7 +136,13 @@ class T2VTurboObjective:
         video_only_fraction: float = 0.0,
         decode_chunk_size: int = 8,
         vae_gradient_checkpointing: bool = False,
+        frame_window: int | None = None,
     ):
+        """``frame_window`` N: the rewards choose their frames among the first N pixel frames only
+        (``None``: the whole video), so a causal VAE decodes only the latent frames those need."""
+        if frame_window is not None and frame_window < 1:
+            raise ValueError(f"reward_options.frame_window={frame_window} must be a positive number of frames or null")
+        self.frame_window = frame_window
         self.adapter = adapter
         self.settings = settings
         self.rewards = list(rewards)
@@ -160,11 +165,21 @@ class T2VTurboObjective:
             noise.append(torch.randn(tuple(latent_shape), generator=g))
         return torch.stack(index), torch.stack(w), torch.stack(noise)
 
+    def coefficients(self, t: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t) at grid indices ``t`` (B,), shaped to broadcast against an ``ndim`` tensor."""
+        alpha, sigma = self.adapter.noise_coefficients()
+        return append_dims(alpha.to(t.device)[t], ndim), append_dims(sigma.to(t.device)[t], ndim)
+
+    def x0_eps(self, unet: nn.Module, z_t, t, text_embedding, w_embedding=None):
+        """(x0, eps) of ``unet`` at (z_t, t), converted from its output by the adapter's prediction type."""
+        output = self.adapter.predict(unet, z_t, t, text_embedding, timestep_cond=w_embedding).to(z_t.dtype)
+        return x0_eps_from_output(self.adapter.prediction_type, z_t, output, *self.coefficients(t, z_t.ndim))
+
     def consistency_fn(self, unet: nn.Module, z_t, t, text_embedding, w_embedding) -> torch.Tensor:
-        """f(z_t, w, c, t) = c_skip(t) z_t + c_out(t) x0(eps_unet(z_t, t, w, c))."""
-        eps = self.adapter.predict_eps(unet, z_t, t, text_embedding, timestep_cond=w_embedding)
-        x0 = x0_from_eps(z_t, eps.to(z_t.dtype), extract(self.adapter.alphas_cumprod, t, z_t.ndim))
-        return consistency_output(z_t, x0, t, self.settings.sigma_data, self.settings.timestep_scaling)
+        """f(z_t, w, c, t): c_skip(t) z_t + c_out(t) x0 for epsilon students, x0 for flow students."""
+        x0, _ = self.x0_eps(unet, z_t, t, text_embedding, w_embedding)
+        return consistency_function(self.adapter.prediction_type, z_t, x0, t, self.settings.sigma_data,
+                                    self.settings.timestep_scaling)
 
     # ---- the loss -----------------------------------------------------------------------
     def __call__(
@@ -190,7 +205,6 @@ class T2VTurboObjective:
         device, batch = latents.device, latents.shape[0]
         if len(positions) != batch or len(prompts) != batch:
             raise ValueError(f"{len(positions)} positions and {len(prompts)} prompts for a batch of {batch}")
-        abar = self.adapter.alphas_cumprod
         video_only = video_only_mask(positions, self.video_only_fraction)
         # 1. n ~ U{0..N-1}: t_{n+k} = grid[n], t_n = t_{n+k} - k (floored at 0); w ~ U[w_min, w_max]; eps ~ N(0, I)
         index, w, eps = self.draw(positions, latents.shape[1:], seed)
@@ -198,8 +212,8 @@ class T2VTurboObjective:
         t_n = previous_timestep(t_nk, self.skip)
         eps = eps.to(device=device, dtype=latents.dtype)
         w = w.to(device)
-        # 2. z_{t_{n+k}} = sqrt(abar) z_0 + sqrt(1 - abar) eps
-        z_nk = add_noise(latents, eps, extract(abar, t_nk, latents.ndim))
+        # 2. z_{t_{n+k}} = alpha z_0 + sigma eps (sqrt(abar), sqrt(1 - abar) for epsilon; 1 - sigma, sigma for flow)
+        z_nk = interpolate(latents, eps, *self.coefficients(t_nk, latents.ndim))
         # 3. guidance embedding of w (LCM convention: the CFG scale is 1 + w)
         w_emb = guidance_scale_embedding(w, self.guidance_embedding_dim).to(device)
 
@@ -223,46 +237,38 @@ class T2VTurboObjective:
             terms["cd"] = per_sample.sum() / batch
 
         # 8. rewards on the decoded single-step prediction f_theta(z_{t_{n+k}})
-        reward_values, norms, decoded = self.reward_terms(f_theta, prompts, positions, seed, video_only, grad_norms, terms)
+        reward_values, norms, decoded, latent_frames = self.reward_terms(
+            f_theta, prompts, positions, seed, video_only, grad_norms, terms
+        )
         loss = sum(terms.values()) if terms else f_theta.sum() * 0.0
-        return ObjectiveOutput(loss, terms, cd_loss, reward_values, norms, decoded, video_only)
+        return ObjectiveOutput(loss, terms, cd_loss, reward_values, norms, decoded, video_only, latent_frames)
 
     @torch.no_grad()
     def target(self, unet, z_nk, t_nk, t_n, w, w_emb, text_embedding, uncond_embedding, ema):
         """Steps 4-5: teacher CFG + DDIM to z_hat_{t_n}, then the target f at (z_hat_{t_n}, t_n), no grad."""
-        abar = self.adapter.alphas_cumprod
         teacher = self.adapter.unet
-        abar_nk = extract(abar, t_nk, z_nk.ndim)
-        # 4. teacher eps at (z_{t_{n+k}}, t_{n+k}) with the prompt and with the empty prompt;
-        #    LCM-form CFG on x0 and eps: x0 = x0_c + w (x0_c - x0_u); DDIM step (eta 0) to t_n
-        eps_c = self.adapter.predict_eps(teacher, z_nk, t_nk, text_embedding).to(z_nk.dtype)
-        eps_u = self.adapter.predict_eps(teacher, z_nk, t_nk, uncond_embedding).to(z_nk.dtype)
-        x0_c, x0_u = x0_from_eps(z_nk, eps_c, abar_nk), x0_from_eps(z_nk, eps_u, abar_nk)
+        # 4. teacher (x0, eps) at (z_{t_{n+k}}, t_{n+k}) with the prompt and with the empty prompt;
+        #    LCM-form CFG on x0 and eps: x0 = x0_c + w (x0_c - x0_u) (for a flow teacher this is CFG on
+        #    the velocity, x0 and eps being affine in it); DDIM step (eta 0; Euler for flow) to t_n
+        x0_c, eps_c = self.x0_eps(teacher, z_nk, t_nk, text_embedding)
+        x0_u, eps_u = self.x0_eps(teacher, z_nk, t_nk, uncond_embedding)
         w_b = w.reshape(-1, *([1] * (z_nk.ndim - 1))).to(z_nk.dtype)
         x0 = cfg_lcm_form(x0_c, x0_u, w_b)
         eps = cfg_lcm_form(eps_c, eps_u, w_b)
-        z_n = ddim_solver_step(x0, eps, extract(abar, t_n, z_nk.ndim))
+        z_n = interpolate(x0, eps, *self.coefficients(t_n, z_nk.ndim))
         # 5. target f(z_hat_{t_n}, w, c, t_n): the online student (public code) or theta^- (paper)
         swap = ema.swapped_into(unet) if ema is not None else contextlib.nullcontext()
         with swap:
             return self.consistency_fn(unet, z_n, t_n, text_embedding, w_emb)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """VAE-decode with gradient, optionally checkpointing each chunk of frames."""
-        if not self.vae_gradient_checkpointing:
-            return self.adapter.decode_latents(latents, self.decode_chunk_size)
-        chunks = latents.split(self.decode_chunk_size, dim=2)
-        return torch.cat(
-            [checkpoint(self.adapter.decode_latents, c, self.decode_chunk_size, use_reentrant=False) for c in chunks],
-            dim=2,
-        )
-
     def reward_terms(self, f_theta, prompts, positions, seed, video_only, grad_norms, terms):
         """Decode only the frames some reward needs (per group of samples needing the same
         frames) and add -beta_i * sum_b R_i,b / B to ``terms`` for every reward."""
         if not self.rewards:
-            return {}, {}, []
-        batch, num_frames = f_theta.shape[0], f_theta.shape[2]
+            return {}, {}, [], []
+        batch, num_frames = f_theta.shape[0], self.adapter.pixel_frames(f_theta.shape[2])
+        if self.frame_window is not None:
+            num_frames = min(num_frames, self.frame_window)
         g = sample_generator(seed, positions[0], FRAME_STREAM)
         frame_idx = [list(r.reward.frame_indices(num_frames, g)) for r in self.rewards]
         split = self.video_only_fraction > 0
@@ -277,10 +283,13 @@ class T2VTurboObjective:
             if needed[b]:
                 groups.setdefault(tuple(needed[b]), []).append(b)
         pixels_of: dict[int, tuple[torch.Tensor, dict[int, int]]] = {}
-        decoded = []
+        decoded, latent_frames = [], []
         for frames, members in groups.items():
-            pixels = self.decode(f_theta[members][:, :, list(frames)])
+            pixels = self.adapter.decode_frames(
+                f_theta[members], frames, self.decode_chunk_size, self.vae_gradient_checkpointing
+            )
             decoded.append((len(members), len(frames)))
+            latent_frames.append(self.adapter.latent_frames_needed(frames))
             where = {f: j for j, f in enumerate(frames)}
             for j, b in enumerate(members):
                 pixels_of[b] = (pixels[j], where)
@@ -298,4 +307,4 @@ class T2VTurboObjective:
             if grad_norms and terms[term.name].requires_grad:
                 (grad,) = torch.autograd.grad(terms[term.name], frames, retain_graph=True)
                 norms[term.name] = float(grad.float().norm())
-        return values, norms, decoded
+        return values, norms, decoded, latent_frames

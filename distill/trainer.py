@@ -35,7 +35,6 @@ Errors: ``ConfigError`` naming every bad key at once (``validate_run_config``);
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -48,19 +47,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.config_schema import OptimizerArgs, RunConfig
 from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples
 from distill.ema import EMATarget
+from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
 from distill.objective import VAE_STREAM, ConsistencySettings, RewardTerm, T2VTurboObjective, sample_generator
 from t2v_turbo.config import (
     COMPONENT_KEY,
     ConfigError,
     instantiate,
-    key_errors,
     merge,
     save_config,
     signature_errors,
     validate_component,
 )
+from t2v_turbo.fileio import FolderLock
+from t2v_turbo.schema import schema_defaults, schema_errors
 
 logger = logging.getLogger(__name__)
 
@@ -69,103 +71,42 @@ CHECKPOINT_PREFIX = "checkpoint-"
 STATE_NAME = "training_state.pt"
 CONFIG_NAME = "config.yaml"
 
-#: every key a run config may hold, with its default; ``teacher`` and ``data`` have no default
-DEFAULTS: dict[str, Any] = {
-    "output_dir": "runs/t2v_turbo",
-    "seed": 0,
-    "student": {
-        "time_cond_proj_dim": 256,
-        "train_guidance_layer": True,
-        "lora": {"rank": 32, "alpha": 32.0, "dropout": 0.1, "target_modules": "attention"},
-    },
-    "distill": dataclasses.asdict(ConsistencySettings()),
-    "rewards": [],
-    "reward_options": {
-        "video_only_fraction": 0.0,
-        "dtype": "float32",
-        "vae_gradient_checkpointing": False,
-        "decode_chunk_size": 8,
-    },
-    "dataloader": {"batch_size": 1, "num_workers": 0, "shuffle": True},
-    "optimizer": {COMPONENT_KEY: "torch.optim.AdamW", "lr": 1.0e-5, "betas": [0.9, 0.999], "weight_decay": 0.0},
-    "lr_scheduler": {"name": "constant", "warmup_steps": 0},
-    "train": {
-        "max_steps": 10000,
-        "gradient_accumulation_steps": 1,
-        "max_grad_norm": 1.0,
-        "mixed_precision": "no",
-        "gradient_checkpointing": False,
-        "teacher_dtype": "float32",
-        "checkpoint_every": 500,
-        "keep_checkpoints": 3,
-        "log_every": 10,
-        "device": "auto",
-    },
-    "validation": {
-        "every": 0,
-        "prompts": [],
-        "num_inference_steps": 4,
-        "guidance_scale": 7.5,
-        "num_frames": None,
-        "fps": 8,
-        "format": "mp4",
-        "seed": 0,
-    },
-    "logging": {"tensorboard": True, "wandb": False, "wandb_project": "t2v-turbo"},
-}
-REQUIRED = ("teacher", "data")
-REWARD_KEYS = {"name", "weight", "args"}
-LORA_KEYS = {"rank", "alpha", "dropout", "target_modules"}
+#: every key a run config may hold, with its default (``teacher`` and ``data`` have none); the schema is ``RunConfig``
+DEFAULTS: dict[str, Any] = schema_defaults(RunConfig)
+COMPONENT_SECTIONS = ("teacher", "data")
 
 
 def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
-    """Every problem of a run config (unknown or missing keys, bad values, component keys that
-    the callables do not take), without building anything heavy. Empty when valid."""
-    errors: list[str] = []
-    errors += key_errors(cfg, set(DEFAULTS) | set(REQUIRED), "config")
-    for name in REQUIRED:
-        if name not in cfg:
-            errors.append(f"config: the section {name!r} is required")
-        elif not isinstance(cfg[name], dict) or COMPONENT_KEY not in cfg[name]:
-            errors.append(f"{name}: must be a mapping with a {COMPONENT_KEY!r} key")
-    if isinstance(cfg.get("teacher"), dict) and COMPONENT_KEY in cfg["teacher"]:
-        errors += validate_component(cfg["teacher"], "teacher")
-    if isinstance(cfg.get("data"), dict) and COMPONENT_KEY in cfg["data"]:
-        errors += validate_component(cfg["data"], "data")
-    for section in ("student", "distill", "reward_options", "dataloader", "lr_scheduler", "train", "validation", "logging"):
-        errors += key_errors(cfg.get(section, {}), DEFAULTS[section], section)
-    lora = cfg.get("student", {}).get("lora")
-    if lora is not None:
-        errors += key_errors(lora, LORA_KEYS, "student.lora")
-    try:
-        ConsistencySettings(**cfg.get("distill", {}))
-    except (TypeError, ValueError) as err:
-        errors.append(str(err))
-    errors += _optimizer_errors(cfg.get("optimizer", {}))
-    errors += _reward_errors(cfg.get("rewards", []), check_rewards)
-    options = cfg.get("reward_options", {})
-    if options.get("dtype") not in DTYPES:
-        errors.append(f"reward_options.dtype={options.get('dtype')!r} is not one of {sorted(DTYPES)}")
-    fraction = options.get("video_only_fraction", 0.0)
-    if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-        errors.append(f"reward_options.video_only_fraction={fraction!r} must be a number in [0, 1)")
-    train = cfg.get("train", {})
-    if train.get("mixed_precision") is False:
+    """Every problem of a run config (unknown or missing keys, values of the wrong type or out of
+    range, component keys that the callables do not take), without building anything heavy.
+    Empty when valid."""
+    train = cfg.get("train")
+    if isinstance(train, dict) and train.get("mixed_precision") is False:
         # YAML 1.1 reads a bare `no` (e.g. the override train.mixed_precision=no) as false.
         train["mixed_precision"] = "no"
-    if train.get("mixed_precision") not in ("no", "bf16", "fp16"):
-        errors.append(f"train.mixed_precision={train.get('mixed_precision')!r} is not one of 'no', 'bf16', 'fp16'")
-    if train.get("teacher_dtype") not in DTYPES:
-        errors.append(f"train.teacher_dtype={train.get('teacher_dtype')!r} is not one of {sorted(DTYPES)}")
+    errors = schema_errors(cfg, RunConfig)
+    for name in COMPONENT_SECTIONS:
+        if name not in cfg:
+            continue
+        if not isinstance(cfg[name], dict) or COMPONENT_KEY not in cfg[name]:
+            errors.append(f"{name}: must be a mapping with a {COMPONENT_KEY!r} key")
+        else:
+            errors += validate_component(cfg[name], name)
+    distill = cfg.get("distill", {})
+    if not any(e.startswith("distill") for e in errors):
+        try:  # what the annotations cannot say (w_min <= w_max)
+            ConsistencySettings(**distill)
+        except (TypeError, ValueError) as err:
+            errors.append(str(err))
+    errors += _optimizer_errors(cfg.get("optimizer", {}))
+    if isinstance(cfg.get("rewards"), list) and not any(e.startswith("rewards") for e in errors):
+        errors += _reward_errors(cfg["rewards"], check_rewards)
     from diffusers.optimization import SchedulerType
 
     names = [s.value for s in SchedulerType]
-    if cfg.get("lr_scheduler", {}).get("name") not in names:
-        errors.append(f"lr_scheduler.name={cfg.get('lr_scheduler', {}).get('name')!r} is not one of {names}")
-    if train.get("device") not in ("auto", "cpu"):
-        errors.append(f"train.device={train.get('device')!r} is not one of 'auto' (accelerate's choice), 'cpu'")
-    if cfg.get("validation", {}).get("format") not in ("mp4", "gif"):
-        errors.append(f"validation.format={cfg['validation'].get('format')!r} is not one of 'mp4', 'gif'")
+    scheduler = cfg.get("lr_scheduler", {})
+    if isinstance(scheduler, dict) and scheduler.get("name") not in names:
+        errors.append(f"lr_scheduler.name={scheduler.get('name')!r} is not one of {names}")
     return errors
 
 
@@ -178,44 +119,33 @@ def _optimizer_errors(node: Any) -> list[str]:
         except ImportError:
             return [f"optimizer: {node[COMPONENT_KEY]} needs bitsandbytes (pip install 't2v-turbo[gpu]'), "
                     "or use torch.optim.AdamW"]
-    return validate_component(node, "optimizer", extra_kwargs=("params",))
+    args = {k: v for k, v in node.items() if k != COMPONENT_KEY}
+    return schema_errors(args, OptimizerArgs, "optimizer", partial=True) + validate_component(
+        node, "optimizer", extra_kwargs=("params",))
 
 
-def _reward_errors(rewards: Any, check_names: bool) -> list[str]:
-    if not isinstance(rewards, list):
-        return [f"rewards: must be a list of {{name, weight, args}} mappings, got {type(rewards).__name__}"]
+def _reward_errors(rewards: list[dict], check_names: bool) -> list[str]:
+    """Reward names against the registry and their ``args`` against the builders' signatures."""
+    if not check_names or not rewards:
+        return []
+    from rewards.base import _REGISTRY, list_rewards
+
+    list_rewards()
     errors = []
-    registry = None
-    if check_names and rewards:
-        from rewards.base import _REGISTRY, list_rewards
-
-        list_rewards()
-        registry = _REGISTRY
     for i, spec in enumerate(rewards):
         where = f"rewards[{i}]"
-        found = key_errors(spec, REWARD_KEYS, where)
-        if found:
-            errors += found
-            continue
-        if "name" not in spec or not isinstance(spec.get("weight", 1.0), (int, float)):
-            errors.append(f"{where}: needs a 'name' and a numeric 'weight', got {spec}")
-            continue
-        if registry is not None:
-            if spec["name"] not in registry:
-                errors.append(f"{where}.name: unknown reward {spec['name']!r}; registered: {sorted(registry)}")
-            else:
-                errors += signature_errors(registry[spec["name"]], spec.get("args") or {}, f"{where}.args",
-                                           f"reward {spec['name']!r}")
+        if spec["name"] not in _REGISTRY:
+            errors.append(f"{where}.name: unknown reward {spec['name']!r}; registered: {sorted(_REGISTRY)}")
+        else:
+            errors += signature_errors(_REGISTRY[spec["name"]], spec.get("args") or {}, f"{where}.args",
+                                       f"reward {spec['name']!r}")
     return errors
 
 
 def resolve_run_config(cfg: dict, check_rewards: bool = True) -> dict:
     """Defaults merged under ``cfg``, validated; raises ``ConfigError`` listing every problem."""
-    unknown = key_errors(cfg, set(DEFAULTS) | set(REQUIRED), "config")
     resolved = merge(DEFAULTS, cfg)
     errors = validate_run_config(resolved, check_rewards)
-    if unknown and unknown[0] not in errors:
-        errors.insert(0, unknown[0])
     if errors:
         raise ConfigError("invalid run config:\n  " + "\n  ".join(errors))
     return resolved
@@ -252,6 +182,8 @@ class DistillationRecipe:
         self.global_step = 0
         self.micro_step = 0
         self.skipped_videos = 0
+        self.skipped_steps = SkippedSteps(self.cfg["train"]["max_consecutive_skips"])
+        self._window_losses: list[torch.Tensor] = []
 
     # ---- setup --------------------------------------------------------------------------
     def setup(self, resume: str | None = None) -> None:
@@ -272,6 +204,8 @@ class DistillationRecipe:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
             cpu=train["device"] == "cpu",
         )
+        if self.accelerator.is_main_process:  # one run per output_dir, taken before anything loads
+            self.output_lock = FolderLock(self.output_dir, "training run").acquire()
         set_seed(cfg["seed"])
         device = self.accelerator.device
 
@@ -328,7 +262,9 @@ class DistillationRecipe:
             video_only_fraction=options["video_only_fraction"],
             decode_chunk_size=options["decode_chunk_size"],
             vae_gradient_checkpointing=options["vae_gradient_checkpointing"],
+            frame_window=options["frame_window"],
         )
+        logger.info("rewards choose frames among the first %s pixel frames", options["frame_window"] or "all")
         self.ema = EMATarget(self.student, cfg["distill"]["ema_decay"]) if cfg["distill"]["target"] == "ema" else None
 
         # optimizer and LR schedule (stepped once per optimizer step, on every process alike)
@@ -395,19 +331,38 @@ class DistillationRecipe:
             )
 
     def train_step(self, batch: dict, grad_norms: bool = False):
-        """One micro-batch: loss, backward, and (at the end of an accumulation window) clipping
-        and the optimizer step. Returns (objective output, gradient norm before clipping or None)."""
+        """One micro-batch: loss and backward; at the end of an accumulation window the finite
+        check, clipping and the optimizer step. Returns (objective output, gradient norm before
+        clipping or None, why the optimizer step was skipped or None)."""
         accelerator, max_norm = self.accelerator, self.cfg["train"]["max_grad_norm"]
+        grad_norm, skip = None, None
         with accelerator.accumulate(self.model):
             out = self.compute_loss(batch, grad_norms=grad_norms)
             accelerator.backward(out.loss)
-            grad_norm = None
-            if accelerator.sync_gradients and max_norm:
-                grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            self._window_losses.append(out.loss.detach())
+            if accelerator.sync_gradients:
+                skip = self._skip_reason()
+                if skip is None:
+                    if max_norm:
+                        grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+                    self.optimizer.step()
+                    if self.optimizer.step_was_skipped:
+                        skip = "fp16 gradient overflow (the GradScaler skipped the update and lowered its scale)"
+                self.optimizer.zero_grad(set_to_none=True)
+                self._window_losses = []
         self.micro_step += 1
-        return out, grad_norm
+        return out, grad_norm, skip
+
+    def _skip_reason(self) -> str | None:
+        """Why this window's optimizer step must be skipped (non-finite loss or gradient), agreed by all
+        processes. Under fp16 the GradScaler checks the gradients itself (an overflow lowers its scale)."""
+        named = None if self.accelerator.scaler is not None else self.student.named_parameters()
+        reason = nonfinite_reason(self._window_losses, named)
+        if self.accelerator.num_processes > 1:
+            flag = torch.tensor(float(reason is not None), device=self.accelerator.device)
+            if float(self.accelerator.reduce(flag, "sum")) > 0 and reason is None:
+                reason = "a non-finite loss on another process"
+        return reason
 
     def train(self) -> None:
         from tqdm.auto import tqdm
@@ -423,17 +378,20 @@ class DistillationRecipe:
             batch = next(data)
             self.skipped_videos += len(batch["skipped"])
             log_now = (self.global_step + 1) % train["log_every"] == 0
-            out, grad_norm = self.train_step(batch, grad_norms=log_now)
+            out, grad_norm, skip = self.train_step(batch, grad_norms=log_now)
             _accumulate(accumulated, out, train["gradient_accumulation_steps"])
             if not accelerator.sync_gradients:
                 continue
-            self.lr_scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.student)
             self.global_step += 1
+            self.skipped_steps.record(self.global_step, skip)
+            if skip is None:
+                self.lr_scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(self.student)
             progress.update(1)
             if log_now:
                 logs = dict(accumulated, lr=self.lr_scheduler.get_last_lr()[0])
+                logs["train/skipped_steps"] = self.skipped_steps.total
                 if grad_norm is not None:
                     logs["grad_norm/student"] = float(grad_norm)
                 skipped = torch.tensor(float(self.skipped_videos), device=accelerator.device)
@@ -501,6 +459,7 @@ class DistillationRecipe:
 
         accelerator = self.accelerator
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        self._require_finite_weights(final.name)
         tmp = self.output_dir / f"{CHECKPOINT_PREFIX}{step}.tmp"
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -515,6 +474,7 @@ class DistillationRecipe:
                 "global_step": self.global_step,
                 "micro_step": self.micro_step,
                 "skipped_videos": self.skipped_videos,
+                "skipped_steps": self.skipped_steps.state_dict(),
                 "num_processes": accelerator.num_processes,
             }
             torch.save(state, tmp / STATE_NAME)
@@ -532,6 +492,20 @@ class DistillationRecipe:
                 shutil.rmtree(old)
         accelerator.wait_for_everyone()
         return final
+
+    def _require_finite_weights(self, what: str) -> None:
+        """Refuse to write ``what`` when a trained weight (or its EMA) holds NaN or Inf."""
+        params = dict(self.student.named_parameters())
+        named = [(name, params[name]) for name in self.trainable_names]
+        if self.ema is not None:
+            named += [(f"ema.{name}", value) for name, value in self.ema.shadow.items()]
+        bad = nonfinite_tensors(named)
+        if bad:
+            kept = list_checkpoints(self.output_dir)
+            raise NonFiniteError(
+                f"step {self.global_step}: {len(bad)} trained weight tensor(s) hold NaN or Inf (first {bad[0]}); "
+                f"{what} is not written. The last finite checkpoint is {kept[-1] if kept else 'none (no checkpoint yet)'}"
+            )
 
     def load_checkpoint(self, folder: Path) -> None:
         state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=False)
@@ -554,6 +528,7 @@ class DistillationRecipe:
             self.ema.load_state_dict(state["ema"])
         self.global_step, self.micro_step = state["global_step"], state["micro_step"]
         self.skipped_videos = state["skipped_videos"]
+        self.skipped_steps.load_state_dict(state["skipped_steps"])
         _set_rng_state(torch.load(folder / f"rng_state_{self.accelerator.process_index}.pt", weights_only=False))
         logger.info("resumed from %s at step %d", folder, self.global_step)
 
@@ -566,6 +541,7 @@ class DistillationRecipe:
         from t2v_turbo.student import save_student
 
         folder = self.output_dir / "student"
+        self._require_finite_weights(f"the final student {folder}")
         if self.accelerator.is_main_process:
             save_student(folder, self.student, self._student_meta())
             save_config(self.cfg, folder / CONFIG_NAME)
@@ -577,6 +553,8 @@ class DistillationRecipe:
 
         if hasattr(self, "accelerator"):
             self.accelerator.end_training()
+        if hasattr(self, "output_lock"):
+            self.output_lock.release()
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
 
@@ -630,6 +608,8 @@ def _accumulate(logs: dict, out, steps: int) -> None:
               **{f"reward_term/{k}": v for k, v in out.terms.items() if k != "cd"}}
     if out.cd_loss is not None:
         values["loss/cd"] = out.cd_loss
+    if out.decoded_latent_frames:
+        values["data/decoded_latent_frames"] = torch.tensor(float(max(out.decoded_latent_frames)))
     for key, value in values.items():
         logs[key] = logs.get(key, 0.0) + float(value.detach()) / steps
     for key, value in out.reward_grad_norms.items():

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("T2V_TURBO_TRACEBACK"):
             raise
         print(f"{args._parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
-"""Atomic file writes: a reader never sees a half-written checkpoint, video or export."""
+"""Atomic file writes (a reader never sees a half-written checkpoint, video or export) and folder locks
+(one writer per output folder)."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
+
+logger = logging.getLogger(__name__)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -27,6 +34,71 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.remove(tmp)
         raise
     return path
+
+
+class FolderInUseError(RuntimeError):
+    """Another live process holds the folder's lock (the message names its PID)."""
+
+
+class FolderLock:
+    """One writer per folder: an OS file lock (``filelock``) on ``<folder>/.t2v_turbo.lock``, and
+    ``<folder>/.t2v_turbo.lock.json`` naming the holder (PID, host, start time, what it is).
+
+    The OS drops the lock when its holder dies (``kill -9`` included), so a lock left behind by a
+    killed run is stale: the next run takes it over with a warning naming the dead holder. A second
+    live run gets ``FolderInUseError`` naming the holder's PID. Usable as a context manager.
+    """
+
+    LOCK_NAME = ".t2v_turbo.lock"
+    OWNER_NAME = ".t2v_turbo.lock.json"
+
+    def __init__(self, folder: str | os.PathLike, what: str = "run"):
+        from filelock import FileLock
+
+        self.folder, self.what = Path(folder), what
+        self._lock = FileLock(str(self.folder / self.LOCK_NAME))
+        self.owner_path = self.folder / self.OWNER_NAME
+
+    def read_owner(self) -> dict:
+        """The holder's record, or ``{}`` when there is none or it cannot be read."""
+        try:
+            return json.loads(self.owner_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> "FolderLock":
+        from filelock import Timeout
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            owner = self.read_owner()
+            raise FolderInUseError(
+                f"{self.folder.resolve()} is in use by another {owner.get('what', 'process')}: PID "
+                f"{owner.get('pid', '?')} on {owner.get('host', '?')} (started {owner.get('started', '?')}) holds "
+                f"{self.folder / self.LOCK_NAME}. Wait for it to finish, stop it, or choose another folder"
+            ) from None
+        stale = self.read_owner()
+        if stale:
+            logger.warning("%s: taking over the stale lock of PID %s on %s (started %s), which ended without releasing "
+                           "it (killed or crashed)", self.folder, stale.get("pid", "?"), stale.get("host", "?"),
+                           stale.get("started", "?"))
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+        atomic_write(self.owner_path, lambda tmp: Path(tmp).write_text(json.dumps(record) + "\n", encoding="utf-8"))
+        return self
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            self.owner_path.unlink(missing_ok=True)
+            self._lock.release()
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def write_folder(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = False) -> Path:

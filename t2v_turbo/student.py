@@ -25,12 +25,13 @@ import importlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import torch
 from torch import nn
 
 from t2v_turbo.fileio import atomic_write
+from t2v_turbo.schema import Range
 
 WEIGHTS_NAME = "student.safetensors"
 META_NAME = "student.json"
@@ -56,9 +57,9 @@ class LoraSettings:
     according to ``train_guidance_layer``.
     """
 
-    rank: int = 32
-    alpha: float = 32.0
-    dropout: float = 0.0
+    rank: Annotated[int, Range(ge=1)] = 32
+    alpha: Annotated[float, Range(gt=0)] = 32.0
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
     target_modules: str | list[str] = "attention"
 
     @classmethod

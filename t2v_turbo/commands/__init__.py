@@ -13,7 +13,15 @@ from pathlib import Path
 
 
 class CommandError(Exception):
-    """A user error; the CLI prints it as one line, ``t2v-turbo <command>: error: <message>``, exit code 2."""
+    """A user error; the CLI prints it as one line, ``t2v-turbo <command>: error: <message>``.
+
+    ``exit_code`` 2 (default): the input is wrong (a bad flag, config value or path); 1: the run itself
+    failed and stopped cleanly (another run holds the output folder, every step was non-finite).
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def positive_int(text: str) -> int:

@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distill.nonfinite import NonFiniteError
     from distill.trainer import DistillationRecipe, resolve_resume, resolve_run_config
     from t2v_turbo.config import ConfigError, load_config
+    from t2v_turbo.fileio import FolderInUseError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -49,7 +51,12 @@ def run(args: argparse.Namespace) -> int:
             recipe.setup(resume=args.resume)
         except (FileNotFoundError, ConfigError) as err:
             raise CommandError(f"{args.config}: {err}") from err
-        recipe.train()
+        except FolderInUseError as err:
+            raise CommandError(f"{args.config}: {err}", exit_code=1) from err
+        try:
+            recipe.train()
+        except NonFiniteError as err:
+            raise CommandError(f"{args.config}: {err}", exit_code=1) from err
     finally:
         recipe.cleanup()
     return 0

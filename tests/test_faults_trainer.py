@@ -1,0 +1,167 @@
+"""Fault injection on the trainer (tiny config, CPU): NaN/Inf steps, non-finite weights."""
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
+from distill.trainer import CHECKPOINT_PREFIX, DistillationRecipe, list_checkpoints
+from t2v_turbo.config import load_config
+from t2v_turbo.fileio import FolderInUseError, FolderLock
+from t2v_turbo.testing import build_tiny_diffusers_t2v, write_caption_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny.yaml"
+CAPTIONS = ["a cat running", "a red car on the street", "a bird flying in the sky", "a dog on the beach"]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    return {"teacher": build_tiny_diffusers_t2v(root / "teacher"), "videos": write_caption_folder(root / "videos", CAPTIONS)}
+
+
+def tiny_config(assets, output_dir, *overrides):
+    return load_config(TINY, [f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}",
+                              f"output_dir={output_dir}", "logging.tensorboard=false", *overrides])
+
+
+def trained_state(checkpoint: Path) -> dict:
+    return torch.load(checkpoint / "training_state.pt", map_location="cpu", weights_only=True)
+
+
+def test_nonfinite_reason_names_the_first_bad_value():
+    finite = torch.nn.Linear(2, 2)
+    finite.weight.grad, finite.bias.grad = torch.ones(2, 2), torch.zeros(2)
+    assert nonfinite_reason([torch.tensor(1.5), torch.tensor(0.0)], finite.named_parameters()) is None
+    assert nonfinite_reason([torch.tensor(1.0), torch.tensor(float("nan"))]) == "loss=nan (micro-batch 2 of 2)"
+    assert nonfinite_reason([torch.tensor(float("inf"))]) == "loss=inf"
+    finite.bias.grad = torch.tensor([0.0, float("-inf")])
+    assert nonfinite_reason([torch.tensor(1.0)], finite.named_parameters()) == "non-finite gradient in 1 tensor(s), first bias"
+    assert nonfinite_tensors([("a", torch.zeros(3)), ("b", None), ("c", torch.tensor([1.0, float("nan")]))]) == ["c"]
+
+
+def test_skipped_steps_stop_after_the_configured_run_of_skips():
+    counter = SkippedSteps(max_consecutive=3)
+    counter.record(1, "loss=nan")
+    counter.record(2, "loss=nan")
+    counter.record(3, None)  # a finite step resets the run
+    counter.record(4, "loss=inf")
+    counter.record(5, "loss=inf")
+    assert (counter.total, counter.consecutive) == (4, 2)
+    with pytest.raises(NonFiniteError, match=r"step 6: 3 optimizer steps in a row .*last: loss=nan.*max_consecutive_skips=3"):
+        counter.record(6, "loss=nan")
+
+
+def test_a_nan_batch_skips_its_step_and_training_continues(assets, tmp_path, caplog):
+    cfg = tiny_config(assets, tmp_path, "train.max_steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=3")
+    recipe = DistillationRecipe(cfg)
+    recipe.setup()
+    load = recipe.dataset.load
+
+    def poisoned(index):  # the second batch decodes to NaN pixels
+        pixels = load(index)
+        return pixels * float("nan") if recipe.micro_step == 1 else pixels
+
+    recipe.dataset.load = poisoned
+    try:
+        with caplog.at_level(logging.WARNING, logger="distill.nonfinite"):
+            recipe.train()
+    finally:
+        recipe.cleanup()
+    assert "step 2 skipped (no optimizer update): loss=nan" in caplog.text
+    assert (recipe.skipped_steps.total, recipe.skipped_steps.consecutive, recipe.global_step) == (1, 0, 3)
+    states = [trained_state(tmp_path / f"{CHECKPOINT_PREFIX}{step}") for step in (1, 2, 3)]
+    for name in recipe.trainable_names:  # step 2 changed nothing, step 3 trained again
+        assert torch.equal(states[0]["trainable"][name], states[1]["trainable"][name]), name
+    assert any(not torch.equal(states[1]["trainable"][n], states[2]["trainable"][n]) for n in recipe.trainable_names)
+    assert [s["optimizer"]["state"][0]["step"].item() for s in states] == [1, 1, 2]
+    assert [s["lr_scheduler"]["last_epoch"] for s in states] == [1, 1, 2]
+    assert states[2]["skipped_steps"] == {"total": 1, "consecutive": 0}
+
+
+def test_diverging_run_stops_and_writes_only_finite_weights(assets, tmp_path, capsys):
+    from t2v_turbo.cli import main
+
+    # lr = 1e10: step 1 is applied (huge but finite weights), every later loss is NaN
+    args = ["train", str(TINY), f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}",
+            f"output_dir={tmp_path}", "logging.tensorboard=false", "optimizer.lr=1e10", "train.max_steps=8",
+            "train.checkpoint_every=1", "train.keep_checkpoints=1", "train.max_consecutive_skips=2"]
+    assert main(args) == 1
+    assert "step 3: 2 optimizer steps in a row had a non-finite loss or gradient" in capsys.readouterr().err
+    assert not (tmp_path / "student").exists()
+    (kept,) = list_checkpoints(tmp_path)
+    assert kept.name == f"{CHECKPOINT_PREFIX}2"
+    state = trained_state(kept)
+    assert all(torch.isfinite(v).all() for v in state["trainable"].values())
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(v).all() for v in load_file(kept / "student" / "student.safetensors").values())
+
+
+def test_nonfinite_weights_are_never_written_and_rotation_keeps_the_last_finite_checkpoint(assets, tmp_path):
+    recipe = DistillationRecipe(tiny_config(assets, tmp_path, "train.max_steps=1", "train.keep_checkpoints=1"))
+    recipe.setup()
+    try:
+        recipe.train()
+        finite = recipe.save_checkpoint(1)
+        name = recipe.trainable_names[0]
+        with torch.no_grad():
+            dict(recipe.student.named_parameters())[name].view(-1)[0] = float("inf")
+        recipe.global_step = 2
+        with pytest.raises(NonFiniteError, match=rf"step 2: 1 trained weight tensor\(s\) hold NaN or Inf \(first {name}\); "
+                                                 rf"{CHECKPOINT_PREFIX}2 is not written.*{finite}"):
+            recipe.save_checkpoint(2)
+        with pytest.raises(NonFiniteError, match="the final student .* is not written"):
+            recipe.save_final()
+    finally:
+        recipe.cleanup()
+    assert list_checkpoints(tmp_path) == [finite]
+    assert not (tmp_path / f"{CHECKPOINT_PREFIX}2.tmp").exists()
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process that takes the folder's lock and keeps it until its stdin closes."""
+    script = ("import sys; from t2v_turbo.fileio import FolderLock; lock = FolderLock(sys.argv[1], 'other run').acquire(); "
+              "print('locked', flush=True); sys.stdin.read()")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env=env, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_run_into_the_same_output_dir_fails_naming_the_holder(assets, tmp_path, capsys):
+    from t2v_turbo.cli import main
+
+    holder = hold_lock(tmp_path)
+    try:
+        code = main(["train", str(TINY), f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}",
+                     f"output_dir={tmp_path}", "logging.tensorboard=false", "train.max_steps=1"])
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert code == 1
+    assert f"is in use by another other run: PID {holder.pid} on " in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FolderLock.LOCK_NAME, FolderLock.OWNER_NAME]  # nothing of ours
+
+
+def test_a_stale_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, caplog):
+    holder = hold_lock(tmp_path)
+    holder.kill()  # SIGKILL: no chance to release
+    holder.wait()
+    with caplog.at_level(logging.WARNING, logger="t2v_turbo.fileio"):
+        lock = FolderLock(tmp_path, "training run").acquire()
+    assert f"taking over the stale lock of PID {holder.pid}" in caplog.text
+    assert lock.read_owner()["pid"] == os.getpid()
+    with pytest.raises(FolderInUseError, match=f"in use by another training run: PID {os.getpid()} "):
+        FolderLock(tmp_path).acquire()
+    lock.release()
+    assert not lock.owner_path.exists()
+    with FolderLock(tmp_path):  # released: free again, and no stale warning
+        pass
