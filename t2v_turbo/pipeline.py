@@ -240,7 +240,8 @@ def load_student_pipeline(
     sampling defaults of its meta. A LoRA student is merged into its weights (``fuse_lora``):
     one plain UNet call per step; ``fuse_lora=False`` keeps peft's layers (the trained form)."""
     from t2v_turbo.adapters.base import move_module
-    from t2v_turbo.student import fuse_lora as fuse, has_lora, load_student, load_teacher_for, read_student_meta
+    from t2v_turbo.student import fuse_lora as fuse
+    from t2v_turbo.student import has_lora, load_student, load_teacher_for, read_student_meta
 
     meta = read_student_meta(student_folder)
     adapter = load_teacher_for(meta, student_folder, torch_dtype=dtype)

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from t2v_turbo.testing import build_tiny_diffusers_t2v
 from t2v_turbo.video_io import write_mp4
@@ -35,6 +36,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # > 10 s on 2 CPU cores
 def test_two_cpu_processes_train_identical_weights(tmp_path):
     teacher = build_tiny_diffusers_t2v(tmp_path / "teacher")
     videos = tmp_path / "videos"

@@ -12,6 +12,9 @@ def test_train_two_steps_through_cli(tmp_path):
     assert code == 0
     meta = json.loads((tmp_path / "run" / "student" / "student.json").read_text())
     assert meta["lora"]["rank"] == 16
+    # the student's sampling defaults: its training clips' geometry, the distillation w range, lossless video
+    assert (meta["num_frames"], meta["height"], meta["width"], meta["fps"]) == (8, 32, 32, 8)
+    assert meta["guidance_range"] == [2.0, 6.0] and meta["lossless_video"] is True and meta["guidance_scale"] == 4.0
     assert (tmp_path / "data" / "train_seed0_n4.csv").is_file()
     from miniworld.report import read_scalars
 

@@ -106,9 +106,9 @@ def test_load_student_pipeline_reproduces_the_in_memory_student(teacher_dir, ada
 def test_fuse_lora_merges_every_delta_into_the_base_weight(adapter, student):
     import copy
 
-    from t2v_turbo.student import fuse_lora
-
     from peft.tuners.lora import LoraLayer
+
+    from t2v_turbo.student import fuse_lora
 
     fused = fuse_lora(copy.deepcopy(student))
     names = [n for n, m in student.named_modules() if isinstance(m, LoraLayer)]

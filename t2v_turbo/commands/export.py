@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--guidance-scale", type=finite_float, default=None,
         help="guidance scale folded into the weights for --format lora/diffusers (default: the student's)",
     )
-    parser.add_argument("--metrics", nargs="+", default=[], metavar="JSON",
+    parser.add_argument("--metrics", nargs="+", default=None, metavar="JSON",
                         help="result files quoted in the model card, e.g. a MiniBench or VBench report (default: none)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder (swapped in once written)")
 
@@ -44,6 +44,6 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--out {out} already exists and is not empty; pass --overwrite to replace it")
     check_writable(out.parent if not out.is_dir() else out)
     out = export_student(args.student_dir, out, args.format, guidance_scale=args.guidance_scale,
-                         overwrite=args.overwrite, metrics=args.metrics)
+                         overwrite=args.overwrite, metrics=args.metrics or [])
     print(f"exported {args.student_dir} as {args.format} to {out}")
     return 0
