@@ -100,6 +100,17 @@ def rotary_tables_in_float32(transformer: nn.Module) -> nn.Module:
     return transformer
 
 
+def keep_in_float32(transformer: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast ``transformer`` to ``dtype`` except the parameters and buffers of its class's
+    ``_keep_in_fp32_modules`` (matched against the parts of each dotted name, as diffusers does)."""
+    keep = set(getattr(type(transformer), "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*transformer.named_parameters(), *transformer.named_buffers()]:
+        if tensor.is_floating_point():
+            target = torch.float32 if keep & set(name.split(".")) else dtype
+            tensor.data = tensor.data.to(target)
+    return transformer
+
+
 @contextlib.contextmanager
 def guidance_condition(transformer: nn.Module, timestep_cond: torch.Tensor | None):
     """While active, ``transformer``'s time embedder receives ``condition=timestep_cond``, so its
@@ -269,7 +280,14 @@ class WanAdapter(TeacherAdapter):
         return adapter.freeze()
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "WanAdapter":
-        super().to(device=device, dtype=dtype)
+        """Move the frozen modules; a dtype cast keeps the transformer's ``_keep_in_fp32_modules``
+        (time embedder, norms, modulation tables, rotary tables) in float32, as diffusers'
+        ``from_pretrained(torch_dtype=...)`` loads them."""
+        super().to(device=device)
+        if dtype is not None:
+            for module in (self.vae, self.text_encoder):
+                module.to(dtype=dtype)
+            keep_in_float32(self.unet, dtype)
         if self.rotary_float32:
             rotary_tables_in_float32(self.unet)
         return self
