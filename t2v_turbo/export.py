@@ -272,6 +272,8 @@ def export_student(student_folder: str | Path, out: str | Path, format: str, gui
     unet, meta = load_student(student_folder, adapter)
     if adapter.family == "wan":
         return export_wan(unet, meta, adapter, out, format, guidance_scale)
+    if guidance_scale is not None and format != "diffusers":
+        raise ValueError("--guidance-scale only applies to --format diffusers (and to Wan students)")
     if format == "lora":
         return export_lora(unet, meta, out)
     if format == "merged":

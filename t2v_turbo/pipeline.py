@@ -220,7 +220,7 @@ def load_student_pipeline(
     unet, meta = load_student(student_folder, adapter)
     if device is not None or dtype is not None:
         adapter.to(device=device, dtype=dtype)
-        unet.to(device=device, dtype=dtype)
+        adapter.cast_network(unet, device=device, dtype=dtype)
     if adapter.prediction_type == "flow":
         return T2VTurboPipeline(adapter, unet, spacing=spacing, num_ddim_timesteps=meta.num_ddim_timesteps)
     scheduler = T2VTurboScheduler.from_adapter(

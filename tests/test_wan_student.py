@@ -206,3 +206,17 @@ def test_cd_and_rewards_step_through_the_cli_resumes_bit_exactly(teacher_dir, tm
         recipe.cleanup()
     assert set(out.rewards) == {"hpsv2.1", "viclip"} and out.cd_loss is not None
     assert out.decoded_latent_frames == [2] and all(n > 0 for n in out.reward_grad_norms.values())
+
+
+def test_sample_and_export_commands_for_wan(teacher_dir, student_dir, tmp_path, capsys):
+    from t2v_turbo.cli import main
+
+    geometry = ["--num-frames", "9", "--height", "32", "--width", "32", "--steps", "2"]
+    assert main(["sample", "--checkpoint", str(student_dir), "--prompt", "a cat", "--out", str(tmp_path / "s.gif"),
+                 "--guidance", "4", *geometry]) == 0
+    assert main(["sample", "--teacher", str(teacher_dir), "--prompt", "a cat", "--out", str(tmp_path / "t.gif"),
+                 "--guidance", "5", *geometry]) == 0
+    assert (tmp_path / "s.gif").is_file() and (tmp_path / "t.gif").is_file()
+    assert main(["export", str(student_dir), "--format", "merged", "--out", str(tmp_path / "m"),
+                 "--guidance-scale", "3"]) == 0
+    assert json.loads((tmp_path / "m" / "export.json").read_text())["folded_guidance_scale"] == 3.0

@@ -287,10 +287,18 @@ class WanAdapter(TeacherAdapter):
         if dtype is not None:
             for module in (self.vae, self.text_encoder):
                 module.to(dtype=dtype)
-            keep_in_float32(self.unet, dtype)
-        if self.rotary_float32:
-            rotary_tables_in_float32(self.unet)
+        self.cast_network(self.unet, dtype=dtype)
         return self
+
+    def cast_network(self, network: nn.Module, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> nn.Module:
+        """``to(device)``, then the dtype cast of ``keep_in_float32`` and float32 rotary tables."""
+        network.to(device=device)
+        if dtype is not None:
+            keep_in_float32(network, dtype)
+        if self.rotary_float32:
+            rotary_tables_in_float32(network)
+        return network
 
     # ---- frames -----------------------------------------------------------------------
     def latent_frames(self, num_frames: int) -> int:

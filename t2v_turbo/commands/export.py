@@ -15,15 +15,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--guidance-scale", type=float, default=None,
-        help="guidance scale folded into the UNet for --format diffusers (default: the student's, usually 7.5)",
+        help="guidance scale folded into the model for --format diffusers, and for every format of a Wan student "
+        "(default: the student's, usually 7.5)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from t2v_turbo.export import export_student
 
-    if args.guidance_scale is not None and args.format != "diffusers":
-        raise SystemExit("--guidance-scale only applies to --format diffusers")
-    out = export_student(args.student_dir, args.out, args.format, guidance_scale=args.guidance_scale)
+    try:
+        out = export_student(args.student_dir, args.out, args.format, guidance_scale=args.guidance_scale)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     print(f"exported {args.student_dir} as {args.format} to {out}")
     return 0
