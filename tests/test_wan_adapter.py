@@ -242,3 +242,20 @@ def test_real_size_parameter_counts_on_the_meta_device():
     """diffusers 0.42.1's WanTransformer3DModel at Wan2.1's 1.3B and 14B configs (flow.md)."""
     counts = {size: sum(p.numel() for p in wan21_transformer(size).parameters()) for size in ("1.3B", "14B")}
     assert counts == {"1.3B": 1_418_996_800, "14B": 14_288_491_584}
+
+
+@pytest.mark.parametrize("size, dim, layers", [("1.3B", 1536, 30), ("14B", 5120, 40)])
+def test_real_size_student_adds_lora_and_guidance_parameters(size, dim, layers):
+    """What the student adds at real size: LoRA rank r on the 4 projections of both attentions of every
+    block adds layers * 2 * 4 * 2 r dim; the guidance layer 256 x freq_dim (256)."""
+    from types import SimpleNamespace
+
+    from t2v_turbo.student import LoraSettings, build_student
+
+    teacher = SimpleNamespace(unet=wan21_transformer(size))
+    student = build_student(SimpleNamespace(build_student_unet=lambda dim_: WanAdapter.build_student_unet(teacher, dim_)),
+                            256, lora=LoraSettings(rank=64, alpha=64.0, target_modules="attention"))
+    lora = sum(p.numel() for n, p in student.named_parameters() if ".lora_" in n)
+    guidance = sum(p.numel() for n, p in student.named_parameters() if "cond_proj" in n)
+    assert lora == layers * 2 * 4 * 2 * 64 * dim and guidance == 256 * 256
+    assert sum(p.numel() for p in student.parameters() if p.requires_grad) == lora + guidance

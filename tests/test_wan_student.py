@@ -220,3 +220,16 @@ def test_sample_and_export_commands_for_wan(teacher_dir, student_dir, tmp_path, 
     assert main(["export", str(student_dir), "--format", "merged", "--out", str(tmp_path / "m"),
                  "--guidance-scale", "3"]) == 0
     assert json.loads((tmp_path / "m" / "export.json").read_text())["folded_guidance_scale"] == 3.0
+
+
+@pytest.mark.slow
+def test_gpu_bench_smoke_path_on_cpu():
+    import importlib.util
+    import math
+
+    spec = importlib.util.spec_from_file_location("bench_wan_gpu", ROOT / "bench" / "bench_wan_gpu.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--device", "cpu", "--tiny", "--steps", "1"])
+    assert result["rewards"] == ["hpsv2.1", "internvideo2"] and result["decoded_latent_frames"] == [3]
+    assert result["video_shape"] == [1, 3, 9, 32, 32] and all(math.isfinite(x) for x in result["losses"])

@@ -286,7 +286,7 @@ class WanAdapter(TeacherAdapter):
         super().to(device=device)
         if dtype is not None:
             for module in (self.vae, self.text_encoder):
-                module.to(dtype=dtype)
+                keep_in_float32(module, dtype)
         self.cast_network(self.unet, dtype=dtype)
         return self
 
