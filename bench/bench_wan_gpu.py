@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
         "train_peak_mem_gib": None if peak_train is None else round(peak_train, 2),
         "losses": [round(x, 6) for x in losses],
         "sample_4step_s": round(latency, 4),
-        "sample_peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "sample_peak_mem_gib": (round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+                                if device.type == "cuda" else None),
         "video_shape": list(video.shape),
         "torch": torch.__version__,
     }

@@ -85,7 +85,8 @@ class T2VTurboPipeline(_VideoPipelineBase):
     """Multistep consistency sampling of a student: one UNet call per step, guidance scale w
     passed only through the guidance embedding (``timestep_cond``)."""
 
-    def __init__(self, adapter, unet: nn.Module, scheduler=None, spacing: str = "t2v_turbo", num_ddim_timesteps: int = 50):
+    def __init__(self, adapter, unet: nn.Module, scheduler=None, spacing: str = "t2v_turbo",
+                 num_ddim_timesteps: int = 50):
         """``scheduler`` defaults to ``T2VTurboScheduler`` (epsilon students, spacing in its config) or
         diffusers' ``FlowMatchLCMScheduler`` (flow students, ``spacing`` and ``num_ddim_timesteps`` here)."""
         if scheduler is None:

@@ -253,8 +253,8 @@ def test_real_size_student_adds_lora_and_guidance_parameters(size, dim, layers):
     from t2v_turbo.student import LoraSettings, build_student
 
     teacher = SimpleNamespace(unet=wan21_transformer(size))
-    student = build_student(SimpleNamespace(build_student_unet=lambda dim_: WanAdapter.build_student_unet(teacher, dim_)),
-                            256, lora=LoraSettings(rank=64, alpha=64.0, target_modules="attention"))
+    adapter = SimpleNamespace(build_student_unet=lambda dim_: WanAdapter.build_student_unet(teacher, dim_))
+    student = build_student(adapter, 256, lora=LoraSettings(rank=64, alpha=64.0, target_modules="attention"))
     lora = sum(p.numel() for n, p in student.named_parameters() if ".lora_" in n)
     guidance = sum(p.numel() for n, p in student.named_parameters() if "cond_proj" in n)
     assert lora == layers * 2 * 4 * 2 * 64 * dim and guidance == 256 * 256
