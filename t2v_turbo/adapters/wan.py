@@ -161,6 +161,10 @@ def read_model_index(location: str, local_files_only: bool = True, revision: str
         raise ValueError(
             f"{location}/model_index.json: unsupported component(s) for the wan adapter: {'; '.join(errors)}"
         )
+    if index.get("transformer_2") not in (None, [None, None]):
+        raise ValueError(f"{location}/model_index.json has a transformer_2 (Wan2.2 A14B's two noise-level experts, "
+                         f"boundary_ratio={index.get('boundary_ratio')}); the wan adapter distils one transformer "
+                         "(see docs/wan.md, Wan2.2)")
     return index
 
 
@@ -447,12 +451,14 @@ class WanAdapter(TeacherAdapter):
         return student.eval()
 
 
-def save_flow_teacher(folder: str | os.PathLike, transformer, vae, text_encoder, tokenizer, scheduler) -> Path:
+def save_flow_teacher(folder: str | os.PathLike, transformer, vae, text_encoder, tokenizer, scheduler,
+                      expand_timesteps: bool = False) -> Path:
     """Write a teacher folder the ``wan`` adapter loads: every component with ``save_pretrained``
     (safetensors) and ``model_index.json``. Stock Wan components (``AutoencoderKLWan`` and a T5
     encoder) are written by ``WanPipeline.save_pretrained``, so stock diffusers loads the folder too;
     other combinations (the mini world's per-frame VAE and CLIP) get a ``model_index.json`` of the
-    same form with ``_class_name`` ``FlowTeacher``, which only this adapter reads."""
+    same form with ``_class_name`` ``FlowTeacher``, which only this adapter reads. ``expand_timesteps``
+    is Wan2.2 TI2V's per-token timestep flag (written into ``model_index.json``)."""
     import json
 
     import diffusers
@@ -460,12 +466,13 @@ def save_flow_teacher(folder: str | os.PathLike, transformer, vae, text_encoder,
 
     folder = Path(folder)
     if isinstance(vae, AutoencoderKLWan) and type(text_encoder).__name__ in T5_ENCODERS:
-        WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                    transformer=transformer).save_pretrained(folder, safe_serialization=True)
+        WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer,
+                    expand_timesteps=expand_timesteps).save_pretrained(folder, safe_serialization=True)
         return folder
     components = {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
                   "scheduler": scheduler}
-    index = {"_class_name": "FlowTeacher", "_diffusers_version": diffusers.__version__}
+    index = {"_class_name": "FlowTeacher", "_diffusers_version": diffusers.__version__,
+             "expand_timesteps": expand_timesteps}
     for name, component in components.items():
         kwargs = {} if name in ("tokenizer", "scheduler") else {"safe_serialization": True}
         component.save_pretrained(folder / name, **kwargs)
