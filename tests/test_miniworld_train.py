@@ -1,12 +1,15 @@
 """A seconds-long mini-world training run through the CLI (the path CI exercises)."""
 
 import json
+from pathlib import Path
 
 from t2v_turbo.cli import main
 
+MINIWORLD_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "miniworld.yaml"
+
 
 def test_train_two_steps_through_cli(tmp_path):
-    code = main(["train", "configs/miniworld.yaml", "train.max_steps=2", "dataloader.batch_size=2",
+    code = main(["train", str(MINIWORLD_CONFIG), "train.max_steps=2", "dataloader.batch_size=2",
                  "data.num_videos=4", f"data.folder={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}",
                  "train.log_every=1", "reward_options.decode_chunk_size=4"])
     assert code == 0
