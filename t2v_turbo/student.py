@@ -126,7 +126,7 @@ def inject_lora(unet: nn.Module, lora: LoraSettings, seed: int = 0) -> nn.Module
         target_modules="^(" + "|".join(re.escape(n) for n in names) + ")$",
         init_lora_weights=True,
     )
-    devices = [unet.device] if hasattr(unet, "device") and unet.device.type != "cpu" else []
+    devices = [unet.device] if hasattr(unet, "device") and unet.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         inject_adapter_in_model(config, unet, adapter_name=ADAPTER_NAME)

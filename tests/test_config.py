@@ -1,5 +1,7 @@
 """Run configs: overrides, component resolution and validation, the schema of the trainer, the train CLI."""
 
+from pathlib import Path
+
 import pytest
 
 from distill.trainer import DEFAULTS, resolve_run_config, validate_run_config
@@ -15,7 +17,7 @@ from t2v_turbo.config import (
     validate_component,
 )
 
-TINY = "configs/tiny.yaml"
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
 
 def test_overrides_parse_values_and_reject_unknown_keys():

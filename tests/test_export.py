@@ -12,7 +12,14 @@ import torch
 from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
 from t2v_turbo.cli import main as cli_main
 from t2v_turbo.diffusion.solver import guidance_scale_embedding
-from t2v_turbo.export import MODEL_CARD_NAME, PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, export_student, fold_guidance_scale, merge_student
+from t2v_turbo.export import (
+    MODEL_CARD_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    export_student,
+    fold_guidance_scale,
+    merge_student,
+)
 from t2v_turbo.pipeline import load_student_pipeline
 from t2v_turbo.student import LoraSettings, StudentMeta, build_student, save_student
 from t2v_turbo.testing import build_tiny_diffusers_t2v
