@@ -68,7 +68,7 @@ ISSUE_VALUES = {  # the values of the hardening issue, each with what its messag
     "optimizer.lr=abc": "optimizer.lr='abc' must be a finite number > 0",
     "dataloader.batch_size=0": "dataloader.batch_size=0 must be an integer >= 1",
     "seed=abc": "seed='abc' must be an integer >= 0",
-    "distill.ema_decay=1.5": "distill.ema_decay=1.5 must be a finite number >= 0 and < 1",
+    "distill.ema_decay=1.5": "distill.ema_decay=1.5 must be a finite number >= 0 and <= 1",
 }
 
 
