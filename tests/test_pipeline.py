@@ -104,7 +104,10 @@ def test_load_student_pipeline_reproduces_the_in_memory_student(teacher_dir, ada
     kwargs = dict(generator=torch.Generator().manual_seed(5), output_type="latent", **GEOMETRY)
     ours = T2VTurboPipeline(adapter, student)("a bird flying", **kwargs)
     kwargs["generator"] = torch.Generator().manual_seed(5)
-    torch.testing.assert_close(loaded("a bird flying", **kwargs), ours, atol=0, rtol=0)
+    saved, reloaded = student.state_dict(), loaded.unet.state_dict()
+    assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)
+    # two model instances: equal weights (bit for bit, above), outputs up to float reordering
+    torch.testing.assert_close(loaded("a bird flying", **kwargs), ours, atol=1e-5, rtol=1e-5)
 
 
 def test_sample_cli_student_file_and_prompt_folder(adapter, student, tmp_path):
