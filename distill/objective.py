@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from fractions import Fraction
-from typing import Sequence
+from typing import Annotated, Literal, Sequence
 
 import torch
 from torch import nn
@@ -47,21 +47,22 @@ from rewards.base import VideoReward
 from t2v_turbo.diffusion.prediction import consistency_function, interpolate, x0_eps_from_output
 from t2v_turbo.diffusion.schedule import ddim_timesteps, previous_timestep
 from t2v_turbo.diffusion.solver import append_dims, cfg_lcm_form, guidance_scale_embedding
+from t2v_turbo.schema import Range
 
 
 @dataclasses.dataclass
 class ConsistencySettings:
-    """The ``distill:`` section of a run config (T2V-Turbo v1 defaults)."""
+    """The ``distill:`` section of a run config (T2V-Turbo v1 defaults); the annotations are its schema."""
 
-    num_ddim_timesteps: int = 50
-    w_min: float = 5.0
-    w_max: float = 15.0
-    loss_type: str = "huber"
-    huber_c: float = 0.001
-    sigma_data: float = 0.5
-    timestep_scaling: float = 10.0
-    target: str = "online"
-    ema_decay: float = 0.95
+    num_ddim_timesteps: Annotated[int, Range(ge=1)] = 50
+    w_min: Annotated[float, Range(ge=0)] = 5.0
+    w_max: Annotated[float, Range(ge=0)] = 15.0
+    loss_type: Literal["huber", "l2"] = "huber"
+    huber_c: Annotated[float, Range(gt=0)] = 0.001
+    sigma_data: Annotated[float, Range(gt=0)] = 0.5
+    timestep_scaling: Annotated[float, Range(gt=0)] = 10.0
+    target: Literal["online", "ema"] = "online"
+    ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.95
 
     def __post_init__(self):
         if self.target not in ("online", "ema"):

@@ -35,19 +35,32 @@ Errors: ``ConfigError`` naming every bad key at once (``validate_run_config``);
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
-import random
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples
+from distill.checkpoints import (
+    CHECKPOINT_PREFIX,
+    CONFIG_NAME,
+    STATE_NAME,
+    CheckpointError,
+    LoadedCheckpoint,
+    find_resume_checkpoint,
+    list_checkpoints,
+    rng_file_name,
+    rng_state,
+    set_rng_state,
+    tensor_bytes,
+    write_guard,
+)
+from distill.config_schema import OptimizerArgs, RunConfig
+from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples, count_reasons
 from distill.ema import EMATarget
 from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
 from distill.objective import VAE_STREAM, ConsistencySettings, RewardTerm, T2VTurboObjective, sample_generator
@@ -55,119 +68,54 @@ from t2v_turbo.config import (
     COMPONENT_KEY,
     ConfigError,
     instantiate,
-    key_errors,
     merge,
     save_config,
     signature_errors,
     validate_component,
 )
+from t2v_turbo.fileio import FolderLock
+from t2v_turbo.schema import schema_defaults, schema_errors
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_NAME = "training_state.pt"
-CONFIG_NAME = "config.yaml"
 
-#: every key a run config may hold, with its default; ``teacher`` and ``data`` have no default
-DEFAULTS: dict[str, Any] = {
-    "output_dir": "runs/t2v_turbo",
-    "seed": 0,
-    "student": {
-        "time_cond_proj_dim": 256,
-        "train_guidance_layer": True,
-        "lora": {"rank": 32, "alpha": 32.0, "dropout": 0.1, "target_modules": "attention"},
-    },
-    "distill": dataclasses.asdict(ConsistencySettings()),
-    "rewards": [],
-    "reward_options": {
-        "video_only_fraction": 0.0,
-        "dtype": "float32",
-        "vae_gradient_checkpointing": False,
-        "decode_chunk_size": 8,
-        "frame_window": None,
-    },
-    "dataloader": {"batch_size": 1, "num_workers": 0, "shuffle": True},
-    "optimizer": {COMPONENT_KEY: "torch.optim.AdamW", "lr": 1.0e-5, "betas": [0.9, 0.999], "weight_decay": 0.0},
-    "lr_scheduler": {"name": "constant", "warmup_steps": 0},
-    "train": {
-        "max_steps": 10000,
-        "gradient_accumulation_steps": 1,
-        "max_grad_norm": 1.0,
-        "mixed_precision": "no",
-        "gradient_checkpointing": False,
-        "teacher_dtype": "float32",
-        "checkpoint_every": 500,
-        "keep_checkpoints": 3,
-        "log_every": 10,
-        "device": "auto",
-        "max_consecutive_skips": 10,
-    },
-    "validation": {
-        "every": 0,
-        "prompts": [],
-        "num_inference_steps": 4,
-        "guidance_scale": 7.5,
-        "num_frames": None,
-        "fps": 8,
-        "format": "mp4",
-        "seed": 0,
-    },
-    "logging": {"tensorboard": True, "wandb": False, "wandb_project": "t2v-turbo"},
-}
-REQUIRED = ("teacher", "data")
-REWARD_KEYS = {"name", "weight", "args"}
-LORA_KEYS = {"rank", "alpha", "dropout", "target_modules"}
+#: every key a run config may hold, with its default (``teacher`` and ``data`` have none); the schema is ``RunConfig``
+DEFAULTS: dict[str, Any] = schema_defaults(RunConfig)
+COMPONENT_SECTIONS = ("teacher", "data")
 
 
 def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
-    """Every problem of a run config (unknown or missing keys, bad values, component keys that
-    the callables do not take), without building anything heavy. Empty when valid."""
-    errors: list[str] = []
-    errors += key_errors(cfg, set(DEFAULTS) | set(REQUIRED), "config")
-    for name in REQUIRED:
-        if name not in cfg:
-            errors.append(f"config: the section {name!r} is required")
-        elif not isinstance(cfg[name], dict) or COMPONENT_KEY not in cfg[name]:
-            errors.append(f"{name}: must be a mapping with a {COMPONENT_KEY!r} key")
-    if isinstance(cfg.get("teacher"), dict) and COMPONENT_KEY in cfg["teacher"]:
-        errors += validate_component(cfg["teacher"], "teacher")
-    if isinstance(cfg.get("data"), dict) and COMPONENT_KEY in cfg["data"]:
-        errors += validate_component(cfg["data"], "data")
-    for section in ("student", "distill", "reward_options", "dataloader", "lr_scheduler", "train", "validation", "logging"):
-        errors += key_errors(cfg.get(section, {}), DEFAULTS[section], section)
-    lora = cfg.get("student", {}).get("lora")
-    if lora is not None:
-        errors += key_errors(lora, LORA_KEYS, "student.lora")
-    try:
-        ConsistencySettings(**cfg.get("distill", {}))
-    except (TypeError, ValueError) as err:
-        errors.append(str(err))
-    errors += _optimizer_errors(cfg.get("optimizer", {}))
-    errors += _reward_errors(cfg.get("rewards", []), check_rewards)
-    options = cfg.get("reward_options", {})
-    if options.get("dtype") not in DTYPES:
-        errors.append(f"reward_options.dtype={options.get('dtype')!r} is not one of {sorted(DTYPES)}")
-    fraction = options.get("video_only_fraction", 0.0)
-    if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-        errors.append(f"reward_options.video_only_fraction={fraction!r} must be a number in [0, 1)")
-    train = cfg.get("train", {})
-    if train.get("mixed_precision") is False:
+    """Every problem of a run config (unknown or missing keys, values of the wrong type or out of
+    range, component keys that the callables do not take), without building anything heavy.
+    Empty when valid."""
+    train = cfg.get("train")
+    if isinstance(train, dict) and train.get("mixed_precision") is False:
         # YAML 1.1 reads a bare `no` (e.g. the override train.mixed_precision=no) as false.
         train["mixed_precision"] = "no"
-    if train.get("mixed_precision") not in ("no", "bf16", "fp16"):
-        errors.append(f"train.mixed_precision={train.get('mixed_precision')!r} is not one of 'no', 'bf16', 'fp16'")
-    if train.get("teacher_dtype") not in DTYPES:
-        errors.append(f"train.teacher_dtype={train.get('teacher_dtype')!r} is not one of {sorted(DTYPES)}")
+    errors = schema_errors(cfg, RunConfig)
+    for name in COMPONENT_SECTIONS:
+        if name not in cfg:
+            continue
+        if not isinstance(cfg[name], dict) or COMPONENT_KEY not in cfg[name]:
+            errors.append(f"{name}: must be a mapping with a {COMPONENT_KEY!r} key")
+        else:
+            errors += validate_component(cfg[name], name)
+    distill = cfg.get("distill", {})
+    if not any(e.startswith("distill") for e in errors):
+        try:  # what the annotations cannot say (w_min <= w_max)
+            ConsistencySettings(**distill)
+        except (TypeError, ValueError) as err:
+            errors.append(str(err))
+    errors += _optimizer_errors(cfg.get("optimizer", {}))
+    if isinstance(cfg.get("rewards"), list) and not any(e.startswith("rewards") for e in errors):
+        errors += _reward_errors(cfg["rewards"], check_rewards)
     from diffusers.optimization import SchedulerType
 
     names = [s.value for s in SchedulerType]
-    if cfg.get("lr_scheduler", {}).get("name") not in names:
-        errors.append(f"lr_scheduler.name={cfg.get('lr_scheduler', {}).get('name')!r} is not one of {names}")
-    if train.get("device") not in ("auto", "cpu"):
-        errors.append(f"train.device={train.get('device')!r} is not one of 'auto' (accelerate's choice), 'cpu'")
-    if cfg.get("validation", {}).get("format") not in ("mp4", "gif"):
-        errors.append(f"validation.format={cfg['validation'].get('format')!r} is not one of 'mp4', 'gif'")
+    scheduler = cfg.get("lr_scheduler", {})
+    if isinstance(scheduler, dict) and scheduler.get("name") not in names:
+        errors.append(f"lr_scheduler.name={scheduler.get('name')!r} is not one of {names}")
     return errors
 
 
@@ -180,69 +128,36 @@ def _optimizer_errors(node: Any) -> list[str]:
         except ImportError:
             return [f"optimizer: {node[COMPONENT_KEY]} needs bitsandbytes (pip install 't2v-turbo[gpu]'), "
                     "or use torch.optim.AdamW"]
-    return validate_component(node, "optimizer", extra_kwargs=("params",))
+    args = {k: v for k, v in node.items() if k != COMPONENT_KEY}
+    return schema_errors(args, OptimizerArgs, "optimizer", partial=True) + validate_component(
+        node, "optimizer", extra_kwargs=("params",))
 
 
-def _reward_errors(rewards: Any, check_names: bool) -> list[str]:
-    if not isinstance(rewards, list):
-        return [f"rewards: must be a list of {{name, weight, args}} mappings, got {type(rewards).__name__}"]
+def _reward_errors(rewards: list[dict], check_names: bool) -> list[str]:
+    """Reward names against the registry and their ``args`` against the builders' signatures."""
+    if not check_names or not rewards:
+        return []
+    from rewards.base import _REGISTRY, list_rewards
+
+    list_rewards()
     errors = []
-    registry = None
-    if check_names and rewards:
-        from rewards.base import _REGISTRY, list_rewards
-
-        list_rewards()
-        registry = _REGISTRY
     for i, spec in enumerate(rewards):
         where = f"rewards[{i}]"
-        found = key_errors(spec, REWARD_KEYS, where)
-        if found:
-            errors += found
-            continue
-        if "name" not in spec or not isinstance(spec.get("weight", 1.0), (int, float)):
-            errors.append(f"{where}: needs a 'name' and a numeric 'weight', got {spec}")
-            continue
-        if registry is not None:
-            if spec["name"] not in registry:
-                errors.append(f"{where}.name: unknown reward {spec['name']!r}; registered: {sorted(registry)}")
-            else:
-                errors += signature_errors(registry[spec["name"]], spec.get("args") or {}, f"{where}.args",
-                                           f"reward {spec['name']!r}")
+        if spec["name"] not in _REGISTRY:
+            errors.append(f"{where}.name: unknown reward {spec['name']!r}; registered: {sorted(_REGISTRY)}")
+        else:
+            errors += signature_errors(_REGISTRY[spec["name"]], spec.get("args") or {}, f"{where}.args",
+                                       f"reward {spec['name']!r}")
     return errors
 
 
 def resolve_run_config(cfg: dict, check_rewards: bool = True) -> dict:
     """Defaults merged under ``cfg``, validated; raises ``ConfigError`` listing every problem."""
-    unknown = key_errors(cfg, set(DEFAULTS) | set(REQUIRED), "config")
     resolved = merge(DEFAULTS, cfg)
     errors = validate_run_config(resolved, check_rewards)
-    if unknown and unknown[0] not in errors:
-        errors.insert(0, unknown[0])
     if errors:
         raise ConfigError("invalid run config:\n  " + "\n  ".join(errors))
     return resolved
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete ``checkpoint-<step>`` folders, oldest first (``.tmp`` leftovers are ignored)."""
-    found = []
-    for path in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
-        suffix = path.name[len(CHECKPOINT_PREFIX):]
-        if path.is_dir() and suffix.isdigit() and (path / STATE_NAME).is_file():
-            found.append((int(suffix), path))
-    return [p for _, p in sorted(found)]
-
-
-def resolve_resume(resume: str, output_dir: str | Path) -> Path:
-    if resume == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        if not checkpoints:
-            raise FileNotFoundError(f"--resume latest: no complete {CHECKPOINT_PREFIX}<step> folder in {Path(output_dir).resolve()}")
-        return checkpoints[-1]
-    path = Path(resume)
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"--resume {resume}: {path.resolve()} is not a checkpoint folder (no {STATE_NAME})")
-    return path
 
 
 class DistillationRecipe:
@@ -276,6 +191,10 @@ class DistillationRecipe:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
             cpu=train["device"] == "cpu",
         )
+        if self.accelerator.is_main_process:  # one run per output_dir, taken before anything loads
+            self.output_lock = FolderLock(self.output_dir, "training run").acquire()
+        # read before anything heavy loads, so that an unreadable checkpoint is named at once
+        checkpoint = self._find_resume_checkpoint(resume) if resume is not None else None
         set_seed(cfg["seed"])
         device = self.accelerator.device
 
@@ -352,8 +271,8 @@ class DistillationRecipe:
 
         # data: an instantiated dataset addressed by global sample positions
         self.dataset = instantiate(cfg["data"])
-        if resume is not None:
-            self.load_checkpoint(resolve_resume(resume, self.output_dir))
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
         self._build_dataloader()
 
         if self.accelerator.is_main_process:
@@ -435,14 +354,24 @@ class DistillationRecipe:
         return reason
 
     def train(self) -> None:
+        """Train to ``train.max_steps`` (logs, checkpoints, validation), then write the final student. What
+        was skipped is logged at the end, also when the run stops on an error."""
         from tqdm.auto import tqdm
 
-        cfg, train = self.cfg, self.cfg["train"]
-        accelerator = self.accelerator
-        progress = tqdm(total=train["max_steps"], initial=self.global_step, disable=not accelerator.is_main_process,
-                        desc="distill")
+        progress = tqdm(total=self.cfg["train"]["max_steps"], initial=self.global_step, desc="distill",
+                        disable=not self.accelerator.is_main_process)
+        try:
+            self._train_loop(progress)
+        finally:
+            progress.close()
+            self.report_skips()
+        self.save_final()
+
+    def _train_loop(self, progress) -> None:
+        cfg, train, accelerator = self.cfg, self.cfg["train"], self.accelerator
         data = iter(self.dataloader)
         accumulated: dict[str, float] = {}
+        window_start, window_step = time.perf_counter(), self.global_step  # per-step speed over each log window
         while self.global_step < train["max_steps"]:
             batch = next(data)
             self.skipped_videos += len(batch["skipped"])
@@ -465,15 +394,33 @@ class DistillationRecipe:
                     logs["grad_norm/student"] = float(grad_norm)
                 skipped = torch.tensor(float(self.skipped_videos), device=accelerator.device)
                 logs["data/skipped_videos"] = float(accelerator.reduce(skipped, "sum"))
+                seconds_per_step = (time.perf_counter() - window_start) / max(self.global_step - window_step, 1)
+                window_start, window_step = time.perf_counter(), self.global_step
+                logs["train/seconds_per_step"] = seconds_per_step
                 accelerator.log(logs, step=self.global_step)
                 progress.set_postfix(loss=f"{logs['loss']:.4f}")
+                if accelerator.is_main_process:  # a line per log window, so a slow machine shows in any log
+                    left_min = seconds_per_step * (train["max_steps"] - self.global_step) / 60
+                    logger.info("step %d/%d: loss %.4f, %.2f s/step, about %.1f min left",
+                                self.global_step, train["max_steps"], logs["loss"], seconds_per_step, left_min)
             accumulated = {}
             if train["checkpoint_every"] and self.global_step % train["checkpoint_every"] == 0:
                 self.save_checkpoint(self.global_step)
             if cfg["validation"]["every"] and self.global_step % cfg["validation"]["every"] == 0:
                 self.validate(self.global_step)
-        progress.close()
-        self.save_final()
+
+    def report_skips(self) -> str:
+        """What this process left out of the run, in one line, logged at its end (a warning when anything was)."""
+        invalid = getattr(self.dataset, "invalid_items", [])
+        parts = [f"{self.skipped_videos} video(s) that could not be decoded (replaced while training)",
+                 f"{len(invalid)} data item(s) left out when the data was read"
+                 + (f" ({count_reasons(invalid)})" if invalid else ""),
+                 f"{self.skipped_steps.total} optimizer step(s) with a non-finite loss or gradient"]
+        rank = f" (process {self.accelerator.process_index})" if self.accelerator.num_processes > 1 else ""
+        line = f"skipped in this run{rank}: " + "; ".join(parts)
+        anything = self.skipped_videos or invalid or self.skipped_steps.total
+        logger.log(logging.WARNING if anything else logging.INFO, line)
+        return line
 
     # ---- validation ---------------------------------------------------------------------
     @torch.no_grad()
@@ -500,49 +447,64 @@ class DistillationRecipe:
     def _student_meta(self):
         from t2v_turbo.student import StudentMeta
 
-        s = self.cfg["student"]
+        s, d = self.cfg["student"], self.cfg["distill"]
+        # the geometry of the training clips and the guidance range are the student's sampling defaults
+        geometry = {key: getattr(self.dataset, key, None) for key in ("num_frames", "height", "width", "fps")}
         return StudentMeta.for_adapter(
             self.adapter, time_cond_proj_dim=s["time_cond_proj_dim"], lora=s["lora"],
             train_guidance_layer=s["train_guidance_layer"],
             guidance_scale=self.cfg["validation"]["guidance_scale"],
             num_inference_steps=self.cfg["validation"]["num_inference_steps"],
-            num_ddim_timesteps=self.cfg["distill"]["num_ddim_timesteps"],
-            timestep_scaling=self.cfg["distill"]["timestep_scaling"],
-            sigma_data=self.cfg["distill"]["sigma_data"],
+            num_ddim_timesteps=d["num_ddim_timesteps"],
+            timestep_scaling=d["timestep_scaling"],
+            sigma_data=d["sigma_data"],
+            guidance_range=[float(d["w_min"]), float(d["w_max"])],
+            **geometry,
         )
 
+    def training_state(self) -> dict:
+        """What ``training_state.pt`` holds: plain data only (tensors, numbers, strings, lists, dicts)."""
+        params = dict(self.student.named_parameters())
+        scaler = self.accelerator.scaler
+        return {
+            "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable_names},
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "global_step": self.global_step,
+            "micro_step": self.micro_step,
+            "skipped_videos": self.skipped_videos,
+            "skipped_steps": self.skipped_steps.state_dict(),
+            "num_processes": self.accelerator.num_processes,
+        }
+
     def save_checkpoint(self, step: int) -> Path:
-        """Write ``checkpoint-<step>/`` atomically: all files go to ``checkpoint-<step>.tmp`` first."""
-        from t2v_turbo.student import save_student
+        """Write ``checkpoint-<step>/`` atomically: all files go to ``checkpoint-<step>.tmp`` first; a failed
+        write (a full disk) removes it, keeps the previous checkpoints and raises ``CheckpointWriteError``."""
+        from t2v_turbo.student import save_student, student_state_dict
 
         accelerator = self.accelerator
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
         self._require_finite_weights(final.name)
         tmp = self.output_dir / f"{CHECKPOINT_PREFIX}{step}.tmp"
+        state = self.training_state() if accelerator.is_main_process else None
+        needed = tensor_bytes(state) + tensor_bytes(student_state_dict(self.student))
+        with write_guard(tmp, final, needed):
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                save_student(tmp / "student", self.student, self._student_meta())
+                torch.save(state, tmp / STATE_NAME)
+                save_config(self.cfg, tmp / CONFIG_NAME)
+            accelerator.wait_for_everyone()
+            torch.save(rng_state(), tmp / rng_file_name(accelerator.process_index))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                counters = {"global_step": step, "micro_step": self.micro_step,
+                            "num_processes": accelerator.num_processes}
+                (tmp / "trainer_state.json").write_text(json.dumps(counters) + "\n")
         if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_student(tmp / "student", self.student, self._student_meta())
-            params = dict(self.student.named_parameters())
-            state = {
-                "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable_names},
-                "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "global_step": self.global_step,
-                "micro_step": self.micro_step,
-                "skipped_videos": self.skipped_videos,
-                "skipped_steps": self.skipped_steps.state_dict(),
-                "num_processes": accelerator.num_processes,
-            }
-            torch.save(state, tmp / STATE_NAME)
-            save_config(self.cfg, tmp / CONFIG_NAME)
-        accelerator.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            (tmp / "trainer_state.json").write_text(
-                json.dumps({"global_step": step, "micro_step": self.micro_step, "num_processes": accelerator.num_processes}) + "\n")
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -560,13 +522,26 @@ class DistillationRecipe:
         bad = nonfinite_tensors(named)
         if bad:
             kept = list_checkpoints(self.output_dir)
+            last = kept[-1] if kept else "none (no checkpoint yet)"
             raise NonFiniteError(
                 f"step {self.global_step}: {len(bad)} trained weight tensor(s) hold NaN or Inf (first {bad[0]}); "
-                f"{what} is not written. The last finite checkpoint is {kept[-1] if kept else 'none (no checkpoint yet)'}"
+                f"{what} is not written. The last finite checkpoint is {last}"
             )
 
-    def load_checkpoint(self, folder: Path) -> None:
-        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=False)
+    def _find_resume_checkpoint(self, resume: str) -> LoadedCheckpoint:
+        """``--resume latest|PATH`` read (plain data only); all processes must agree on the step."""
+        checkpoint = find_resume_checkpoint(resume, self.output_dir, self.accelerator.process_index)
+        if self.accelerator.num_processes > 1:
+            step = torch.tensor(float(checkpoint.state["global_step"]), device=self.accelerator.device)
+            low, high = self.accelerator.reduce(step.clone(), "min"), self.accelerator.reduce(step.clone(), "max")
+            if low != high:
+                raise CheckpointError(f"--resume {resume}: the processes found different readable checkpoints "
+                                      f"(steps {int(low)} to {int(high)}); check the rng_state_<rank>.pt files")
+        return checkpoint
+
+    def load_checkpoint(self, checkpoint: LoadedCheckpoint) -> None:
+        """Restore weights, optimizer, grad scaler, LR schedule, EMA, counters and RNG from a read checkpoint."""
+        folder, state = checkpoint.folder, checkpoint.state
         if state["num_processes"] != self.accelerator.num_processes:
             raise RuntimeError(
                 f"{folder}: written by {state['num_processes']} processes, resuming with "
@@ -579,6 +554,8 @@ class DistillationRecipe:
             for name, value in state["trainable"].items():
                 params[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.accelerator.scaler is not None and state["grad_scaler"] is not None:
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.ema is not None:
             if state["ema"] is None:
@@ -587,7 +564,7 @@ class DistillationRecipe:
         self.global_step, self.micro_step = state["global_step"], state["micro_step"]
         self.skipped_videos = state["skipped_videos"]
         self.skipped_steps.load_state_dict(state["skipped_steps"])
-        _set_rng_state(torch.load(folder / f"rng_state_{self.accelerator.process_index}.pt", weights_only=False))
+        set_rng_state(checkpoint.rng)
         logger.info("resumed from %s at step %d", folder, self.global_step)
 
     def _clean_partial_checkpoints(self) -> None:
@@ -596,13 +573,14 @@ class DistillationRecipe:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def save_final(self) -> Path:
-        from t2v_turbo.student import save_student
+        from t2v_turbo.student import save_student, student_state_dict
 
         folder = self.output_dir / "student"
         self._require_finite_weights(f"the final student {folder}")
         if self.accelerator.is_main_process:
-            save_student(folder, self.student, self._student_meta())
-            save_config(self.cfg, folder / CONFIG_NAME)
+            with write_guard(None, folder, tensor_bytes(student_state_dict(self.student))):
+                save_student(folder, self.student, self._student_meta())
+                save_config(self.cfg, folder / CONFIG_NAME)
         self.accelerator.wait_for_everyone()
         return folder
 
@@ -611,6 +589,8 @@ class DistillationRecipe:
 
         if hasattr(self, "accelerator"):
             self.accelerator.end_training()
+        if hasattr(self, "output_lock"):
+            self.output_lock.release()
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
 
@@ -670,21 +650,6 @@ def _accumulate(logs: dict, out, steps: int) -> None:
         logs[key] = logs.get(key, 0.0) + float(value.detach()) / steps
     for key, value in out.reward_grad_norms.items():
         logs[f"grad_norm/{key}"] = value
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _flat_hparams(cfg: dict, prefix: str = "") -> dict:

@@ -1,13 +1,20 @@
 """Export a student for use outside this toolkit.
 
-Three formats (``t2v-turbo export STUDENT_DIR --format ... --out DIR``):
+Three formats (``t2v-turbo export STUDENT_DIR --format ... --out DIR``), each a folder with a model
+card (``README.md``: base model, recipe, sampling settings, a stock usage snippet, metrics) and
+``export.json`` (the student's meta):
 
-- ``lora``: ``student_lora.safetensors`` with the LoRA weights under peft's names
-  (``<module>.lora_A.weight`` / ``.lora_B.weight``) and the guidance layer
-  (``time_embedding.cond_proj.weight``), plus ``export.json`` (rank, alpha, targets).
+- ``lora``: a peft adapter folder on the teacher's UNet (``adapter_config.json`` +
+  ``adapter_model.safetensors``), loaded by stock peft with
+  ``PeftModel.from_pretrained(teacher_unet, folder)``. The teacher UNet has no guidance layer and
+  stock pipelines pass no ``timestep_cond``, so the guidance scale w is folded as in the diffusers
+  format (below): ``time_embedding.linear_1`` is saved whole as a peft ``modules_to_save`` module
+  (its LoRA merged, the guidance shift in its bias) and the other targets as LoRA A/B pairs.
+  ``scheduler/`` holds the ``LCMScheduler`` to run it with (``guidance_scale=1``).
 - ``merged``: a diffusers ``UNet3DConditionModel`` folder (``config.json`` +
   ``diffusion_pytorch_model.safetensors``) with the LoRA merged into the base weights,
-  W' = W + (alpha / rank) B A, keeping ``time_cond_proj_dim`` and the guidance layer.
+  W' = W + (alpha / rank) B A, keeping ``time_cond_proj_dim`` and the guidance layer (a sampler
+  passes the guidance embedding as ``timestep_cond``).
 - ``diffusers``: a complete ``TextToVideoSDPipeline`` folder that stock diffusers runs with
   ``guidance_scale=1``. Stock pipelines pass no ``timestep_cond``, so the chosen guidance scale w
   is folded into the UNet: diffusers computes
@@ -16,6 +23,10 @@ Three formats (``t2v-turbo export STUDENT_DIR --format ... --out DIR``):
   ``LCMScheduler`` on the teacher's betas with ``original_inference_steps`` = the distillation
   grid size (50) and ``timestep_scaling`` 10, which is this toolkit's sampler with
   ``spacing="lcm"``.
+
+Every export is written into a new folder beside ``out`` and moved into place
+(``t2v_turbo.fileio.write_folder``); an existing non-empty ``out`` is replaced only with
+``overwrite=True``.
 
 Wan (flow) students: stock diffusers' ``WanTransformer3DModel`` has no guidance input, so
 ``merged`` and ``diffusers`` both fold the guidance scale into ``condition_embedder.time_embedder.
@@ -30,13 +41,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from t2v_turbo import __version__
+from t2v_turbo.adapters.base import move_module
 from t2v_turbo.diffusion.solver import guidance_scale_embedding
-from t2v_turbo.fileio import atomic_write
+from t2v_turbo.fileio import write_folder
 from t2v_turbo.student import (
     ADAPTER_NAME,
     StudentMeta,
@@ -44,16 +58,20 @@ from t2v_turbo.student import (
     load_student,
     load_teacher_for,
     read_student_meta,
-    student_state_dict,
 )
 
 EXPORT_FORMATS = ("lora", "merged", "diffusers")
-LORA_WEIGHTS_NAME = "student_lora.safetensors"
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
+MODEL_CARD_NAME = "README.md"
+#: the layer that receives t_emb + cond_proj(emb(w)) in diffusers' UNet3DConditionModel
+GUIDANCE_TARGET = "time_embedding.linear_1"
+#: where a run config is found relative to a student folder (final student, checkpoint's student/)
+CONFIG_CANDIDATES = ("config.yaml", "../config.yaml")
 
 
 def _write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def merged_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
@@ -79,7 +97,7 @@ def merge_student(unet: nn.Module) -> nn.Module:
     merged = UNet3DConditionModel.from_config(unet.config)
     merged.load_state_dict(merged_state_dict(unet) if has_lora(unet) else unet.state_dict(), strict=True)
     param = next(unet.parameters())
-    return merged.to(device=param.device, dtype=param.dtype).eval()
+    return move_module(merged, device=param.device, dtype=param.dtype).eval()
 
 
 def folded_linear_bias(
@@ -143,15 +161,63 @@ def lcm_scheduler_for(adapter, meta: StudentMeta):
     )
 
 
-def export_lora(unet: nn.Module, meta: StudentMeta, out: str | Path) -> Path:
+def peft_adapter_tensors(unet: nn.Module, guidance_scale: float) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """(LoRA target module names, tensors under peft's saved names) of a LoRA student, as an
+    adapter on its teacher's UNet with w folded into ``time_embedding.linear_1``:
+
+    - ``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight`` for every LoRA target but
+      ``time_embedding.linear_1``;
+    - ``base_model.model.time_embedding.linear_1.weight`` / ``.bias`` (a ``modules_to_save``
+      module): W1' = W1 (+ its LoRA delta), b1' = b1 + W1' cond_proj(emb(w)).
+    """
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "base_model.model."
+    targets, tensors = [], {}
+    linear_1 = unet.get_submodule(GUIDANCE_TARGET)
+    for name, module in unet.named_modules():
+        if isinstance(module, LoraLayer) and name != GUIDANCE_TARGET:
+            targets.append(name)
+            tensors[f"{prefix}{name}.lora_A.weight"] = module.lora_A[ADAPTER_NAME].weight
+            tensors[f"{prefix}{name}.lora_B.weight"] = module.lora_B[ADAPTER_NAME].weight
+    with torch.no_grad():
+        if isinstance(linear_1, LoraLayer):
+            base = linear_1.get_base_layer()
+            weight = base.weight + linear_1.get_delta_weight(ADAPTER_NAME).to(base.weight.dtype)
+        else:
+            base, weight = linear_1, linear_1.weight
+        tensors[f"{prefix}{GUIDANCE_TARGET}.weight"] = weight
+        cond_proj = unet.time_embedding.cond_proj
+        if cond_proj is None:
+            raise ValueError("the UNet has no guidance layer (time_cond_proj_dim is None): nothing to fold")
+        tensors[f"{prefix}{GUIDANCE_TARGET}.bias"] = folded_linear_bias(base.bias, weight, cond_proj.weight, guidance_scale)
+    return targets, {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+
+
+def export_lora(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, guidance_scale: float | None = None) -> Path:
+    """Write the peft adapter folder of a LoRA student into the (new, empty) folder ``out``."""
+    from peft import LoraConfig
     from safetensors.torch import save_file
 
     if not has_lora(unet) or meta.lora is None:
         raise ValueError("`--format lora` needs a LoRA student; this student is fully fine-tuned (use merged or diffusers)")
+    if adapter.family != "diffusers":
+        raise ValueError(f"`--format lora` writes a peft adapter for diffusers' UNet3DConditionModel; this student's teacher is "
+                         f"{adapter.family!r} (VideoCrafter2 students: `t2v-turbo convert lora-list`, the released LoRA format)")
     out = Path(out)
-    tensors = {k: v.to("cpu").contiguous().clone() for k, v in student_state_dict(unet).items()}
-    atomic_write(out / LORA_WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _write_json(out / "export.json", {"format": "lora", "student": dataclasses.asdict(meta)})
+    guidance_scale = meta.guidance_scale if guidance_scale is None else guidance_scale
+    targets, tensors = peft_adapter_tensors(unet, guidance_scale)
+    config = LoraConfig(
+        r=int(meta.lora["rank"]), lora_alpha=float(meta.lora["alpha"]), lora_dropout=0.0,
+        target_modules="^(" + "|".join(re.escape(n) for n in targets) + ")$",  # full-match regex over exact names
+        modules_to_save=[GUIDANCE_TARGET], base_model_name_or_path=meta.teacher_path,
+    )
+    config.save_pretrained(str(out))
+    save_file(tensors, str(out / PEFT_WEIGHTS_NAME), metadata={"format": "pt"})
+    lcm_scheduler_for(adapter, meta).save_pretrained(str(out / "scheduler"))
+    _write_json(out / "export.json", {"format": "lora", "folded_guidance_scale": guidance_scale,
+                                      "run_with": {"guidance_scale": 1.0, "num_inference_steps": meta.num_inference_steps},
+                                      "student": dataclasses.asdict(meta)})
     return out
 
 
@@ -239,7 +305,7 @@ def export_wan(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, for
     record = {"format": format, "folded_guidance_scale": guidance_scale, "run_with": run_with,
               "student": dataclasses.asdict(meta)}
     if format == "lora":
-        export_lora(unet, meta, out)
+        out.mkdir(parents=True, exist_ok=True)
         state, config = wan_diffusers_lora_state_dict(unet, guidance_scale)
         WanPipeline.save_lora_weights(out, transformer_lora_layers=state, transformer_lora_adapter_metadata=config)
         scheduler.save_pretrained(out / "scheduler")
@@ -263,19 +329,163 @@ def export_wan(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, for
     return out
 
 
-def export_student(student_folder: str | Path, out: str | Path, format: str, guidance_scale: float | None = None) -> Path:
-    """Load the student in ``student_folder`` (with its teacher) and export it as ``format``."""
+# ---- model card --------------------------------------------------------------------------
+def _run_config(student_folder: Path) -> tuple[Path | None, str | None]:
+    for name in CONFIG_CANDIDATES:
+        path = student_folder / name
+        if path.is_file():
+            return path, path.read_text(encoding="utf-8")
+    return None, None
+
+
+def _metric_rows(path: Path) -> list[tuple[str, str]]:
+    """(name, value) of the numbers in a metrics JSON, one nesting level deep (e.g. MiniBench's
+    ``overall.total``); lists (per-video records) are left out."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for key, value in data.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append((key, f"{value:.4g}"))
+        elif isinstance(value, dict):
+            rows += [(f"{key}.{k}", f"{v:.4g}") for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return rows
+
+
+def _usage(format: str, meta: StudentMeta, guidance_scale: float, folder_name: str) -> str:
+    geometry = f"num_frames={meta.num_frames}, height={meta.height}, width={meta.width}"
+    steps = meta.num_inference_steps
+    if format == "diffusers":
+        return f"""```python
+from diffusers import TextToVideoSDPipeline
+
+pipe = TextToVideoSDPipeline.from_pretrained("{folder_name}")
+# guidance w = {guidance_scale:g} is folded into the UNet: run with guidance_scale=1
+frames = pipe("a prompt", num_inference_steps={steps}, guidance_scale=1.0, {geometry}).frames
+```"""
+    if format == "lora":
+        return f"""```python
+from diffusers import LCMScheduler, TextToVideoSDPipeline
+from peft import PeftModel
+
+pipe = TextToVideoSDPipeline.from_pretrained("{meta.teacher_path}")  # the base model (teacher)
+pipe.unet = PeftModel.from_pretrained(pipe.unet, "{folder_name}").merge_and_unload()
+pipe.scheduler = LCMScheduler.from_pretrained("{folder_name}", subfolder="scheduler")
+# guidance w = {guidance_scale:g} is folded into time_embedding.linear_1: run with guidance_scale=1
+frames = pipe("a prompt", num_inference_steps={steps}, guidance_scale=1.0, {geometry}).frames
+```
+
+`merge_and_unload()` folds the LoRA into the weights (one plain UNet call per step); leave it out to
+keep the adapter switchable."""
+    return f"""```python
+from diffusers import UNet3DConditionModel
+
+unet = UNet3DConditionModel.from_pretrained("{folder_name}")  # LoRA merged, guidance layer kept
+# one consistency step: eps = unet(latents, t, encoder_hidden_states=text, timestep_cond=w_emb).sample,
+# with w_emb the {meta.time_cond_proj_dim}-d sinusoidal embedding of w (t2v_turbo.diffusion.solver.guidance_scale_embedding)
+```
+
+Stock `TextToVideoSDPipeline` passes no `timestep_cond`; for it, export with `--format diffusers`
+(guidance folded in) instead."""
+
+
+def model_card(format: str, meta: StudentMeta, student_folder: Path, guidance_scale: float | None,
+               metrics: list[Path] = (), folder_name: str = "path/to/this/folder") -> str:
+    """``README.md`` of an export folder: what the model is, how it was made, how to run it."""
+    import yaml
+
+    config_path, config_text = _run_config(student_folder)
+    config = yaml.safe_load(config_text) if config_text else None
+    guidance = meta.guidance_scale if guidance_scale is None else guidance_scale
+    lora = meta.lora
+    student_kind = (f"LoRA rank {lora['rank']}, alpha {lora['alpha']} on `{lora['target_modules']}`" if lora
+                    else "full fine-tuning")
+    rows = [
+        ("base model (teacher)", f"`{meta.teacher_path}` ({meta.family})"),
+        ("student", f"{student_kind}; guidance-embedding layer of {meta.time_cond_proj_dim} inputs"),
+        ("sampling", f"{meta.num_inference_steps} steps, guidance w = {guidance:g}"
+                     + ("" if format == "merged" else " (folded into the weights)")),
+        ("trained guidance range", "[{:g}, {:g}]".format(*meta.guidance_range) if meta.guidance_range else "not recorded"),
+        ("geometry", f"{meta.num_frames} frames, {meta.height}x{meta.width} pixels, {meta.fps} fps"),
+        ("distillation grid", f"{meta.num_ddim_timesteps} DDIM steps, timestep scaling {meta.timestep_scaling:g}, "
+                              f"sigma_data {meta.sigma_data:g}"),
+    ]
+    if config:
+        rewards = ", ".join(f"{r['name']} (weight {r['weight']})" for r in config.get("rewards", [])) or "none (VCM: consistency only)"
+        rows += [
+            ("recipe", f"T2V-Turbo: latent consistency distillation with mixed reward feedback; rewards: {rewards}"),
+            ("training", f"{config['train']['max_steps']} steps, batch {config['dataloader']['batch_size']}, "
+                         f"lr {config['optimizer'].get('lr')}, target {config['distill'].get('target', 'online')}"),
+        ]
+    else:
+        rows.append(("recipe", "T2V-Turbo (no run config beside the student folder)"))
+    tags = ["text-to-video", "t2v-turbo", "consistency-distillation"] + (["lora", "peft"] if format == "lora" else [])
+    lines = [
+        "---",
+        f"library_name: {'peft' if format == 'lora' else 'diffusers'}",
+        f"base_model: {meta.teacher_path}",
+        "tags:",
+        *[f"- {t}" for t in tags],
+        "---",
+        "",
+        f"# {student_folder.resolve().name}: a T2V-Turbo student ({format} export)",
+        "",
+        f"A {meta.num_inference_steps}-step consistency student of `{meta.teacher_path}`, exported by "
+        f"t2v-turbo {__version__} (`t2v-turbo export --format {format}`).",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in rows],
+        "",
+        "## Usage (stock diffusers / peft)",
+        "",
+        _usage(format, meta, guidance, folder_name),
+        "",
+        "## Evaluation",
+        "",
+    ]
+    metric_lines = []
+    for path in metrics:
+        metric_lines += [f"`{Path(path).name}`:", "", "| metric | value |", "|---|---|"]
+        metric_lines += [f"| {k} | {v} |" for k, v in _metric_rows(Path(path))] + [""]
+    lines += metric_lines or ["Not evaluated at export time (`t2v-turbo export --metrics FILE.json` adds results, e.g. "
+                              "MiniBench's or VBench's report JSON).", ""]
+    if config_text:
+        lines += ["## Run config", "", f"`{config_path.name}` of the training run:", "", "```yaml", config_text.rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
+def export_student(student_folder: str | Path, out: str | Path, format: str, guidance_scale: float | None = None,
+                   overwrite: bool = False, metrics: list[str | Path] = ()) -> Path:
+    """Load the student in ``student_folder`` (with its teacher) and export it as ``format`` into
+    ``out`` with a model card; ``metrics`` are JSON result files quoted in the card."""
     if format not in EXPORT_FORMATS:
         raise ValueError(f"`format`={format!r} is not one of {EXPORT_FORMATS}")
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:  # before loading anything
+        raise FileExistsError(f"{out} already exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+    metrics = [Path(m) for m in metrics]
+    for path in metrics:
+        if not path.is_file():
+            raise FileNotFoundError(f"metrics file {path.resolve()} not found")
+    student_folder = Path(student_folder)
     meta = read_student_meta(student_folder)
+    if guidance_scale is not None and format == "merged" and meta.family != "wan":
+        raise ValueError("--guidance-scale applies to --format lora and diffusers (merged keeps the guidance layer), "
+                         "and to every format of a Wan student")
     adapter = load_teacher_for(meta, student_folder)
     unet, meta = load_student(student_folder, adapter)
-    if adapter.family == "wan":
-        return export_wan(unet, meta, adapter, out, format, guidance_scale)
-    if guidance_scale is not None and format != "diffusers":
-        raise ValueError("--guidance-scale only applies to --format diffusers (and to Wan students)")
-    if format == "lora":
-        return export_lora(unet, meta, out)
-    if format == "merged":
-        return export_merged(unet, meta, out)
-    return export_diffusers_pipeline(unet, meta, adapter, out, guidance_scale)
+
+    def write(folder: Path) -> None:
+        if adapter.family == "wan":
+            export_wan(unet, meta, adapter, folder, format, guidance_scale)
+        elif format == "lora":
+            export_lora(unet, meta, adapter, folder, guidance_scale)
+        elif format == "merged":
+            export_merged(unet, meta, folder)
+        else:
+            export_diffusers_pipeline(unet, meta, adapter, folder, guidance_scale)
+        folds = format != "merged" or adapter.family == "wan"
+        card = model_card(format, meta, student_folder, guidance_scale if folds else None, metrics, folder_name=str(out))
+        (folder / MODEL_CARD_NAME).write_text(card, encoding="utf-8")
+
+    return write_folder(out, write, overwrite=overwrite)

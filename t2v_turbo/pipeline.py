@@ -3,7 +3,14 @@
 Both talk to the model only through a ``TeacherAdapter`` (text encoding, ``predict``, VAE
 decode), so they work for every teacher family; the scheduler follows the adapter's prediction
 type. Videos come back as (B, 3, T, H, W) in [-1, 1] (``output_type="pt"``) or as latents
-(``output_type="latent"``).
+(``output_type="latent"``). With ``return_dict=True`` they come back as diffusers' video
+pipelines return them: an output whose ``.frames`` are, for ``output_type`` "np", (B, T, H, W, 3)
+floats in [0, 1]; "pt", (B, T, 3, H, W) in [0, 1]; "pil", lists of PIL images; "latent", the latents.
+
+A student loads the diffusers way, ``T2VTurboPipeline.from_pretrained(folder)``, with its LoRA
+merged into the weights (``fuse_lora=False`` keeps peft's unmerged layers) and the sampling defaults
+of its ``student.json`` (steps, guidance scale, geometry, fps); a guidance scale outside the range
+the student was trained on gives a warning.
 
 Random draws follow diffusers' pipelines: the initial latents are ``torch.randn((B, c, T, h, w),
 generator)``; epsilon students step with frames as a batch (B·T, c, h, w), as
@@ -14,16 +21,31 @@ and run by stock diffusers with the same random draws reproduces our samples.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
+from diffusers.utils import BaseOutput
 from torch import nn
 
 from t2v_turbo.diffusion.solver import guidance_scale_embedding
 from t2v_turbo.sampler.flow_consistency import flow_consistency_scheduler, set_flow_timesteps
 from t2v_turbo.sampler.scheduling_ddim_cfg import DDIMCFGScheduler, classifier_free_guidance
 from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
+
+
+@dataclasses.dataclass
+class VideoPipelineOutput(BaseOutput):
+    """diffusers' output convention for video pipelines (``return_dict=True``), as
+    ``TextToVideoSDPipeline`` returns it: ``.frames`` (also ``output[0]``, ``output["frames"]``)."""
+
+    frames: Any
+
+
+class GuidanceRangeWarning(UserWarning):
+    """A student sampled at a guidance scale outside the range it was trained on."""
 
 
 def frames_as_batch(latents: torch.Tensor) -> torch.Tensor:
@@ -69,12 +91,20 @@ class _VideoPipelineBase:
         noise_device = generator.device if generator is not None else device
         return torch.randn(shape, generator=generator, device=noise_device, dtype=dtype).to(device)
 
-    def _finish(self, latents, output_type, frame_chunk_size):
-        if output_type == "latent":
-            return latents
-        if output_type != "pt":
-            raise ValueError(f"`output_type`={output_type!r} is not one of 'pt', 'latent'")
-        return self.adapter.decode_latents(latents, frame_chunk_size=frame_chunk_size).float().clamp(-1, 1)
+    def _finish(self, latents, output_type, frame_chunk_size, return_dict=False):
+        allowed = ("pt", "np", "pil", "latent") if return_dict else ("pt", "latent")
+        if output_type not in allowed:
+            raise ValueError(f"`output_type`={output_type!r} is not one of {allowed} (return_dict={return_dict})")
+        video = latents
+        if output_type != "latent":
+            video = self.adapter.decode_latents(latents, frame_chunk_size=frame_chunk_size).float().clamp(-1, 1)
+        if not return_dict:
+            return video
+        from diffusers.video_processor import VideoProcessor
+
+        if output_type != "latent":
+            video = VideoProcessor(do_resize=False).postprocess_video(video, output_type=output_type)
+        return VideoPipelineOutput(frames=video)
 
     def _geometry(self, num_frames, height, width, fps):
         a = self.adapter
@@ -83,10 +113,15 @@ class _VideoPipelineBase:
 
 class T2VTurboPipeline(_VideoPipelineBase):
     """Multistep consistency sampling of a student: one UNet call per step, guidance scale w
-    passed only through the guidance embedding (``timestep_cond``)."""
+    passed only through the guidance embedding (``timestep_cond``).
+
+    ``meta`` (the student's ``StudentMeta``) supplies the defaults of steps, guidance scale and
+    geometry, and the trained guidance range that a warning checks; without it the defaults are
+    4 steps, w = 7.5 and the teacher's geometry.
+    """
 
     def __init__(self, adapter, unet: nn.Module, scheduler=None, spacing: str = "t2v_turbo",
-                 num_ddim_timesteps: int = 50):
+                 num_ddim_timesteps: int = 50, meta=None):
         """``scheduler`` defaults to ``T2VTurboScheduler`` (epsilon students, spacing in its config) or
         diffusers' ``FlowMatchLCMScheduler`` (flow students, ``spacing`` and ``num_ddim_timesteps`` here)."""
         if scheduler is None:
@@ -95,13 +130,26 @@ class T2VTurboPipeline(_VideoPipelineBase):
         super().__init__(adapter, unet, scheduler)
         self.spacing = spacing
         self.num_ddim_timesteps = num_ddim_timesteps
+        self.meta = meta
+
+    @classmethod
+    def from_pretrained(cls, student_folder: str | Path, device=None, dtype=None, spacing: str = "t2v_turbo",
+                        fuse_lora: bool = True) -> "T2VTurboPipeline":
+        """The student saved in ``student_folder`` on its teacher (see ``load_student_pipeline``)."""
+        return load_student_pipeline(student_folder, device=device, dtype=dtype, spacing=spacing, fuse_lora=fuse_lora)
+
+    def _geometry(self, num_frames, height, width, fps):
+        m = self.meta
+        if m is not None:
+            num_frames, height, width, fps = num_frames or m.num_frames, height or m.height, width or m.width, fps or m.fps
+        return super()._geometry(num_frames, height, width, fps)
 
     @torch.no_grad()
     def __call__(
         self,
         prompts: str | Sequence[str],
-        num_inference_steps: int = 4,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -111,12 +159,21 @@ class T2VTurboPipeline(_VideoPipelineBase):
         output_type: str = "pt",
         timesteps: list[int] | None = None,
         frame_chunk_size: int = 8,
-    ) -> torch.Tensor:
-        """Sample videos (B, 3, T, H, W) in [-1, 1] (or latents with ``output_type="latent"``).
+        return_dict: bool = False,
+    ):
+        """Sample videos (B, 3, T, H, W) in [-1, 1] (or latents with ``output_type="latent"``, or
+        diffusers' output with ``return_dict=True``, see the module docstring).
 
-        ``timesteps`` overrides ``num_inference_steps`` with an explicit descending list.
+        ``timesteps`` overrides ``num_inference_steps`` with an explicit descending list. Steps and
+        guidance scale default to the student's (``meta``), else 4 and 7.5.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        num_inference_steps = num_inference_steps or (self.meta.num_inference_steps if self.meta else 4)
+        if guidance_scale is None:
+            guidance_scale = self.meta.guidance_scale if self.meta else 7.5
+        warning = self.meta.guidance_warning(guidance_scale) if self.meta else None
+        if warning:
+            warnings.warn(warning, GuidanceRangeWarning, stacklevel=2)
         num_frames, height, width, fps = self._geometry(num_frames, height, width, fps)
         device, dtype = self.adapter.device, next(self.unet.parameters()).dtype
         text = self.adapter.encode_prompts(prompts).to(device=device, dtype=dtype)
@@ -130,7 +187,7 @@ class T2VTurboPipeline(_VideoPipelineBase):
             for t in self.scheduler.timesteps:
                 velocity = self._predict(z, t, text, w_embedding, fps)
                 z = self.scheduler.step(velocity.float(), t, z.float(), generator=generator).prev_sample.to(dtype)
-            return self._finish(z, output_type, frame_chunk_size)
+            return self._finish(z, output_type, frame_chunk_size, return_dict)
         z = z * self.scheduler.init_noise_sigma
         if timesteps is not None:
             self.scheduler.set_timesteps(timesteps=timesteps, device=device)
@@ -140,7 +197,7 @@ class T2VTurboPipeline(_VideoPipelineBase):
             eps = self._predict(z, t, text, w_embedding, fps)
             step = self.scheduler.step(frames_as_batch(eps), t, frames_as_batch(z), generator=generator)
             z = frames_from_batch(step.prev_sample, batch)
-        return self._finish(z, output_type, frame_chunk_size)
+        return self._finish(z, output_type, frame_chunk_size, return_dict)
 
 
 class TeacherPipeline(_VideoPipelineBase):
@@ -170,8 +227,10 @@ class TeacherPipeline(_VideoPipelineBase):
         output_type: str = "pt",
         negative_prompts: Sequence[str] | None = None,
         frame_chunk_size: int = 8,
-    ) -> torch.Tensor:
-        """Sample videos (B, 3, T, H, W) in [-1, 1]; ``guidance_scale`` 1 disables guidance."""
+        return_dict: bool = False,
+    ):
+        """Sample videos (B, 3, T, H, W) in [-1, 1]; ``guidance_scale`` 1 disables guidance.
+        ``output_type`` and ``return_dict`` as for ``T2VTurboPipeline``."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         num_frames, height, width, fps = self._geometry(num_frames, height, width, fps)
         device, dtype = self.adapter.device, next(self.unet.parameters()).dtype
@@ -191,7 +250,7 @@ class TeacherPipeline(_VideoPipelineBase):
                 output_uncond, output_cond = output.chunk(2)
                 output = classifier_free_guidance(output_cond, output_uncond, guidance_scale)
             z = self.scheduler.step(output.to(z.dtype), t, z).prev_sample
-        return self._finish(z, output_type, frame_chunk_size)
+        return self._finish(z, output_type, frame_chunk_size, return_dict)
 
 
 def teacher_flow_scheduler(adapter):
@@ -211,10 +270,14 @@ def load_student_pipeline(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     spacing: str = "t2v_turbo",
+    fuse_lora: bool = True,
 ) -> T2VTurboPipeline:
     """The student saved in ``student_folder`` on its teacher (loaded from the path in its
-    ``student.json``), with a scheduler configured from the student's distillation grid."""
-    from t2v_turbo.student import load_student, load_teacher_for, read_student_meta
+    ``student.json``), with a scheduler configured from the student's distillation grid and the
+    sampling defaults of its meta. A LoRA student is merged into its weights (``fuse_lora``):
+    one plain UNet call per step; ``fuse_lora=False`` keeps peft's layers (the trained form)."""
+    from t2v_turbo.student import fuse_lora as fuse
+    from t2v_turbo.student import has_lora, load_student, load_teacher_for, read_student_meta
 
     meta = read_student_meta(student_folder)
     adapter = load_teacher_for(meta, student_folder, torch_dtype=dtype)
@@ -222,8 +285,10 @@ def load_student_pipeline(
     if device is not None or dtype is not None:
         adapter.to(device=device, dtype=dtype)
         adapter.cast_network(unet, device=device, dtype=dtype)
+    if fuse_lora and has_lora(unet):
+        fuse(unet)
     if adapter.prediction_type == "flow":
-        return T2VTurboPipeline(adapter, unet, spacing=spacing, num_ddim_timesteps=meta.num_ddim_timesteps)
+        return T2VTurboPipeline(adapter, unet, spacing=spacing, num_ddim_timesteps=meta.num_ddim_timesteps, meta=meta)
     scheduler = T2VTurboScheduler.from_adapter(
         adapter,
         num_ddim_timesteps=meta.num_ddim_timesteps,
@@ -231,4 +296,4 @@ def load_student_pipeline(
         timestep_scaling=meta.timestep_scaling,
         spacing=spacing,
     )
-    return T2VTurboPipeline(adapter, unet, scheduler)
+    return T2VTurboPipeline(adapter, unet, scheduler, meta=meta)

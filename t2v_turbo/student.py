@@ -21,16 +21,16 @@ Loading is strict: the saved key set must equal the rebuilt student's.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import torch
 from torch import nn
 
 from t2v_turbo.fileio import atomic_write
+from t2v_turbo.schema import Range
 
 WEIGHTS_NAME = "student.safetensors"
 META_NAME = "student.json"
@@ -56,9 +56,9 @@ class LoraSettings:
     according to ``train_guidance_layer``.
     """
 
-    rank: int = 32
-    alpha: float = 32.0
-    dropout: float = 0.0
+    rank: Annotated[int, Range(ge=1)] = 32
+    alpha: Annotated[float, Range(gt=0)] = 32.0
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
     target_modules: str | list[str] = "attention"
 
     @classmethod
@@ -188,7 +188,12 @@ class StudentMeta:
     """``student.json``: what is needed to rebuild and sample the student.
 
     ``teacher_adapter`` is the dotted path of the adapter class whose ``from_pretrained`` loads
-    ``teacher_path``.
+    ``teacher_path``. The sampling defaults are what the student was trained for: ``guidance_scale``
+    and ``num_inference_steps`` (the run's validation settings), the geometry of its training clips
+    (``num_frames``, ``height``, ``width``, ``fps``), the guidance range [w_min, w_max] it saw
+    (``guidance_range``) and whether its videos are written losslessly (``lossless_video``: small
+    saturated worlds lose colour to yuv420p). Geometry left ``None`` (students saved before these
+    fields existed) falls back to the teacher's defaults.
     """
 
     teacher_adapter: str
@@ -202,14 +207,25 @@ class StudentMeta:
     num_ddim_timesteps: int = 50
     timestep_scaling: float = 10.0
     sigma_data: float = 0.5
+    num_frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    fps: int | None = None
+    guidance_range: list[float] | None = None
+    lossless_video: bool = False
     extra: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def for_adapter(cls, adapter, **kwargs) -> "StudentMeta":
+        """Meta of a student on ``adapter``; geometry not given is the teacher's default."""
         adapter_cls = type(adapter)
         lora = kwargs.pop("lora", None)
         if isinstance(lora, LoraSettings):
             lora = lora.to_dict()
+        for key in ("num_frames", "height", "width", "fps"):
+            if kwargs.get(key) is None:
+                kwargs[key] = getattr(adapter, f"default_{key}", None)
+        kwargs.setdefault("lossless_video", bool(getattr(adapter, "lossless_video", False)))
         return cls(
             teacher_adapter=f"{adapter_cls.__module__}.{adapter_cls.__qualname__}",
             teacher_path=str(getattr(adapter, "source", None)),
@@ -217,6 +233,16 @@ class StudentMeta:
             lora=lora,
             **kwargs,
         )
+
+    def guidance_warning(self, guidance_scale: float) -> str | None:
+        """A sentence when ``guidance_scale`` lies outside the range the student was trained on."""
+        if self.guidance_range is None:
+            return None
+        low, high = self.guidance_range
+        if low <= guidance_scale <= high:
+            return None
+        return (f"guidance scale {guidance_scale:g} is outside the range the student was trained on "
+                f"[{low:g}, {high:g}]; its output there is an extrapolation (default {self.guidance_scale:g})")
 
     @classmethod
     def from_dict(cls, data: dict, source: str = META_NAME) -> "StudentMeta":
@@ -264,10 +290,33 @@ def resolve_teacher_path(meta: StudentMeta, student_folder: str | Path | None = 
 
 
 def load_teacher_for(meta: StudentMeta, student_folder: str | Path | None = None, **kwargs: Any):
-    """The teacher adapter named in a student's meta, loaded with ``from_pretrained``."""
-    module_name, _, class_name = meta.teacher_adapter.rpartition(".")
-    adapter_cls = getattr(importlib.import_module(module_name), class_name)
+    """The teacher adapter named in a student's meta, loaded with ``from_pretrained``.
+
+    ``teacher_adapter`` comes from a file that may be someone else's: it must name a
+    ``TeacherAdapter`` class in the trusted modules (``t2v_turbo.config.resolve_component``).
+    """
+    from t2v_turbo.adapters.base import TeacherAdapter
+    from t2v_turbo.config import resolve_component
+
+    where = f"{Path(student_folder) / META_NAME if student_folder is not None else META_NAME}: teacher_adapter"
+    adapter_cls = resolve_component(meta.teacher_adapter, where)
+    if not (isinstance(adapter_cls, type) and issubclass(adapter_cls, TeacherAdapter)):
+        raise ValueError(f"{where} {meta.teacher_adapter!r} is not a TeacherAdapter class")
     return adapter_cls.from_pretrained(resolve_teacher_path(meta, student_folder), **kwargs)
+
+
+def fuse_lora(unet: nn.Module) -> nn.Module:
+    """Merge every LoRA delta (alpha / rank) B A into its base weight and put the base layers back
+    in place of peft's wrappers (in place). The UNet computes the same function (to float rounding)
+    at the cost of a plain UNet call: unmerged, each call also runs every LoRA branch."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(unet.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge(adapter_names=[ADAPTER_NAME])
+            parent_name, _, child = name.rpartition(".")
+            setattr(unet.get_submodule(parent_name), child, module.get_base_layer())
+    return unet
 
 
 def load_student(folder: str | Path, adapter) -> tuple[nn.Module, StudentMeta]:

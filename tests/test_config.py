@@ -1,5 +1,7 @@
 """Run configs: overrides, component resolution and validation, the schema of the trainer, the train CLI."""
 
+from pathlib import Path
+
 import pytest
 
 from distill.trainer import DEFAULTS, resolve_run_config, validate_run_config
@@ -15,7 +17,7 @@ from t2v_turbo.config import (
     validate_component,
 )
 
-TINY = "configs/tiny.yaml"
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
 
 def test_overrides_parse_values_and_reject_unknown_keys():
@@ -33,12 +35,13 @@ def test_yaml_reads_exponent_floats():
     assert parse_yaml("a: 1e-5\nb: 1.0e-5\nc: 10\nd: v1e5") == {"a": 1e-5, "b": 1e-5, "c": 10, "d": "v1e5"}
 
 
-def test_resolve_component_handles_classmethods_and_names_what_is_missing():
+def test_resolve_component_handles_classmethods_and_names_what_is_missing(monkeypatch):
     from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
 
     assert resolve_component("t2v_turbo.adapters.diffusers_t2v.DiffusersT2VAdapter.from_pretrained") == DiffusersT2VAdapter.from_pretrained
     with pytest.raises(ConfigError, match="'torch.optim' has no attribute 'AdamQ'"):
         resolve_component("torch.optim.AdamQ")
+    monkeypatch.setenv("T2V_TURBO_TRUST_CONFIG", "1")  # outside the allowlist only a trusted config gets this far
     with pytest.raises(ConfigError, match="cannot import module 'no_such_pkg'"):
         resolve_component("no_such_pkg.Thing")
 

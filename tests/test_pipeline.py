@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+from t2v_turbo.diffusion.solver import guidance_scale_embedding
 from t2v_turbo.pipeline import T2VTurboPipeline, TeacherPipeline, load_student_pipeline
 from t2v_turbo.student import LoraSettings, StudentMeta, build_student, save_student
 from t2v_turbo.testing import build_tiny_diffusers_t2v
@@ -51,19 +52,30 @@ def test_guidance_scale_reaches_the_student(adapter, student):
     assert (latents[0] - latents[1]).abs().max() > 1e-4
 
 
-def test_explicit_latents_and_timesteps(adapter, student):
+@pytest.mark.parametrize("t", [999, 1])
+def test_explicit_latents_and_timesteps(adapter, student, t):
+    """One step from given latents, against the formulas written out: x0 = (z - sqrt(1 - abar) eps) / sqrt(abar),
+    f = c_skip z + c_out x0 with c_skip = s^2 / ((a t)^2 + s^2), c_out = a t / sqrt((a t)^2 + s^2), s = 0.5,
+    a = 10. At t = 1 (off the DDIM grid, so a warning) c_skip = 0.0025 is far from negligible."""
     pipe = T2VTurboPipeline(adapter, student)
     z = torch.randn(1, 4, 3, 8, 8, generator=torch.Generator().manual_seed(4))
-    one_step = pipe("a dog", latents=z, timesteps=[999], output_type="latent", **GEOMETRY)
+    if t == 999:
+        one_step = pipe("a dog", latents=z, timesteps=[t], output_type="latent", **GEOMETRY)
+    else:
+        with pytest.warns(UserWarning, match=r"timesteps \[1\] are not on the 50-point DDIM grid"):
+            one_step = pipe("a dog", latents=z, timesteps=[t], output_type="latent", **GEOMETRY)
     assert pipe.unet_calls == 1
-    from t2v_turbo.diffusion.boundary import consistency_output
-    from t2v_turbo.diffusion.solver import guidance_scale_embedding, x0_from_eps
-
-    t = torch.tensor([999])
+    # the embedding of w = 7.5 (held against diffusers' LCM pipeline in test_solver; an independent float32
+    # rewrite of it differs by ~1e-3 rad at 1000 w = 7500, which 1 / sqrt(abar_999) = 15 amplifies in x0)
+    w_emb = guidance_scale_embedding(torch.tensor([7.5]), 256)
+    text = adapter.encode_prompts(["a dog"])
     with torch.no_grad():
-        eps = adapter.predict_eps(student, z, t, adapter.encode_prompts(["a dog"]), guidance_scale_embedding(torch.tensor([7.5])))
-    expected = consistency_output(z, x0_from_eps(z, eps, adapter.alphas_cumprod[999]), t)
-    torch.testing.assert_close(one_step, expected, atol=1e-6, rtol=1e-5)
+        eps = student(z, torch.tensor([t]), encoder_hidden_states=text, timestep_cond=w_emb).sample
+    abar = adapter.alphas_cumprod[t]
+    x0 = (z - (1 - abar).sqrt() * eps) / abar.sqrt()
+    c_skip = 0.25 / ((10.0 * t) ** 2 + 0.25)
+    c_out = 10.0 * t / ((10.0 * t) ** 2 + 0.25) ** 0.5
+    torch.testing.assert_close(one_step, c_skip * z + c_out * x0, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match=r"`latents` has shape \(1, 4, 3, 8, 8\), expected \(2,"):
         pipe(["a", "b"], latents=z, **GEOMETRY)
 
@@ -86,13 +98,57 @@ def test_teacher_pipeline_equals_stock_diffusers(teacher_dir, adapter):
 
 
 def test_load_student_pipeline_reproduces_the_in_memory_student(teacher_dir, adapter, student, tmp_path):
+    from peft.tuners.lora import LoraLayer
+
     settings = LoraSettings(rank=4, alpha=4)
     save_student(tmp_path, student, StudentMeta.for_adapter(adapter, lora=settings))
-    loaded = load_student_pipeline(tmp_path)
-    kwargs = dict(generator=torch.Generator().manual_seed(5), output_type="latent", **GEOMETRY)
-    ours = T2VTurboPipeline(adapter, student)("a bird flying", **kwargs)
-    kwargs["generator"] = torch.Generator().manual_seed(5)
-    torch.testing.assert_close(loaded("a bird flying", **kwargs), ours, atol=0, rtol=0)
+    ours = T2VTurboPipeline(adapter, student)("a bird flying", generator=torch.Generator().manual_seed(5), output_type="latent", **GEOMETRY)
+
+    def sample(pipe):
+        return pipe("a bird flying", generator=torch.Generator().manual_seed(5), output_type="latent", **GEOMETRY)
+
+    unmerged = load_student_pipeline(tmp_path, fuse_lora=False)
+    torch.testing.assert_close(sample(unmerged), ours, atol=0, rtol=0)
+    fused = T2VTurboPipeline.from_pretrained(tmp_path)  # the diffusers idiom; LoRA merged by default
+    assert not any(isinstance(m, LoraLayer) for m in fused.unet.modules())
+    assert any(isinstance(m, LoraLayer) for m in unmerged.unet.modules())
+    torch.testing.assert_close(sample(fused), ours, atol=1e-5, rtol=1e-5)  # W + (alpha/r) B A: float rounding only
+
+
+def test_fuse_lora_merges_every_delta_into_the_base_weight(adapter, student):
+    import copy
+
+    from peft.tuners.lora import LoraLayer
+
+    from t2v_turbo.student import fuse_lora
+
+    fused = fuse_lora(copy.deepcopy(student))
+    names = [n for n, m in student.named_modules() if isinstance(m, LoraLayer)]
+    assert names and not any(isinstance(m, LoraLayer) for m in fused.modules())
+    params = dict(student.named_parameters())
+    for name in names:
+        lora_a, lora_b = params[f"{name}.lora_A.default.weight"], params[f"{name}.lora_B.default.weight"]
+        expected = params[f"{name}.base_layer.weight"] + (4 / 4) * lora_b @ lora_a  # W + (alpha / rank) B A, alpha = rank = 4
+        assert type(fused.get_submodule(name)) is torch.nn.Linear
+        torch.testing.assert_close(fused.get_submodule(name).weight, expected, atol=1e-7, rtol=0)
+
+
+def test_student_meta_supplies_sampling_defaults_and_warns_outside_the_trained_range(adapter, student, tmp_path):
+    settings = LoraSettings(rank=4, alpha=4)
+    meta = StudentMeta.for_adapter(adapter, lora=settings, guidance_scale=3.0, num_inference_steps=2,
+                                   guidance_range=[2.0, 6.0], num_frames=2, height=8, width=16, fps=4)
+    save_student(tmp_path, student, meta)
+    pipe = T2VTurboPipeline.from_pretrained(tmp_path)
+    video = pipe("a cat", generator=torch.Generator().manual_seed(0))
+    assert video.shape == (1, 3, 2, 8, 16) and pipe.unet_calls == 2
+    explicit = T2VTurboPipeline(adapter, student)("a cat", num_inference_steps=2, guidance_scale=3.0, num_frames=2, height=8,
+                                                 width=16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(video, explicit, atol=1e-5, rtol=1e-5)  # the defaults are the meta's values
+    with pytest.warns(UserWarning, match=r"guidance scale 9 is outside the range the student was trained on \[2, 6\]"):
+        pipe("a cat", guidance_scale=9.0, output_type="latent")
+    frames = pipe("a cat", generator=torch.Generator().manual_seed(0), output_type="np", return_dict=True).frames
+    assert frames.shape == (1, 2, 8, 16, 3) and frames.min() >= 0 and frames.max() <= 1  # diffusers' layout
+    torch.testing.assert_close(torch.from_numpy(frames), (video.permute(0, 2, 3, 4, 1) + 1) / 2, atol=1e-6, rtol=0)
 
 
 def test_sample_cli_student_file_and_prompt_folder(adapter, student, tmp_path):
@@ -113,17 +169,20 @@ def test_sample_cli_student_file_and_prompt_folder(adapter, student, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\n\na red car on the street\n")
     out = tmp_path / "videos"
-    assert main(["sample", "--checkpoint", str(ckpt), "--prompts-file", str(prompts), "--out", str(out), "--format", "gif", "--batch-size", "1", *small]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["000_a_cat.gif", "001_a_red_car_on_the_street.gif"]
+    assert main(["sample", "--checkpoint", str(ckpt), "--prompts-file", str(prompts), "--out", str(out), "--format", "gif",
+                 "--batch-size", "1", "--num-samples", "2", *small]) == 0
+    # the names MiniBench and VBench read: {prompt}-{i}
+    assert sorted(p.name for p in out.iterdir()) == ["a cat-0.gif", "a cat-1.gif", "a red car on the street-0.gif",
+                                                     "a red car on the street-1.gif"]
 
 
-def test_sample_cli_teacher(teacher_dir, tmp_path):
+def test_sample_cli_teacher(teacher_dir, tmp_path, capsys):
     from t2v_turbo.cli import main
 
     small = ["--num-frames", "2", "--height", "16", "--width", "16", "--device", "cpu"]
     assert main(["sample", "--teacher", str(teacher_dir), "--prompt", "a dog", "--steps", "3", "--out", str(tmp_path / "t.gif"), *small]) == 0
     assert (tmp_path / "t.gif").is_file()
-    with pytest.raises(SystemExit, match="single file but there are 2 prompts"):
-        prompts = tmp_path / "p.txt"
-        prompts.write_text("a\nb\n")
-        main(["sample", "--teacher", str(teacher_dir), "--prompts-file", str(prompts), "--out", str(tmp_path / "x.mp4"), *small])
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\n")
+    assert main(["sample", "--teacher", str(teacher_dir), "--prompts-file", str(prompts), "--out", str(tmp_path / "x.mp4"), *small]) == 2
+    assert "t2v-turbo sample: error: --out " in capsys.readouterr().err

@@ -54,6 +54,18 @@ def decode_per_frame(vae: nn.Module, latents: torch.Tensor, scale: float, frame_
     return torch.cat(chunks).unflatten(0, (batch, frames)).transpose(1, 2)
 
 
+def move_module(module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """``module.to(device, dtype)`` passing only what is set. A diffusers model that keeps no
+    module in float32 is cast by ``nn.Module.to`` itself: diffusers' ``to`` warns on any ``dtype``
+    argument, even ``None`` with nothing to keep ("should be kept in float32: []")."""
+    kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    if not kwargs:
+        return module
+    if dtype is not None and not getattr(module, "_keep_in_fp32_modules", None):
+        return nn.Module.to(module, **kwargs)
+    return module.to(**kwargs)
+
+
 class TeacherAdapter(abc.ABC):
     """A frozen text-to-video latent diffusion teacher and what distillation needs from it."""
 
@@ -76,6 +88,8 @@ class TeacherAdapter(abc.ABC):
     default_height: int = 256
     default_width: int = 256
     default_fps: int = 8
+    #: write this family's sampled mp4s losslessly (RGB): small saturated worlds lose colour to yuv420p
+    lossless_video: bool = False
 
     # ---- text -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -174,12 +188,12 @@ class TeacherAdapter(abc.ABC):
                      dtype: torch.dtype | None = None) -> nn.Module:
         """Move a network of this family (the teacher's or a student's) to ``device`` / ``dtype``,
         keeping whatever the family needs in higher precision."""
-        return network.to(device=device, dtype=dtype)
+        return move_module(network, device=device, dtype=dtype)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TeacherAdapter":
         """Move the frozen teacher modules (and the schedule) to ``device``/``dtype``."""
         for module in self.modules().values():
-            module.to(device=device, dtype=dtype)
+            move_module(module, device=device, dtype=dtype)
         if device is not None:
             for name in ("alphas_cumprod", "flow_sigmas"):
                 if getattr(self, name) is not None:

@@ -67,6 +67,31 @@ def encode_clip_prompts(tokenizer, text_encoder: nn.Module, prompts: Sequence[st
     return text_encoder(tokens.input_ids.to(device))[0]
 
 
+def check_hub_model(repo_id: str, revision: str | None = None, local_files_only: bool = True) -> None:
+    """Fail early, and say why, when a hub model cannot be loaded: not in the local cache (cache-only
+    loading), or the hub unreachable / the repository unknown (loading from the hub). Without this
+    check an offline load retries each file for ~25 s and ends with "does not appear to have a file
+    named config.json"."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    local_hint = (f"pass a local folder holding {', '.join(f'{n}/' for n in REQUIRED_SUBFOLDERS)} "
+                  "(e.g. `--teacher /path/to/model`, or `path:` in the config's teacher section)")
+    if local_files_only:
+        if not isinstance(try_to_load_from_cache(repo_id, "unet/config.json", revision=revision), str):
+            raise FileNotFoundError(
+                f"the hub model {repo_id!r} is not in the local cache {constants.HF_HUB_CACHE} (hub ids are read from the "
+                f"cache only); download it on a machine with internet (`hf download {repo_id}`), or {local_hint}")
+        return
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=10)
+    except RepositoryNotFoundError as err:
+        raise FileNotFoundError(f"the hub has no model {repo_id!r} (or it is private or gated); check the id, or {local_hint}") from err
+    except Exception as err:  # the HTTP client's connection errors
+        raise FileNotFoundError(f"the Hugging Face hub is unreachable ({type(err).__name__}: {err}) while loading "
+                                f"{repo_id!r}; check the connection, or {local_hint}") from err
+
+
 class DiffusersT2VAdapter(TeacherAdapter):
     """ModelScope-T2V style teacher: ``UNet3DConditionModel`` + ``AutoencoderKL`` + CLIP text."""
 
@@ -116,6 +141,8 @@ class DiffusersT2VAdapter(TeacherAdapter):
         from transformers import AutoTokenizer, CLIPTextModel
 
         location, is_local = resolve_model_location(path)
+        if not is_local:
+            check_hub_model(location, revision, local_files_only)
         common = dict(local_files_only=local_files_only or is_local, revision=revision)
         try:
             unet = UNet3DConditionModel.from_pretrained(location, subfolder="unet", torch_dtype=torch_dtype, **common)
