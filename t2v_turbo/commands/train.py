@@ -1,4 +1,4 @@
-"""``t2v-turbo train CONFIG [key=value ...] [--resume latest|PATH]``: run a distillation recipe.
+"""``t2v-turbo train CONFIG [key=value ...] [--resume latest|PATH]``: run a training recipe (the config's objective).
 
 Single process: ``t2v-turbo train configs/tiny.yaml train.max_steps=10``.
 Several processes: ``accelerate launch --num_processes 8 -m t2v_turbo.cli train configs/t2v_turbo_ms.yaml``.
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from distill.nonfinite import NonFiniteError
-    from distill.trainer import DistillationRecipe, resolve_resume, resolve_run_config
+    from distill.trainer import TrainingRecipe, resolve_resume, resolve_run_config
     from t2v_turbo.config import ConfigError, load_config
     from t2v_turbo.fileio import FolderInUseError
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         except FileNotFoundError as err:
             raise CommandError(f"{args.config}: {err}") from err
     logging.getLogger(__name__).info("resolved config (%s):\n%s", args.config, text)
-    recipe = DistillationRecipe(resolved)
+    recipe = TrainingRecipe(resolved)
     try:
         try:
             recipe.setup(resume=args.resume)
