@@ -49,7 +49,7 @@ def build_teacher(tiny: bool, device: torch.device, dtype: torch.dtype):
 
 
 def build_rewards(tiny: bool, device: torch.device, dtype: str):
-    from distill.objective import RewardTerm
+    from distill.objectives import RewardTerm
     from rewards.base import build_reward
 
     if tiny:
@@ -89,7 +89,7 @@ def time_training(objective, student, optimizer, latents, text, uncond, prompt, 
     def step(index: int) -> float:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            out = objective(student, latents, text, uncond, prompt, positions=[index], seed=0)
+            out = objective.loss(student, latents, text, uncond, prompt, positions=[index], seed=0)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -141,10 +141,11 @@ def main(argv: list[str] | None = None) -> dict:
                         help="reward models' dtype (default: bf16 on GPU, fp32 on CPU, where bicubic resizing has no bf16 kernel)")
     args = parser.parse_args(argv)
 
-    from distill.objective import ConsistencySettings, T2VTurboObjective
+    from distill.model import TrainedModel
+    from distill.objectives import RunContext, T2VTurboObjective
     from t2v_turbo.pipeline import T2VTurboPipeline
     from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
-    from t2v_turbo.student import LoraSettings, build_student
+    from t2v_turbo.student import LoraSettings, StudentMeta, build_student
 
     device = torch.device(args.device)
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
@@ -164,8 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
     reward_dtype = args.reward_dtype or ("bfloat16" if device.type == "cuda" else "float32")
     terms = [] if args.no_rewards else build_rewards(args.tiny, device, reward_dtype)
-    objective = T2VTurboObjective(adapter, ConsistencySettings(), terms, guidance_embedding_dim=256,
-                                  decode_chunk_size=1, vae_gradient_checkpointing=not args.no_gradient_checkpointing)
+    objective = T2VTurboObjective(decode_chunk_size=1, vae_gradient_checkpointing=not args.no_gradient_checkpointing)
+    trained = TrainedModel(student, StudentMeta.for_adapter(adapter, time_cond_proj_dim=256, lora=lora))
+    objective.bind(RunContext(adapter, trained, terms, seed=0, device=device))
     prompt = ["A cat wearing sunglasses and working as a lifeguard at a pool."]
     with torch.no_grad():
         text = adapter.encode_prompts(prompt)

@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reward-dtype", choices=["bfloat16", "float32"], default=None)
     args = parser.parse_args(argv)
 
-    from distill.objective import ConsistencySettings, T2VTurboObjective
+    from distill.model import TrainedModel
+    from distill.objectives import RunContext, T2VTurboObjective
     from t2v_turbo.pipeline import T2VTurboPipeline
-    from t2v_turbo.student import LoraSettings, build_student
+    from t2v_turbo.student import LoraSettings, StudentMeta, build_student
 
     device = torch.device(args.device)
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
@@ -92,9 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
     reward_dtype = args.reward_dtype or ("bfloat16" if device.type == "cuda" else "float32")
     terms = [] if args.no_rewards else build_rewards(args.tiny, device, reward_dtype)
-    objective = T2VTurboObjective(adapter, ConsistencySettings(w_min=2.0, w_max=6.0), terms, guidance_embedding_dim=256,
-                                  vae_gradient_checkpointing=not args.no_gradient_checkpointing,
+    objective = T2VTurboObjective(w_min=2.0, w_max=6.0, vae_gradient_checkpointing=not args.no_gradient_checkpointing,
                                   frame_window=args.frame_window)
+    trained = TrainedModel(student, StudentMeta.for_adapter(adapter, time_cond_proj_dim=256, lora=lora))
+    objective.bind(RunContext(adapter, trained, terms, seed=0, device=device))
     prompt = ["A cat wearing sunglasses and working as a lifeguard at a pool."]
     text_dim = adapter.unet.config.text_dim
     text = torch.randn(1, adapter.max_sequence_length, text_dim, device=device, dtype=dtype)
