@@ -317,9 +317,9 @@ def wan_diffusers_lora_state_dict(unet: nn.Module, guidance_scale: float) -> tup
 
 def export_wan(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, format: str,
                guidance_scale: float | None = None) -> Path:
-    """A Wan student as ``lora`` (our file + diffusers' ``pytorch_lora_weights.safetensors`` and the
-    ``scheduler/`` to sample with), ``merged`` (a stock ``WanTransformer3DModel``, LoRA merged,
-    guidance folded) or ``diffusers`` (a stock ``WanPipeline`` with ``FlowMatchLCMScheduler``)."""
+    """A Wan student as ``lora`` (diffusers' ``pytorch_lora_weights.safetensors``), ``merged`` (a stock
+    ``WanTransformer3DModel``, LoRA merged, guidance folded), both with the ``scheduler/`` to sample
+    with, or ``diffusers`` (a stock ``WanPipeline`` with ``FlowMatchLCMScheduler``)."""
     from diffusers import FlowMatchLCMScheduler, WanPipeline
 
     out = Path(out)
@@ -340,6 +340,7 @@ def export_wan(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, for
     folded = fold_guidance_scale(unet, guidance_scale)
     if format == "merged":
         folded.save_pretrained(out, safe_serialization=True)
+        scheduler.save_pretrained(out / "scheduler")
     else:
         if not (adapter.causal_vae and adapter.t5_text):
             raise ValueError(
@@ -375,7 +376,43 @@ def _metric_rows(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def _wan_usage(format: str, meta: StudentMeta, guidance_scale: float, folder_name: str) -> str:
+    """Stock diffusers snippets for a Wan student's exports (guidance folded in every format)."""
+    call = (f'frames = pipe("a prompt", num_inference_steps={meta.num_inference_steps}, guidance_scale=1.0, '
+            f"num_frames={meta.num_frames}, height={meta.height}, width={meta.width}).frames[0]")
+    folded = f"# guidance w = {guidance_scale:g} is folded into time_embedder.linear_1: run with guidance_scale=1"
+    if format == "diffusers":
+        return f"""```python
+from diffusers import WanPipeline
+
+pipe = WanPipeline.from_pretrained("{folder_name}")  # FlowMatchLCMScheduler inside
+{folded}
+{call}
+```"""
+    if format == "lora":
+        return f"""```python
+from diffusers import FlowMatchLCMScheduler, WanPipeline
+
+pipe = WanPipeline.from_pretrained("{meta.teacher_path}")  # the base model (teacher)
+pipe.load_lora_weights("{folder_name}")  # pytorch_lora_weights.safetensors (with the guidance as a LoRA bias)
+pipe.scheduler = FlowMatchLCMScheduler.from_pretrained("{folder_name}", subfolder="scheduler")
+{folded}
+{call}
+```"""
+    return f"""```python
+from diffusers import FlowMatchLCMScheduler, WanPipeline, WanTransformer3DModel
+
+transformer = WanTransformer3DModel.from_pretrained("{folder_name}")  # LoRA merged, guidance folded
+pipe = WanPipeline.from_pretrained("{meta.teacher_path}", transformer=transformer)
+pipe.scheduler = FlowMatchLCMScheduler.from_pretrained("{folder_name}", subfolder="scheduler")
+{folded}
+{call}
+```"""
+
+
 def _usage(format: str, meta: StudentMeta, guidance_scale: float, folder_name: str) -> str:
+    if meta.family == "wan":
+        return _wan_usage(format, meta, guidance_scale, folder_name)
     geometry = f"num_frames={meta.num_frames}, height={meta.height}, width={meta.width}"
     steps = meta.num_inference_steps
     if meta.is_student:
@@ -464,7 +501,7 @@ def model_card(format: str, meta: StudentMeta, student_folder: Path, guidance_sc
             ("base model (teacher)", f"`{meta.teacher_path}` ({meta.family})"),
             ("student", f"{student_kind}; guidance-embedding layer of {meta.time_cond_proj_dim} inputs"),
             ("sampling", f"{meta.num_inference_steps} steps, guidance w = {guidance:g}"
-                         + ("" if format == "merged" else " (folded into the weights)")),
+                         + ("" if format == "merged" and meta.family != "wan" else " (folded into the weights)")),
             ("trained guidance range", "[{:g}, {:g}]".format(*meta.guidance_range) if meta.guidance_range else "not recorded"),
             ("geometry", f"{meta.num_frames} frames, {meta.height}x{meta.width} pixels, {meta.fps} fps"),
             ("distillation grid", f"{meta.num_ddim_timesteps} DDIM steps, timestep scaling {meta.timestep_scaling:g}, "
@@ -478,11 +515,12 @@ def model_card(format: str, meta: StudentMeta, student_folder: Path, guidance_sc
             ("geometry", f"{meta.num_frames} frames, {meta.height}x{meta.width} pixels, {meta.fps} fps"),
         ]
     rows += _recipe_rows(config) if config else [("recipe", "not recorded (no run config beside the model folder)")]
+    peft_lora = format == "lora" and meta.family != "wan"  # Wan LoRAs are in diffusers' format
     tags = ["text-to-video", "t2v-turbo"] + (["consistency-distillation"] if meta.is_student else ["reward-fine-tuning"])
-    tags += ["lora", "peft"] if format == "lora" else []
+    tags += ["lora", "peft"] if peft_lora else []
     lines = [
         "---",
-        f"library_name: {'peft' if format == 'lora' else 'diffusers'}",
+        f"library_name: {'peft' if peft_lora else 'diffusers'}",
         f"base_model: {meta.teacher_path}",
         "tags:",
         *[f"- {t}" for t in tags],

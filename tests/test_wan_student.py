@@ -221,6 +221,8 @@ def test_sample_and_export_commands_for_wan(teacher_dir, student_dir, tmp_path, 
     assert main(["export", str(student_dir), "--format", "merged", "--out", str(tmp_path / "m"),
                  "--guidance-scale", "3"]) == 0
     assert json.loads((tmp_path / "m" / "export.json").read_text())["folded_guidance_scale"] == 3.0
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "WanTransformer3DModel.from_pretrained" in card and "guidance w = 3 is folded" in card
 
 
 @pytest.mark.slow
