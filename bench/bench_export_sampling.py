@@ -12,8 +12,9 @@ Samplers, all 4 steps on the same prompts and generator seed unless noted:
   diffusers`` export of the same student (guidance folded in, ``LCMScheduler``), guidance_scale 1;
 - ``teacher_cfg_50``: the teacher's 50-step DDIM with classifier-free guidance (2 UNet rows per video).
 
-The runs are interleaved (one of each per round) and each time is the median over rounds, so a
-machine shared with other jobs slows all of them alike; the ratios are what to read. Prints one
+The runs are interleaved (one of each per round); each time is the median over rounds, and each
+``*_paired`` ratio the median of the ratios within a round, so a machine shared with other jobs
+slows both sides of a ratio alike; the ratios are what to read. Prints one
 JSON object, with the largest latent difference between ours_merged and stock_diffusers.
 """
 
@@ -75,6 +76,10 @@ def main() -> None:
             run(name)
             times[name].append(time.perf_counter() - start)
     seconds = {name: statistics.median(values) for name, values in times.items()}
+
+    def paired(numerator: str, denominator: str) -> float:
+        """Median over rounds of the ratio within a round (the two ran seconds apart)."""
+        return round(statistics.median(a / b for a, b in zip(times[numerator], times[denominator])), 3)
     print(json.dumps({
         "bench": "export_sampling",
         "model": "shipped mini-world student (LoRA rank 16 on every Linear/Conv) and teacher",
@@ -85,8 +90,11 @@ def main() -> None:
         "seconds_median": {k: round(v, 3) for k, v in seconds.items()},
         "seconds_all": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "stock_over_ours_merged": round(seconds["stock_diffusers"] / seconds["ours_merged"], 3),
+        "stock_over_ours_merged_paired": paired("stock_diffusers", "ours_merged"),
         "unmerged_over_merged": round(seconds["ours_unmerged"] / seconds["ours_merged"], 3),
+        "unmerged_over_merged_paired": paired("ours_unmerged", "ours_merged"),
         "speedup_vs_teacher_cfg_50": round(seconds["teacher_cfg_50"] / seconds["ours_merged"], 2),
+        "speedup_vs_teacher_cfg_50_paired": paired("teacher_cfg_50", "ours_merged"),
         "speedup_vs_teacher_cfg_50_unmerged": round(seconds["teacher_cfg_50"] / seconds["ours_unmerged"], 2),
         "max_latent_difference_ours_vs_stock": difference,
     }, indent=2))

@@ -7,7 +7,7 @@ configs/tiny_wan.yaml (Wan layout, rectified flow, 9 frames at 32x32, rewards wi
 Each variant runs in its own subprocess, so its peak memory is that process's maximum resident
 set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: the whole process, including the
 Python interpreter and imported libraries; the baseline after setup is reported too).
-Step time is the median wall time of ``DistillationRecipe.train_step`` (loss, backward,
+Step time is the median wall time of ``TrainingRecipe.train_step`` (loss, backward,
 clipping, optimizer step) over ``--steps`` steps after one warm-up step.
 
     python bench/bench_train_step.py --steps 10 > bench_train_step.json
@@ -65,7 +65,7 @@ def reward_specs(variant: str, root: Path) -> list[dict]:
 def run_variant(variant: str, steps: int, batch_size: int, num_frames: int, family: str) -> dict:
     import torch
 
-    from distill.trainer import DistillationRecipe
+    from distill.trainer import TrainingRecipe
     from t2v_turbo.config import load_config
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,7 +76,7 @@ def run_variant(variant: str, steps: int, batch_size: int, num_frames: int, fami
             "logging.tensorboard=false", f"dataloader.batch_size={batch_size}", f"data.num_frames={num_frames}",
         ])
         cfg["rewards"] = reward_specs(variant, root)
-        recipe = DistillationRecipe(cfg)
+        recipe = TrainingRecipe(cfg)
         recipe.setup()
         rss_setup = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         data = iter(recipe.dataloader)

@@ -22,13 +22,12 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vc2_gpu import build_rewards, sync  # noqa: E402
+from bench_vc2_gpu import build_rewards, time_sampling, time_training  # noqa: E402
 
 
 def build_teacher(tiny: bool, device: torch.device, dtype: torch.dtype):
@@ -50,8 +49,8 @@ def build_teacher(tiny: bool, device: torch.device, dtype: torch.dtype):
     text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1,
                                                num_heads=4))  # unused: the step takes embeddings
     geometry = {"num_frames": 9, "height": 32, "width": 32} if tiny else {}
-    adapter = WanAdapter(transformer, vae, text_encoder, tokenizer, flow_shift=3.0, source="random weights (benchmark)",
-                         **geometry)
+    adapter = WanAdapter(transformer, vae, text_encoder, tokenizer, flow_shift=3.0,
+                         source="random weights (benchmark)", **geometry)
     return adapter.to(device=device, dtype=dtype).freeze()
 
 
@@ -66,13 +65,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=3, help="timed optimisation steps (after one warm-up step)")
     parser.add_argument("--no-rewards", action="store_true", help="consistency distillation only")
     parser.add_argument("--no-gradient-checkpointing", action="store_true")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                        help="default: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--reward-dtype", choices=["bfloat16", "float32"], default=None)
     args = parser.parse_args(argv)
 
-    from distill.objective import ConsistencySettings, T2VTurboObjective
+    from distill.model import TrainedModel
+    from distill.objectives import RunContext, T2VTurboObjective
     from t2v_turbo.pipeline import T2VTurboPipeline
-    from t2v_turbo.student import LoraSettings, build_student
+    from t2v_turbo.student import LoraSettings, StudentMeta, build_student
 
     device = torch.device(args.device)
     dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
@@ -89,13 +90,13 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_gradient_checkpointing:
         student.enable_gradient_checkpointing()
     student.train()
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
     reward_dtype = args.reward_dtype or ("bfloat16" if device.type == "cuda" else "float32")
     terms = [] if args.no_rewards else build_rewards(args.tiny, device, reward_dtype)
-    objective = T2VTurboObjective(adapter, ConsistencySettings(w_min=2.0, w_max=6.0), terms, guidance_embedding_dim=256,
-                                  vae_gradient_checkpointing=not args.no_gradient_checkpointing,
+    objective = T2VTurboObjective(w_min=2.0, w_max=6.0, vae_gradient_checkpointing=not args.no_gradient_checkpointing,
                                   frame_window=args.frame_window)
+    trained = TrainedModel(student, StudentMeta.for_adapter(adapter, time_cond_proj_dim=256, lora=lora))
+    objective.bind(RunContext(adapter, trained, terms, seed=0, device=device))
     prompt = ["A cat wearing sunglasses and working as a lifeguard at a pool."]
     text_dim = adapter.unet.config.text_dim
     text = torch.randn(1, adapter.max_sequence_length, text_dim, device=device, dtype=dtype)
@@ -103,45 +104,16 @@ def main(argv: list[str] | None = None) -> dict:
     f = adapter.vae_spatial_factor
     latents = torch.randn(1, adapter.unet.config.in_channels, adapter.latent_frames(frames), height // f, width // f,
                           device=device, dtype=dtype)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
-    decoded = []
-
-    def step(index: int) -> float:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            out = objective(student, latents, text, uncond, prompt, positions=[index], seed=0)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        decoded.append(out.decoded_latent_frames)
-        return float(out.loss.detach())
-
-    losses = [step(0)]  # warm-up: allocator, kernels, optimizer state
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for i in range(args.steps):
-        losses.append(step(i + 1))
-    sync(device)
-    step_time = (time.perf_counter() - start) / args.steps
-    peak_train = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    outputs = []
+    losses, step_time, peak_train = time_training(objective, student, optimizer, latents, text, uncond, prompt,
+                                                  args.steps, device, dtype, outputs)
 
     # 4-step sampling (eval mode, no grad; the transformer in the teacher dtype)
     student.eval()
     adapter.cast_network(student, dtype=dtype)
     pipe = T2VTurboPipeline(adapter, student)
     adapter.encode_prompts = lambda prompts: text[:1].expand(len(prompts), -1, -1)  # the stand-in text embedding
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    with torch.no_grad():
-        pipe(prompt, num_inference_steps=4, num_frames=frames, height=height, width=width, generator=generator)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        sync(device)
-        start = time.perf_counter()
-        video = pipe(prompt, num_inference_steps=4, num_frames=frames, height=height, width=width, generator=generator)
-        sync(device)
-    latency = time.perf_counter() - start
+    video, latency, peak_sample = time_sampling(pipe, prompt, device, num_frames=frames, height=height, width=width)
     lora_params = sum(p.numel() for n, p in student.named_parameters() if ".lora_" in n)
     result = {
         "bench": "wan_gpu",
@@ -151,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reward_dtype": None if args.no_rewards else reward_dtype,
         "video": [frames, height, width],
         "frame_window": args.frame_window,
-        "decoded_latent_frames": decoded[-1],
+        "decoded_latent_frames": outputs[-1].decoded_latent_frames,
         "lora_rank": lora.rank,
         "lora_params": lora_params,
         "guidance_layer_params": sum(p.numel() for n, p in student.named_parameters() if "cond_proj" in n),
@@ -162,8 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_peak_mem_gib": None if peak_train is None else round(peak_train, 2),
         "losses": [round(x, 6) for x in losses],
         "sample_4step_s": round(latency, 4),
-        "sample_peak_mem_gib": (round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
-                                if device.type == "cuda" else None),
+        "sample_peak_mem_gib": None if peak_sample is None else round(peak_sample, 2),
         "video_shape": list(video.shape),
         "torch": torch.__version__,
     }

@@ -1,4 +1,4 @@
-"""Video-caption datasets for distillation, decoded with PyAV.
+"""Training datasets: video-caption datasets decoded with PyAV, and prompt lists.
 
 Three sources share one decoding path (``VideoCaptionDataset``):
 
@@ -8,7 +8,9 @@ Three sources share one decoding path (``VideoCaptionDataset``):
 - ``VideoCaptionShards(shards, ...)``: webdataset-style tar files holding ``key.mp4`` +
   ``key.txt`` pairs, read with ``tarfile`` (no webdataset dependency).
 
-A sample is ``{"pixels": (C, T, H, W) float in [-1, 1], "caption": str, "index": int,
+``PromptDataset`` holds prompts only, for objectives that sample their own videos.
+
+A video sample is ``{"pixels": (C, T, H, W) float in [-1, 1], "caption": str, "index": int,
 "skipped": [names]}``. Frames are taken at ``fps`` frames per second of video time (the
 source frame nearest to each target time), ``num_frames`` of them, starting at a clip start
 drawn from a generator seeded by (``seed``, index, epoch) so a sample is a pure function of
@@ -112,6 +114,8 @@ def frames_to_pixels(frames: torch.Tensor, height: int, width: int) -> torch.Ten
 
 class VideoCaptionDataset(torch.utils.data.Dataset):
     """Base class: subclasses fill ``self.items`` with (name, caption) and implement ``open``."""
+
+    has_videos = True
 
     def __init__(
         self,
@@ -313,17 +317,52 @@ def is_valid_text(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+class PromptDataset(torch.utils.data.Dataset):
+    """Prompts only, for objectives that sample their own videos (VADER; InstructVideo editing samples).
+
+    From a list (``prompts``) or a text file (``file``: one prompt per line, blank lines skipped; a
+    relative path is taken from the working directory). A sample is ``{"caption", "index", "skipped": []}``.
+    """
+
+    #: batches carry no clips (the trainer checks this against the objective's ``batch_inputs``)
+    has_videos = False
+
+    def __init__(self, prompts: Sequence[str] | None = None, file: str | Path | None = None):
+        if (prompts is None) == (file is None):
+            raise ValueError("data: give exactly one of `prompts` (a list) and `file` (one prompt per line)")
+        if file is not None:
+            path = Path(file)
+            if not path.is_file():
+                raise FileNotFoundError(f"prompt file not found: {path.resolve()}")
+            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        self.prompts = [str(p) for p in prompts]
+        if not self.prompts:
+            raise ValueError(f"data: no prompts{f' in {file}' if file is not None else ''}")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"caption": self.prompts[index], "index": index, "skipped": []}
+
+
+#: per-sample tensors a dataset may provide, stacked into the batch under the same name: decoded clips
+#: (C, T, H, W), or precomputed VAE latents (c, T, h, w) and text embeddings (L, D) that the trainer
+#: then uses instead of encoding
+TENSOR_FIELDS = ("pixels", "latents", "text_embedding", "uncond_embedding")
 
 
 def collate_samples(samples: list[dict]) -> dict:
-    """Stack pixels to (B, C, T, H, W); keep captions, indices, global positions (when the
-    samples carry them) and skipped names as lists."""
+    """Stack the tensor fields the samples carry (``TENSOR_FIELDS``; pixels to (B, C, T, H, W)); keep
+    captions, indices, global positions (when the samples carry them) and skipped names as lists."""
     batch = {
-        "pixels": torch.stack([s["pixels"] for s in samples]),
         "captions": [s["caption"] for s in samples],
         "indices": [s["index"] for s in samples],
         "skipped": [name for s in samples for name in s["skipped"]],
     }
+    for field in TENSOR_FIELDS:
+        if field in samples[0]:
+            batch[field] = torch.stack([s[field] for s in samples])
     if all("position" in s for s in samples):
         batch["positions"] = [s["position"] for s in samples]
     return batch
@@ -381,7 +420,8 @@ class PositionedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, position = key
-        self.dataset.set_epoch(position // len(self.dataset))
+        if hasattr(self.dataset, "set_epoch"):  # datasets whose items vary by epoch (clip starts)
+            self.dataset.set_epoch(position // len(self.dataset))
         sample = self.dataset[index]
         sample["position"] = position
         return sample

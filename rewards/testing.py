@@ -313,25 +313,15 @@ def save_tiny_videoreward(folder: str | Path, base_model: str | Path, seed: int 
     (LoRA r 4 on every language-model Linear, B drawn non-zero) and ``non_lora_state_dict.pth`` (a
     re-drawn vision merger, the score head and the embedding, keys in the released names).
     Small pixel bounds keep the video input at a few patches."""
-    from rewards.videoreward import (
-        VideoInput,
-        build_videoreward_model,
-        inject_lora,
-        language_linear_modules,
-        save_videoreward_model,
-    )
+    from rewards.videoreward import build_videoreward_model, save_videoreward_model
 
-    video = VideoInput(min_pixels=56 * 56, max_pixels=56 * 84)
-    model = build_videoreward_model(base_model, video=video, seed=seed)
-    inject_lora(model, rank=4, alpha=8.0, target_modules=language_linear_modules(model.vlm), seed=seed)
+    model = build_videoreward_model(base_model, min_pixels=56 * 56, max_pixels=56 * 84, seed=seed,
+                                    lora={"rank": 4, "alpha": 8.0}, train_modules=["model.visual.merger"])
     generator = torch.Generator().manual_seed(seed + 1)
-    model.requires_grad_(False)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if ".lora_B." in name or name.startswith("vlm.model.visual.merger.") or name == "rm_head.weight":
                 param.copy_(0.2 * torch.randn(param.shape, generator=generator))
-            if name.startswith("vlm.model.visual.merger."):
-                param.requires_grad_(True)  # trained, so saved with the non-LoRA tensors
     save_videoreward_model(folder, model, step, base_model="Qwen/Qwen2-VL-2B-Instruct",
                            inference_config=TINY_VIDEOREWARD_STATS, non_lora_format=non_lora_format)
     return Path(folder)

@@ -248,6 +248,23 @@ class VideoRewardModel(nn.Module):
         # dimension k: head row k at token k (the diagonal of the head applied at every reward token)
         return (states * self.rm_head.weight[None]).sum(-1).float()
 
+    def frame_indices(self, total_frames: int, video_fps: float) -> list[int]:
+        """The frames it scores of a ``total_frames`` clip at ``video_fps`` (``sample_frame_indices``)."""
+        v = self.video
+        return sample_frame_indices(total_frames, video_fps, v.sample_fps, v.num_frames, v.temporal_patch_size)
+
+    def score_pair(self, pixels_a: torch.Tensor, pixels_b: torch.Tensor, prompts: Sequence[str], video_fps: float,
+                   seed: int = 0, positions: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw scores (B, D) of two clips per prompt in one forward (the reward-model recipe's interface;
+        nothing here is random, so ``seed`` and ``positions`` are unused)."""
+        idx = self.frame_indices(pixels_a.shape[2], video_fps)
+        scores = self(torch.cat([pixels_a[:, :, idx], pixels_b[:, :, idx]]), list(prompts) * 2)
+        return scores[: len(prompts)], scores[len(prompts):]
+
+    def save_pretrained(self, folder: str | os.PathLike, step: int, inference_config: dict | None = None) -> Path:
+        """``save_videoreward_model`` with safetensors files."""
+        return save_videoreward_model(folder, self, step, inference_config=inference_config)
+
     # ---- saving ----------------------------------------------------------------------------
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if ".lora_A." in k or ".lora_B." in k}
@@ -290,12 +307,20 @@ def language_linear_modules(vlm: nn.Module) -> list[str]:
 
 
 def build_videoreward_model(base_model: str | os.PathLike, dimensions: Sequence[str] = DIMENSIONS,
-                            prompt_template: str = DEFAULT_PROMPT_TEMPLATE, video: VideoInput | None = None,
-                            pretrained: bool = True, dtype: str | torch.dtype = "float32", seed: int = 0,
+                            prompt_template: str = DEFAULT_PROMPT_TEMPLATE, sample_fps: float = 2.0,
+                            num_frames: int | None = None, min_pixels: int = VIDEO_MIN_PIXELS,
+                            max_pixels: int = 200704, pretrained: bool = True, dtype: str | torch.dtype = "float32",
+                            lora: dict | None = None, train_modules: Sequence[str] = (), seed: int = 0,
                             ) -> VideoRewardModel:
-    """A new reward model on a Qwen2-VL base folder: its weights (``pretrained``) or fresh seeded
-    weights of its config; the embedding resized to the tokenizer with the reward tokens (new rows
-    and the head drawn from ``seed``). Vision settings come from the base's vision config."""
+    """A new reward model on a Qwen2-VL base folder: its weights (``pretrained``) or fresh weights of its
+    config drawn from ``seed``; the embedding resized to the tokenizer with the reward tokens appended
+    (new rows and the head drawn from ``seed``). Patch sizes come from the base's vision config.
+
+    Trainable: every parameter without ``lora``; with ``lora`` (``rank``, ``alpha``, ``dropout``,
+    ``target_modules``: ``"language_linear"`` = every Linear of the language model, VideoAlign's choice,
+    or a list of module names) the LoRA weights, the head and the modules under ``train_modules``
+    (e.g. ``["model.visual.merger"]``).
+    """
     from transformers import AutoConfig, Qwen2VLForConditionalGeneration
 
     base = _local_base(base_model)
@@ -312,14 +337,27 @@ def build_videoreward_model(base_model: str | os.PathLike, dimensions: Sequence[
         base_vocab = vlm.get_input_embeddings().weight.shape[0]
         vlm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         vision = vlm.config.vision_config
-        video = dataclasses.replace(video or VideoInput(), patch_size=vision.patch_size,
-                                    temporal_patch_size=vision.temporal_patch_size,
-                                    merge_size=vision.spatial_merge_size)
+        video = VideoInput(sample_fps, num_frames, min_pixels, max_pixels, vision.patch_size,
+                           vision.temporal_patch_size, vision.spatial_merge_size)
         model = VideoRewardModel(vlm, tokenizer, dimensions, prompt_template, video)
         nn.init.normal_(model.rm_head.weight, std=vlm.config.text_config.initializer_range)
     model.base_model = str(base_model)
     #: the reward tokens got new embedding rows (the base's vocabulary was full): a checkpoint must hold them
     model.embedding_grown = len(tokenizer) > base_vocab
+    if lora is not None:
+        unknown = sorted(set(lora) - {"rank", "alpha", "dropout", "target_modules"})
+        if unknown:
+            raise ValueError(f"`lora` takes rank, alpha, dropout, target_modules; got unknown keys {unknown}")
+        targets = lora.get("target_modules", "language_linear")
+        targets = language_linear_modules(vlm) if targets == "language_linear" else list(targets)
+        model.requires_grad_(False)
+        inject_lora(model, lora.get("rank", 64), lora.get("alpha", 128.0), targets, lora.get("dropout", 0.0), seed=seed)
+        model.rm_head.requires_grad_(True)
+        modules = dict(vlm.named_modules())
+        for name in train_modules:
+            if name not in modules:
+                raise ValueError(f"`train_modules`: {name!r} is not a module of the Qwen2-VL model")
+            modules[name].requires_grad_(True)
     return model
 
 
@@ -450,10 +488,11 @@ def load_videoreward_model(checkpoint: str | os.PathLike, base_model: str | os.P
     if prompt_template is None and "prompt_template" not in data:
         logger.warning("%s was trained with the %r prompt template, which is not shipped; scoring with our default "
                        "template (pass `prompt_template` to match training)", folder, data.get("prompt_template_type"))
-    video = VideoInput(sample_fps=data.get("fps") or 2.0, num_frames=data.get("num_frames"),
-                       min_pixels=data.get("min_frame_pixels", VIDEO_MIN_PIXELS),
-                       max_pixels=data.get("max_frame_pixels") or 200704)
-    model = build_videoreward_model(base, data["eval_dim"], template, video, pretrained=full is None, dtype=dtype)
+    model = build_videoreward_model(base, data["eval_dim"], template, sample_fps=data.get("fps") or 2.0,
+                                    num_frames=data.get("num_frames"),
+                                    min_pixels=data.get("min_frame_pixels", VIDEO_MIN_PIXELS),
+                                    max_pixels=data.get("max_frame_pixels") or 200704, pretrained=full is None,
+                                    dtype=dtype)
     if lora is not None:
         inject_lora(model, lora["rank"], lora["alpha"], lora["target_modules"], lora["dropout"], lora["use_rslora"])
     own = model.state_dict()
@@ -585,8 +624,7 @@ class VideoAlignReward(VideoReward):
         self.requires_grad_(False).eval()
 
     def frame_indices(self, num_frames: int, generator: torch.Generator | None = None) -> list[int]:
-        v = self.model.video
-        return sample_frame_indices(num_frames, self.video_fps, v.sample_fps, v.num_frames, v.temporal_patch_size)
+        return self.model.frame_indices(num_frames, self.video_fps)
 
     def dimension_scores(self, frames: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """z-normalised scores (B, D) of the selected frames."""

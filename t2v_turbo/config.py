@@ -300,6 +300,22 @@ def _accepted_keywords(target: Any, sig: inspect.Signature) -> list[str] | None:
     return None
 
 
+def with_signature_defaults(node: Mapping, exclude: tuple[str, ...] = ()) -> dict:
+    """A ``_component_`` node with every keyword argument of its callable that the node leaves out added
+    at its default (not ``exclude``, which the caller passes at build time), so a saved config records every
+    value the run used. A node whose component cannot be resolved is returned unchanged (validation names it)."""
+    try:
+        sig = inspect.signature(resolve_component(node[COMPONENT_KEY]))
+    except (ConfigError, TypeError, ValueError):
+        return dict(node)
+    out = dict(node)
+    for name, param in sig.parameters.items():
+        if (param.default is not inspect.Parameter.empty and name not in out and name not in exclude
+                and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)):
+            out[name] = copy.deepcopy(param.default)
+    return out
+
+
 def instantiate(node: Any, *args: Any, **kwargs: Any) -> Any:
     """Build a ``_component_`` node; nested component nodes are built first.
 

@@ -61,10 +61,12 @@ def frames_from_batch(flat: torch.Tensor, batch_size: int) -> torch.Tensor:
 class _VideoPipelineBase:
     """Shared geometry, initial noise and decoding of the two pipelines."""
 
-    def __init__(self, adapter, unet: nn.Module, scheduler):
+    def __init__(self, adapter, unet: nn.Module, scheduler, meta=None):
         self.adapter = adapter
         self.unet = unet
         self.scheduler = scheduler
+        #: the trained model's ``StudentMeta`` (sampling defaults and geometry), or None
+        self.meta = meta
         #: UNet forward passes and batch rows evaluated since construction (for benchmarks)
         self.unet_calls = 0
         self.unet_evaluations = 0
@@ -79,11 +81,7 @@ class _VideoPipelineBase:
         return self.adapter.predict(self.unet, latents, t, text, timestep_cond=timestep_cond, fps=fps)
 
     def _initial_latents(self, batch_size, num_frames, height, width, generator, latents, device, dtype):
-        factor = getattr(self.adapter, "vae_spatial_factor", 8)
-        if height % factor or width % factor:
-            raise ValueError(f"`height`={height} and `width`={width} must be multiples of the VAE factor {factor}")
-        frames = self.adapter.latent_frames(num_frames)
-        shape = (batch_size, self.unet.config.in_channels, frames, height // factor, width // factor)
+        shape = self.adapter.latent_shape(batch_size, num_frames, height, width)
         if latents is not None:
             if tuple(latents.shape) != shape:
                 raise ValueError(f"`latents` has shape {tuple(latents.shape)}, expected {shape}")
@@ -107,7 +105,9 @@ class _VideoPipelineBase:
         return VideoPipelineOutput(frames=video)
 
     def _geometry(self, num_frames, height, width, fps):
-        a = self.adapter
+        m, a = self.meta, self.adapter
+        if m is not None:
+            num_frames, height, width, fps = num_frames or m.num_frames, height or m.height, width or m.width, fps or m.fps
         return (num_frames or a.default_num_frames, height or a.default_height, width or a.default_width, fps or a.default_fps)
 
 
@@ -127,22 +127,15 @@ class T2VTurboPipeline(_VideoPipelineBase):
         if scheduler is None:
             flow = adapter.prediction_type == "flow"
             scheduler = flow_consistency_scheduler(adapter) if flow else T2VTurboScheduler.from_adapter(adapter)
-        super().__init__(adapter, unet, scheduler)
+        super().__init__(adapter, unet, scheduler, meta)
         self.spacing = spacing
         self.num_ddim_timesteps = num_ddim_timesteps
-        self.meta = meta
 
     @classmethod
     def from_pretrained(cls, student_folder: str | Path, device=None, dtype=None, spacing: str = "t2v_turbo",
                         fuse_lora: bool = True) -> "T2VTurboPipeline":
         """The student saved in ``student_folder`` on its teacher (see ``load_student_pipeline``)."""
         return load_student_pipeline(student_folder, device=device, dtype=dtype, spacing=spacing, fuse_lora=fuse_lora)
-
-    def _geometry(self, num_frames, height, width, fps):
-        m = self.meta
-        if m is not None:
-            num_frames, height, width, fps = num_frames or m.num_frames, height or m.height, width or m.width, fps or m.fps
-        return super()._geometry(num_frames, height, width, fps)
 
     @torch.no_grad()
     def __call__(
@@ -204,20 +197,20 @@ class TeacherPipeline(_VideoPipelineBase):
     """The teacher's DDIM (eta = 0) sampler with classifier-free guidance, standard scale s:
     eps = eps_u + s (eps_c - eps_u). Conditional and unconditional rows share one UNet call."""
 
-    def __init__(self, adapter, unet: nn.Module | None = None, scheduler=None):
+    def __init__(self, adapter, unet: nn.Module | None = None, scheduler=None, meta=None):
         """``scheduler`` defaults to ``DDIMCFGScheduler`` (epsilon teachers) or the flow teacher's own
         scheduler (Wan: ``UniPCMultistepScheduler`` with flow sigmas) built from its config."""
         if scheduler is None:
             scheduler = teacher_flow_scheduler(adapter) if adapter.prediction_type == "flow" else (
                 DDIMCFGScheduler.from_adapter(adapter))
-        super().__init__(adapter, unet if unet is not None else adapter.unet, scheduler)
+        super().__init__(adapter, unet if unet is not None else adapter.unet, scheduler, meta)
 
     @torch.no_grad()
     def __call__(
         self,
         prompts: str | Sequence[str],
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.5,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -229,9 +222,13 @@ class TeacherPipeline(_VideoPipelineBase):
         frame_chunk_size: int = 8,
         return_dict: bool = False,
     ):
-        """Sample videos (B, 3, T, H, W) in [-1, 1]; ``guidance_scale`` 1 disables guidance.
-        ``output_type`` and ``return_dict`` as for ``T2VTurboPipeline``."""
+        """Sample videos (B, 3, T, H, W) in [-1, 1]; ``guidance_scale`` 1 disables guidance. Steps and scale
+        default to a fine-tuned model's ``meta``, else 50 and 7.5. ``output_type`` and ``return_dict`` as for
+        ``T2VTurboPipeline``."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        num_inference_steps = num_inference_steps or (self.meta.num_inference_steps if self.meta else 50)
+        if guidance_scale is None:
+            guidance_scale = self.meta.guidance_scale if self.meta else 7.5
         num_frames, height, width, fps = self._geometry(num_frames, height, width, fps)
         device, dtype = self.adapter.device, next(self.unet.parameters()).dtype
         batch = len(prompts)
@@ -271,11 +268,12 @@ def load_student_pipeline(
     dtype: torch.dtype | None = None,
     spacing: str = "t2v_turbo",
     fuse_lora: bool = True,
-) -> T2VTurboPipeline:
-    """The student saved in ``student_folder`` on its teacher (loaded from the path in its
-    ``student.json``), with a scheduler configured from the student's distillation grid and the
-    sampling defaults of its meta. A LoRA student is merged into its weights (``fuse_lora``):
-    one plain UNet call per step; ``fuse_lora=False`` keeps peft's layers (the trained form)."""
+) -> T2VTurboPipeline | TeacherPipeline:
+    """The model saved in ``student_folder`` on its teacher (loaded from the path in its ``student.json``):
+    a student with a scheduler configured from its distillation grid and the sampling defaults of its
+    meta, or a fine-tuned full-step model (no guidance layer) with the teacher's sampler (DDIM + CFG, or
+    the flow teacher's). A LoRA model is merged into its weights (``fuse_lora``): one plain network call
+    per step; ``fuse_lora=False`` keeps peft's layers (the trained form)."""
     from t2v_turbo.student import fuse_lora as fuse
     from t2v_turbo.student import has_lora, load_student, load_teacher_for, read_student_meta
 
@@ -287,6 +285,8 @@ def load_student_pipeline(
         adapter.cast_network(unet, device=device, dtype=dtype)
     if fuse_lora and has_lora(unet):
         fuse(unet)
+    if not meta.is_student:
+        return TeacherPipeline(adapter, unet, meta=meta)
     if adapter.prediction_type == "flow":
         return T2VTurboPipeline(adapter, unet, spacing=spacing, num_ddim_timesteps=meta.num_ddim_timesteps, meta=meta)
     scheduler = T2VTurboScheduler.from_adapter(

@@ -51,8 +51,10 @@ def test_convert_vc2_ckpt_to_folder(teacher):
     assert all(torch.equal(schedule[k], raw[k]) for k in schedule) and len(schedule) == 13
     direct = VC2Adapter.from_pretrained(teacher["ckpt"], config=str(teacher["config"]))
     z, t, text, _ = _inputs(direct)
-    with torch.no_grad():
-        assert torch.equal(direct.predict_eps(direct.unet, z, t, text), teacher["adapter"].predict_eps(teacher["adapter"].unet, z, t, text))
+    with torch.no_grad():  # two model instances of the same weights (above): outputs up to float reordering
+        converted = teacher["adapter"]
+        torch.testing.assert_close(direct.predict_eps(direct.unet, z, t, text),
+                                   converted.predict_eps(converted.unet, z, t, text), atol=1e-5, rtol=1e-5)
 
 
 def test_convert_lora_list_and_back_is_lossless(teacher, tmp_path):

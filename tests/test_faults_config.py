@@ -64,11 +64,11 @@ ISSUE_VALUES = {  # the values of the hardening issue, each with what its messag
     "train.max_steps=0": "train.max_steps=0 must be an integer >= 1",
     "train.log_every=0": "train.log_every=0 must be an integer >= 1",
     "train.gradient_accumulation_steps=0": "train.gradient_accumulation_steps=0 must be an integer >= 1",
-    "distill.num_ddim_timesteps=0": "distill.num_ddim_timesteps=0 must be an integer >= 1",
+    "objective.num_ddim_timesteps=0": "objective.num_ddim_timesteps=0 must be an integer >= 1",
     "optimizer.lr=abc": "optimizer.lr='abc' must be a finite number > 0",
     "dataloader.batch_size=0": "dataloader.batch_size=0 must be an integer >= 1",
     "seed=abc": "seed='abc' must be an integer >= 0",
-    "distill.ema_decay=1.5": "distill.ema_decay=1.5 must be a finite number >= 0 and <= 1",
+    "objective.ema_decay=1.5": "objective.ema_decay=1.5 must be a finite number >= 0 and <= 1",
 }
 
 
@@ -85,7 +85,7 @@ def test_every_bad_value_of_the_issue_is_named_at_once():
                                ("dataloader.batch_size=two", "dataloader.batch_size='two' must be an integer >= 1"),
                                ("optimizer.betas=[0.9, 1.5]",
                                 "optimizer.betas[1]=1.5 must be a finite number >= 0 and < 1"),
-                               ("distill.w_min=20", "distill.w_min=20 must not exceed distill.w_max=15.0")]:
+                               ("objective.w_min=20", "objective.w_min=20 must not exceed objective.w_max=15.0")]:
         with pytest.raises(ConfigError, match=re.escape(expected)):
             resolve_run_config(load_config(TINY, [override]))
 

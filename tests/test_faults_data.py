@@ -82,7 +82,7 @@ def test_a_run_of_bad_videos_is_replaced_by_draws_not_by_one_neighbour(tmp_path)
 
 
 def test_the_trainer_prints_the_skip_counts_at_the_end_of_a_run(folder, tmp_path, caplog):
-    from distill.trainer import DistillationRecipe
+    from distill.trainer import TrainingRecipe
     from t2v_turbo.config import load_config
 
     (folder / "clip5.mp4").write_bytes(np.random.default_rng(0).bytes(512))  # corrupt, decoded when drawn
@@ -91,7 +91,7 @@ def test_the_trainer_prints_the_skip_counts_at_the_end_of_a_run(folder, tmp_path
     cfg = load_config(TINY, [f"teacher.path={teacher}", f"data.folder={folder}", f"output_dir={tmp_path / 'run'}",
                              "logging.tensorboard=false", "train.max_steps=1", "dataloader.batch_size=3",
                              "dataloader.shuffle=false", "train.checkpoint_every=0"])
-    recipe = DistillationRecipe(cfg)
+    recipe = TrainingRecipe(cfg)
     try:
         recipe.setup()
         with caplog.at_level(logging.INFO, logger="distill.trainer"):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.trainer import CHECKPOINT_PREFIX, DistillationRecipe, list_checkpoints
+from distill.trainer import CHECKPOINT_PREFIX, TrainingRecipe, list_checkpoints
 from t2v_turbo.config import load_config
 from t2v_turbo.testing import build_tiny_diffusers_t2v, write_caption_folder
 
@@ -32,7 +32,7 @@ def tiny_config(assets, output_dir, *overrides):
 
 
 def run(cfg, resume=None):
-    recipe = DistillationRecipe(cfg)
+    recipe = TrainingRecipe(cfg)
     try:
         recipe.setup(resume=resume)
         recipe.train()
@@ -83,7 +83,7 @@ def test_skipped_steps_stop_after_the_configured_run_of_skips():
 
 def test_a_nan_batch_skips_its_step_and_training_continues(assets, tmp_path, caplog):
     cfg = tiny_config(assets, tmp_path, "train.max_steps=3", "train.checkpoint_every=1", "train.keep_checkpoints=3")
-    recipe = DistillationRecipe(cfg)
+    recipe = TrainingRecipe(cfg)
     recipe.setup()
     load = recipe.dataset.load
 
@@ -130,20 +130,20 @@ def test_diverging_run_stops_and_writes_only_finite_weights(assets, tmp_path, ca
 def test_nonfinite_weights_are_never_written_and_rotation_keeps_the_last_finite_checkpoint(assets, tmp_path):
     from distill.nonfinite import NonFiniteError
 
-    recipe = DistillationRecipe(tiny_config(assets, tmp_path, "train.max_steps=1", "train.keep_checkpoints=1"))
+    recipe = TrainingRecipe(tiny_config(assets, tmp_path, "train.max_steps=1", "train.keep_checkpoints=1"))
     recipe.setup()
     try:
         recipe.train()
         finite = recipe.save_checkpoint(1)
         name = recipe.trainable_names[0]
         with torch.no_grad():
-            dict(recipe.student.named_parameters())[name].view(-1)[0] = float("inf")
+            dict(recipe.network.named_parameters())[name].view(-1)[0] = float("inf")
         recipe.global_step = 2
         with pytest.raises(NonFiniteError, match=rf"step 2: 1 trained weight tensor\(s\) hold NaN or Inf "
                                                  rf"\(first {name}\); "
                                                  rf"{CHECKPOINT_PREFIX}2 is not written.*{finite}"):
             recipe.save_checkpoint(2)
-        with pytest.raises(NonFiniteError, match="the final student .* is not written"):
+        with pytest.raises(NonFiniteError, match="the final model .* is not written"):
             recipe.save_final()
     finally:
         recipe.cleanup()
@@ -201,7 +201,7 @@ def test_resume_latest_falls_back_past_a_truncated_checkpoint(assets, two_checkp
     shutil.copytree(two_checkpoints, out)
     bad = out / f"{CHECKPOINT_PREFIX}2" / "training_state.pt"
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
-    recipe = DistillationRecipe(tiny_config(assets, out, "train.max_steps=2", "train.checkpoint_every=1"))
+    recipe = TrainingRecipe(tiny_config(assets, out, "train.max_steps=2", "train.checkpoint_every=1"))
     try:
         with caplog.at_level(logging.WARNING, logger="distill.checkpoints"):
             recipe.setup(resume="latest")

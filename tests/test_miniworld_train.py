@@ -11,7 +11,7 @@ MINIWORLD_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "miniworld.
 def test_train_two_steps_through_cli(tmp_path):
     code = main(["train", str(MINIWORLD_CONFIG), "train.max_steps=2", "dataloader.batch_size=2",
                  "data.num_videos=4", f"data.folder={tmp_path / 'data'}", f"output_dir={tmp_path / 'run'}",
-                 "train.log_every=1", "reward_options.decode_chunk_size=4"])
+                 "train.log_every=1", "objective.decode_chunk_size=4"])
     assert code == 0
     meta = json.loads((tmp_path / "run" / "student" / "student.json").read_text())
     assert meta["lora"]["rank"] == 16

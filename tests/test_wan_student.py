@@ -182,7 +182,7 @@ def _train_config(assets, tmp_path, output, *overrides):
 def test_cd_and_rewards_step_through_the_cli_resumes_bit_exactly(teacher_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from distill.trainer import DistillationRecipe
+    from distill.trainer import TrainingRecipe
     from t2v_turbo.cli import main
 
     assets = {"teacher": teacher_dir, "videos": write_caption_folder(tmp_path / "videos", CAPTIONS)}
@@ -199,7 +199,7 @@ def test_cd_and_rewards_step_through_the_cli_resumes_bit_exactly(teacher_dir, tm
         assert torch.equal(a[key], b[key]), key
     assert a["condition_embedder.time_embedder.cond_proj.weight"].abs().sum() > 0  # the guidance layer trained
     # one step by hand: both rewards scored, only latent frames 0..1 decoded (frame_window 5)
-    recipe = DistillationRecipe(load_config(full, ["train.max_steps=1", f"output_dir={tmp_path / 'one'}"]))
+    recipe = TrainingRecipe(load_config(full, ["train.max_steps=1", f"output_dir={tmp_path / 'one'}"]))
     recipe.setup()
     try:
         out = recipe.train_step(next(iter(recipe.dataloader)), grad_norms=True)[0]
@@ -221,6 +221,8 @@ def test_sample_and_export_commands_for_wan(teacher_dir, student_dir, tmp_path, 
     assert main(["export", str(student_dir), "--format", "merged", "--out", str(tmp_path / "m"),
                  "--guidance-scale", "3"]) == 0
     assert json.loads((tmp_path / "m" / "export.json").read_text())["folded_guidance_scale"] == 3.0
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "WanTransformer3DModel.from_pretrained" in card and "guidance w = 3 is folded" in card
 
 
 @pytest.mark.slow

@@ -142,6 +142,16 @@ class TeacherAdapter(abc.ABC):
             [checkpoint(self.decode_latents, c, frame_chunk_size, use_reentrant=False) for c in chunks], dim=2
         )
 
+    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        """(B, c, T, h, w) of the latents of ``batch_size`` videos of ``num_frames`` x ``height`` x ``width``
+        pixels (T = ``latent_frames(num_frames)``); raises ``ValueError`` when the size is not a multiple of
+        the VAE's spatial factor."""
+        factor = getattr(self, "vae_spatial_factor", 8)
+        if height % factor or width % factor:
+            raise ValueError(f"`height`={height} and `width`={width} must be multiples of the VAE factor {factor}")
+        frames = self.latent_frames(num_frames)
+        return (batch_size, self.unet.config.in_channels, frames, height // factor, width // factor)
+
     # ---- UNet -------------------------------------------------------------------------
     def noise_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha_t, sigma_t) on the training grid, each (num_train_timesteps,): z_t = alpha_t x0 + sigma_t eps."""

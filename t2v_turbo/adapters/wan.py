@@ -466,8 +466,9 @@ def save_flow_teacher(folder: str | os.PathLike, transformer, vae, text_encoder,
 
     folder = Path(folder)
     if isinstance(vae, AutoencoderKLWan) and type(text_encoder).__name__ in T5_ENCODERS:
-        WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer,
-                    expand_timesteps=expand_timesteps).save_pretrained(folder, safe_serialization=True)
+        pipeline = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                               transformer=transformer, expand_timesteps=expand_timesteps)
+        pipeline.save_pretrained(folder, safe_serialization=True)
         return folder
     components = {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
                   "scheduler": scheduler}

@@ -28,7 +28,8 @@ TEACHER_GUIDANCE = 7.5
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="STUDENT_DIR", help="student checkpoint folder (student.json + student.safetensors)")
+    source.add_argument("--checkpoint", metavar="STUDENT_DIR", help="trained model folder (student.json + student.safetensors): "
+                        "a student (consistency sampler) or a fine-tuned full-step model (DDIM + CFG)")
     source.add_argument("--teacher", metavar="PATH", help="teacher model folder or hub id (diffusers layout: ModelScope with DDIM + CFG, "
                         "Wan with its own flow scheduler + CFG)")
     prompts = parser.add_mutually_exclusive_group(required=True)

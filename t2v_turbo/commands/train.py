@@ -1,4 +1,4 @@
-"""``t2v-turbo train CONFIG [key=value ...] [--resume latest|PATH]``: run a distillation recipe.
+"""``t2v-turbo train CONFIG [key=value ...] [--resume latest|PATH]``: run a training recipe (the config's objective).
 
 Single process: ``t2v-turbo train configs/tiny.yaml train.max_steps=10``.
 Several processes: ``accelerate launch --num_processes 8 -m t2v_turbo.cli train configs/t2v_turbo_ms.yaml``.
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from distill.checkpoints import CheckpointError, CheckpointWriteError
     from distill.nonfinite import NonFiniteError
-    from distill.trainer import DistillationRecipe, resolve_run_config
+    from distill.trainer import TrainingRecipe, resolve_run_config
     from t2v_turbo.config import ConfigError, load_config
     from t2v_turbo.fileio import FolderInUseError
 
@@ -62,7 +62,7 @@ def _run(args: argparse.Namespace) -> int:
         print(text, end="")
         return 0
     logging.getLogger(__name__).info("resolved config (%s):\n%s", args.config, text)
-    recipe = DistillationRecipe(resolved)
+    recipe = TrainingRecipe(resolved)
     try:  # setup reads a --resume checkpoint first, before the teacher loads and the data renders
         recipe.setup(resume=args.resume)
         recipe.train()
