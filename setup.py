@@ -1,9 +1,15 @@
 """t2v-turbo: distil text-to-video diffusion models into fast 4-step generators with mixed reward feedback."""
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+# one version, read from the package (``t2v-turbo --version`` prints the same)
+VERSION = re.search(r'^__version__ = "([^"]+)"', Path("t2v_turbo/__init__.py").read_text(encoding="utf-8"), re.M).group(1)
 
 setup(
     name="t2v-turbo",
-    version="0.1.0",
+    version=VERSION,
     description="Consistency distillation with mixed reward feedback for text-to-video diffusion models",
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
@@ -20,6 +26,7 @@ setup(
         "open_clip_torch>=2.24",
         "accelerate>=1.0",
         "safetensors>=0.4",
+        "filelock>=3.12",
         "peft>=0.15",
         "av>=12",
         "pyyaml>=6",

@@ -32,6 +32,7 @@ def load_teacher(path: str | Path | None = None, **kwargs):
 
     adapter = DiffusersT2VAdapter.from_pretrained(asset_path(path, TEACHER), **kwargs)
     adapter.default_num_frames = NUM_FRAMES  # the world's videos have 8 frames (32x32 comes from the UNet/VAE)
+    adapter.lossless_video = True  # its small saturated shapes lose colour to yuv420p (students record it)
     return adapter
 
 

@@ -1,58 +1,95 @@
-"""The ``t2v-turbo`` command line.
+"""The ``t2v-turbo`` command line (also ``python -m t2v_turbo``).
 
 Each subcommand lives in its own module under ``t2v_turbo.commands`` and defines
-``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
-command runs, so ``t2v-turbo --help`` stays fast and a missing optional dependency of one
-command never breaks another.
+``add_arguments(parser)`` and ``run(args) -> int``. The modules import only the standard library
+(and yaml) at top level, so the whole parser, with every subcommand's options, is built before
+parsing: ``t2v-turbo sample --help`` lists every flag with its default, and the heavy imports
+(torch, diffusers) happen inside ``run``.
+
+User errors (a missing file, a bad value, an existing output) end as one line on stderr,
+``t2v-turbo <command>: error: <message>``, with exit code 2, the style argparse uses for a bad
+flag. ``T2V_TURBO_TRACEBACK=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from t2v_turbo import __version__
+from t2v_turbo.commands import CommandError
 
 # (command words, module, one-line help)
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("train",), "t2v_turbo.commands.train", "distil a teacher into a consistency student from a YAML config"),
+    (("train-reward",), "t2v_turbo.commands.train_reward", "train a reward model on preference pairs (BTT, BT, regression)"),
     (("sample",), "t2v_turbo.commands.sample", "sample videos with a student (multistep consistency) or a teacher (DDIM + CFG)"),
-    (("export",), "t2v_turbo.commands.export", "export a student as LoRA safetensors, a merged UNet or a diffusers pipeline"),
+    (("export",), "t2v_turbo.commands.export", "export a student as a peft LoRA adapter, a merged UNet or a diffusers pipeline"),
     (("convert",), "t2v_turbo.commands.convert", "convert VideoCrafter2 / released T2V-Turbo checkpoints to safetensors folders"),
     (("eval", "vbench"), "t2v_turbo.commands.eval_vbench", "generate the VBench suite, run VBench and aggregate its scores"),
     (("eval", "minibench"), "t2v_turbo.commands.eval_minibench", "score mini-world videos with the ground-truth MiniBench"),
     (("miniworld", "build"), "t2v_turbo.commands.miniworld_build", "train the mini world's VAE, text encoder, teacher and reward models"),
     (("quickstart",), "t2v_turbo.commands.quickstart", "run the T2V-Turbo recipe on the mini world end to end and write a report"),
 ]
+#: exceptions that are the user's to fix (missing or unwritable files, bad values): one line, no traceback
+USER_ERRORS = (OSError, ValueError)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the command's docstring as written and shows each option's default after its help
+    (unless the help already says what the default is, or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        no_default = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or no_default or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="t2v-turbo", description="Fast 4-step text-to-video generators by consistency distillation with mixed reward feedback.")
+    """The full parser: every subcommand with its own options."""
+    parser = argparse.ArgumentParser(
+        prog="t2v-turbo", formatter_class=HelpFormatter,
+        description="Fast few-step text-to-video generators by consistency distillation with mixed reward feedback.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
-    for words, module, help_text in COMMANDS:
+    for words, module_name, help_text in COMMANDS:
+        module = importlib.import_module(module_name)
+        kwargs = dict(help=help_text, description=module.__doc__, formatter_class=HelpFormatter)
         if len(words) == 1:
-            p = sub.add_parser(words[0], help=help_text)
+            p = sub.add_parser(words[0], **kwargs)
         else:
             if words[0] not in groups:
-                group = sub.add_parser(words[0], help=f"{words[0]} commands")
+                group = sub.add_parser(words[0], help=f"{words[0]} commands", formatter_class=HelpFormatter)
+                group.set_defaults(_parser=group)
                 groups[words[0]] = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
-            p = groups[words[0]].add_parser(words[1], help=help_text)
-        p.set_defaults(_module=module, _parser=p)
+            p = groups[words[0]].add_parser(words[1], **kwargs)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    # Parse only the command words first so each command module adds its own arguments lazily.
-    args, _ = parser.parse_known_args(argv)
-    if not hasattr(args, "_module"):
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    if not hasattr(args, "_parser"):
         parser.print_help()
         return 2
-    module = importlib.import_module(args._module)
-    module.add_arguments(args._parser)
-    args = parser.parse_args(argv)
-    return int(module.run(args) or 0)
+    if not hasattr(args, "_run"):  # a command group (``t2v-turbo eval``) without its subcommand
+        args._parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (CommandError, *USER_ERRORS) as err:
+        if os.environ.get("T2V_TURBO_TRACEBACK"):
+            raise
+        print(f"{args._parser.prog}: error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
 
 
 if __name__ == "__main__":

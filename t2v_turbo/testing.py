@@ -183,3 +183,102 @@ def write_caption_folder(folder: str | Path, captions: Sequence[str], seed: int 
         write_mp4(folder / f"clip{i}.mp4", frames, fps=8)
         (folder / f"clip{i}.txt").write_text(caption)
     return folder
+
+
+def tiny_wan_transformer_config(in_channels: int = 4, text_dim: int = 32) -> dict:
+    """Constructor kwargs of a tiny ``WanTransformer3DModel``: 2 blocks of 2 heads x 12 channels
+    (rotary split 4/4/4 over frames/height/width), patch (1, 2, 2), 32 sinusoidal timestep features."""
+    return dict(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        text_dim=text_dim,
+        freq_dim=32,
+        ffn_dim=48,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=64,
+    )
+
+
+def tiny_wan_vae_config(z_dim: int = 4, wan22: bool = False) -> dict:
+    """Constructor kwargs of a tiny ``AutoencoderKLWan`` with Wan's compression (4x in time, 8x in
+    space: three spatial and two temporal downsamplings) and per-channel latents mean/std.
+    ``wan22``: Wan2.2 TI2V's layout, residual blocks on 2x2-patchified pixels (16x in space)."""
+    wan22_kwargs = dict(is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=16)
+    return dict(
+        **(wan22_kwargs if wan22 else {}),
+        base_dim=8,
+        z_dim=z_dim,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.1 * (i - z_dim / 2) for i in range(z_dim)],
+        latents_std=[0.5 + 0.25 * i for i in range(z_dim)],
+    )
+
+
+def build_tiny_wan(
+    folder: str | Path,
+    seed: int = 0,
+    vae: str = "wan",
+    text_encoder: str = "umt5",
+    flow_shift: float = 3.0,
+    vocabulary: Sequence[str] = DEFAULT_VOCABULARY,
+    text_hidden_size: int = 32,
+    max_text_length: int = 16,
+) -> Path:
+    """Write a tiny flow teacher for the ``wan`` adapter to ``folder`` and return the path.
+
+    ``vae="wan"`` with ``text_encoder="umt5"`` is a stock ``WanPipeline`` folder (``AutoencoderKLWan``,
+    ``UMT5EncoderModel``, ``UniPCMultistepScheduler`` with flow sigmas and ``flow_shift``), loadable by
+    ``WanPipeline.from_pretrained``; ``vae="wan22"`` is Wan2.2 TI2V-5B's layout (patchified residual VAE,
+    16x in space, ``expand_timesteps``). ``vae="per_frame"`` (a 2D ``AutoencoderKL``, 8x spatial) and/or
+    ``text_encoder="clip"`` give the mini world's kind of custom flow teacher. Same seed, same weights.
+    """
+    from diffusers import AutoencoderKL, AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, UMT5Config, UMT5EncoderModel
+
+    from t2v_turbo.adapters.wan import save_flow_teacher
+
+    if vae not in ("wan", "wan22", "per_frame") or text_encoder not in ("umt5", "clip"):
+        raise ValueError(f"`vae`={vae!r} must be 'wan', 'wan22' or 'per_frame', "
+                         f"`text_encoder`={text_encoder!r} 'umt5' or 'clip'")
+    generator = torch.Generator().manual_seed(seed)
+    tokenizer = build_word_tokenizer(vocabulary, model_max_length=max_text_length)
+    torch.manual_seed(seed)
+    latent_channels = 4
+    transformer = WanTransformer3DModel(**tiny_wan_transformer_config(latent_channels, text_hidden_size))
+    if vae in ("wan", "wan22"):
+        autoencoder = AutoencoderKLWan(**tiny_wan_vae_config(latent_channels, wan22=vae == "wan22"))
+    else:
+        autoencoder = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=latent_channels, norm_num_groups=8, layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 16, 16, 16), sample_size=32, scaling_factor=0.5,
+        )
+    if text_encoder == "umt5":
+        encoder = UMT5EncoderModel(UMT5Config(
+            vocab_size=len(tokenizer), d_model=text_hidden_size, d_kv=8, d_ff=2 * text_hidden_size, num_layers=2,
+            num_heads=4, relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id,
+        ))
+    else:
+        encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=text_hidden_size, intermediate_size=2 * text_hidden_size,
+            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=max_text_length,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ))
+    for module in (transformer, autoencoder, encoder):
+        redraw_degenerate_parameters(module, generator)
+        module.eval()
+    scheduler = UniPCMultistepScheduler(
+        num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift,
+        solver_order=2, beta_schedule="linear",
+    )
+    return save_flow_teacher(folder, transformer, autoencoder, encoder, tokenizer, scheduler,
+                             expand_timesteps=vae == "wan22")

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from t2v_turbo.testing import build_tiny_diffusers_t2v
 from t2v_turbo.video_io import write_mp4
@@ -16,13 +17,13 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(
     """
     import hashlib, json, sys
-    from distill.trainer import DistillationRecipe
+    from distill.trainer import TrainingRecipe
     from t2v_turbo.config import load_config
 
-    recipe = DistillationRecipe(load_config(sys.argv[1], sys.argv[2:]))
+    recipe = TrainingRecipe(load_config(sys.argv[1], sys.argv[2:]))
     recipe.setup()
     def digest():
-        params = sorted((n, p) for n, p in recipe.student.named_parameters() if p.requires_grad)
+        params = sorted((n, p) for n, p in recipe.network.named_parameters() if p.requires_grad)
         return hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for _, p in params)).hexdigest()
     before = digest()
     batches = []  # what this rank trained on: the recipe's own step, observed
@@ -41,6 +42,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # > 10 s on 2 CPU cores
 def test_two_cpu_processes_train_identical_weights(tmp_path):
     teacher = build_tiny_diffusers_t2v(tmp_path / "teacher")
     videos = tmp_path / "videos"

@@ -1,6 +1,10 @@
-"""Export round trips: LoRA safetensors, merged UNet, and a stock-diffusers pipeline folder."""
+"""Exports: a peft adapter folder that stock peft loads, a merged UNet, a stock-diffusers pipeline
+folder, each with a model card."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -8,9 +12,16 @@ import torch
 from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
 from t2v_turbo.cli import main as cli_main
 from t2v_turbo.diffusion.solver import guidance_scale_embedding
-from t2v_turbo.export import LORA_WEIGHTS_NAME, export_student, fold_guidance_scale, merge_student
+from t2v_turbo.export import (
+    MODEL_CARD_NAME,
+    PEFT_CONFIG_NAME,
+    PEFT_WEIGHTS_NAME,
+    export_student,
+    fold_guidance_scale,
+    merge_student,
+)
 from t2v_turbo.pipeline import load_student_pipeline
-from t2v_turbo.student import LoraSettings, StudentMeta, build_student, save_student, student_state_dict
+from t2v_turbo.student import LoraSettings, StudentMeta, build_student, save_student
 from t2v_turbo.testing import build_tiny_diffusers_t2v
 
 GEOMETRY = dict(num_frames=3, height=16, width=16)
@@ -36,7 +47,7 @@ def student_dir(adapter, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def student_pipe(student_dir):
-    return load_student_pipeline(student_dir)
+    return load_student_pipeline(student_dir, fuse_lora=False)  # peft's layers: the trained form
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +60,67 @@ def unet_inputs(adapter):
     )
 
 
-def test_lora_export_reloads_equal(student_dir, student_pipe, tmp_path):
-    from safetensors.torch import load_file
+# Runs in a fresh interpreter that imports only torch, diffusers, peft and safetensors: the export
+# must load with stock libraries, as a user without this toolkit would load it.
+STOCK_PEFT_SCRIPT = textwrap.dedent("""
+    import sys
 
-    assert cli_main(["export", str(student_dir), "--format", "lora", "--out", str(tmp_path)]) == 0
-    exported = load_file(str(tmp_path / LORA_WEIGHTS_NAME))
-    saved = student_state_dict(student_pipe.unet)
-    assert exported.keys() == saved.keys()
-    assert all(torch.equal(exported[k], saved[k]) for k in saved)
-    assert json.loads((tmp_path / "export.json").read_text())["student"]["lora"]["rank"] == 4
+    import torch
+    from diffusers import LCMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+    from peft import PeftModel
+    from safetensors.torch import load_file, save_file
+
+    teacher, adapter, io = sys.argv[1:4]
+    inputs = load_file(io + "/inputs.safetensors")
+    call = dict(sample=inputs["sample"], timestep=inputs["timestep"], encoder_hidden_states=inputs["text"])
+    out = {}
+    with torch.no_grad():
+        unet = UNet3DConditionModel.from_pretrained(teacher, subfolder="unet").eval()
+        out["teacher"] = unet(**call).sample
+        model = PeftModel.from_pretrained(unet, adapter).eval()
+        out["peft"] = model(**call).sample
+        merged = model.merge_and_unload()
+        out["merged"] = merged(**call).sample
+    pipe = TextToVideoSDPipeline.from_pretrained(teacher, unet=merged)
+    pipe.scheduler = LCMScheduler.from_pretrained(adapter, subfolder="scheduler")
+    pipe.set_progress_bar_config(disable=True)
+    out["latents"] = pipe(["a cat running on the beach", "a red car"], num_inference_steps=4, guidance_scale=1.0,
+                          generator=torch.Generator().manual_seed(0), output_type="latent",
+                          num_frames=3, height=16, width=16).frames
+    ours = sorted(m for m in sys.modules if m.split(".")[0] in ("t2v_turbo", "distill", "rewards", "eval", "miniworld"))
+    assert not ours, ours
+    save_file({k: v.contiguous() for k, v in out.items()}, io + "/outputs.safetensors")
+""")
+
+
+def test_lora_export_is_a_peft_adapter_that_stock_peft_and_diffusers_load(student_dir, student_pipe, unet_inputs, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "lora"
+    assert cli_main(["export", str(student_dir), "--format", "lora", "--guidance-scale", "6", "--out", str(out)]) == 0
+    assert {PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME, MODEL_CARD_NAME, "export.json", "scheduler"} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / PEFT_CONFIG_NAME).read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8
+    assert config["modules_to_save"] == ["time_embedding.linear_1"]
+    save_file({"sample": unet_inputs["sample"], "timestep": unet_inputs["timestep"],
+               "text": unet_inputs["encoder_hidden_states"].contiguous()}, str(tmp_path / "inputs.safetensors"))
+    teacher = student_pipe.adapter.source
+    run = subprocess.run([sys.executable, "-c", STOCK_PEFT_SCRIPT, teacher, str(out), str(tmp_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    stock = load_file(str(tmp_path / "outputs.safetensors"))
+    cond = guidance_scale_embedding(torch.tensor([6.0, 6.0]), 256)
+    with torch.no_grad():
+        expected = student_pipe.unet(**unet_inputs, timestep_cond=cond).sample
+    torch.testing.assert_close(stock["peft"], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stock["merged"], expected, atol=1e-5, rtol=1e-5)
+    assert (stock["peft"] - stock["teacher"]).abs().max() > 1e-3  # the adapter changes the teacher's output
+    # the stock pipeline with the adapter and its LCMScheduler is our sampler with LCM spacing
+    student_pipe.scheduler.register_to_config(spacing="lcm")
+    ours = student_pipe(["a cat running on the beach", "a red car"], num_inference_steps=4, guidance_scale=6.0,
+                        generator=torch.Generator().manual_seed(0), output_type="latent", **GEOMETRY)
+    student_pipe.scheduler.register_to_config(spacing="t2v_turbo")
+    torch.testing.assert_close(stock["latents"], ours, atol=1e-4, rtol=1e-4)
 
 
 def test_merged_unet_equals_lora_student(student_pipe, unet_inputs, tmp_path):
@@ -136,9 +199,40 @@ def test_stock_diffusers_pipeline_equals_our_sampler(student_dir, student_pipe, 
     ).frames  # (B, T, 3, H, W) in [0, 1]
     ours_pixels = student_pipe.adapter.decode_latents(ours).clamp(-1, 1)
     torch.testing.assert_close((ours_pixels.transpose(1, 2) + 1) / 2, stock_pixels, atol=1e-4, rtol=1e-4)
+    # our pipeline's diffusers-layout output (.frames) matches the stock pipeline's, np and pt
+    student_pipe.scheduler.register_to_config(spacing="lcm")
+    for output_type in ("np", "pt"):
+        stock_frames = stock(prompts, num_inference_steps=4, guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+                             output_type=output_type, **GEOMETRY).frames
+        our_frames = student_pipe(prompts, num_inference_steps=4, guidance_scale=6.0, generator=torch.Generator().manual_seed(0),
+                                  output_type=output_type, return_dict=True, **GEOMETRY).frames
+        assert type(our_frames) is type(stock_frames) and our_frames.shape == stock_frames.shape
+        torch.testing.assert_close(torch.as_tensor(our_frames), torch.as_tensor(stock_frames), atol=1e-4, rtol=1e-4)
+    student_pipe.scheduler.register_to_config(spacing="t2v_turbo")
 
 
 def test_lora_format_rejects_a_full_finetune_student(adapter, tmp_path):
     save_student(tmp_path / "full", build_student(adapter, 256, lora=None), StudentMeta.for_adapter(adapter))
     with pytest.raises(ValueError, match="needs a LoRA student"):
         export_student(tmp_path / "full", tmp_path / "out", "lora")
+
+
+def test_every_export_folder_has_a_model_card(student_dir, tmp_path):
+    (student_dir / "config.yaml").write_text(
+        "rewards: [{name: hpsv2.1, weight: 1.0}]\ntrain: {max_steps: 7}\ndataloader: {batch_size: 2}\n"
+        "optimizer: {lr: 0.001}\ndistill: {target: ema}\n")
+    metrics = tmp_path / "minibench.json"
+    metrics.write_text(json.dumps({"overall": {"total": 0.75, "count": 90}, "videos": [{"a": 1}]}))
+    try:
+        for format in ("lora", "merged", "diffusers"):
+            out = export_student(student_dir, tmp_path / format, format, metrics=[metrics])
+            card = (out / MODEL_CARD_NAME).read_text()
+            assert card.startswith("---\n") and f"base_model: {student_dir / 'teacher'}" not in card
+            assert f"`{json.loads((out / 'export.json').read_text())['student']['teacher_path']}`" in card
+            assert "hpsv2.1 (weight 1.0)" in card and "7 steps, batch 2" in card  # recipe from the run config
+            assert "| overall.total | 0.75 |" in card and "videos" not in card.split("## Evaluation")[1].split("##")[0]
+            assert "```python" in card and "```yaml" in card
+        assert "PeftModel.from_pretrained" in (tmp_path / "lora" / MODEL_CARD_NAME).read_text()
+        assert "guidance w = 6 (folded into the weights)" in (tmp_path / "diffusers" / MODEL_CARD_NAME).read_text()
+    finally:
+        (student_dir / "config.yaml").unlink()

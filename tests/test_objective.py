@@ -1,6 +1,7 @@
 """The T2V-Turbo objective on a tiny diffusers teacher: CD against the formulas, the mixed reward,
 frame selection, the public-code weighting and the EMA target."""
 
+import dataclasses
 import math
 
 import pytest
@@ -9,10 +10,12 @@ from torch import nn
 
 from distill.ema import EMATarget
 from distill.losses import consistency_distance, pseudo_huber_loss
-from distill.objective import ConsistencySettings, RewardTerm, T2VTurboObjective, video_only_mask
+from distill.model import TrainedModel
+from distill.objectives import RewardTerm, RunContext, T2VTurboObjective
+from distill.objectives.t2v_turbo import ConsistencySettings, video_only_mask
 from rewards.base import VideoReward
 from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
-from t2v_turbo.student import LoraSettings, build_student
+from t2v_turbo.student import LoraSettings, StudentMeta, build_student
 from t2v_turbo.testing import build_tiny_diffusers_t2v
 
 FRAMES = 6
@@ -56,6 +59,14 @@ def student(adapter):
     return unet
 
 
+def bound(adapter, student, rewards=(), **settings):
+    """A T2V-Turbo objective with ``settings``, bound to ``student`` on ``adapter`` with ``rewards``."""
+    objective = T2VTurboObjective(**settings)
+    model = TrainedModel(student, StudentMeta.for_adapter(adapter, time_cond_proj_dim=256))
+    objective.bind(RunContext(adapter, model, list(rewards), seed=0, device=torch.device("cpu")))
+    return objective
+
+
 def batch(adapter, size=2):
     g = torch.Generator().manual_seed(1)
     latents = torch.randn(size, 4, FRAMES, 8, 8, generator=g)
@@ -78,14 +89,9 @@ def positions_drawing(objective, latent_shape, seed, wanted):
     raise AssertionError(f"no position draws {wanted}")
 
 
-def test_draws_cover_every_ddim_index_and_the_w_interval():
+def test_draws_cover_every_ddim_index_and_the_w_interval(adapter, student):
     """n ~ U{0..N-1} (the last index too), w ~ U[w_min, w_max], eps ~ N(0, I), from (seed, position) alone."""
-
-    class Grid:  # the draws need only the schedule's length; no model is involved
-        num_train_timesteps = 1000
-
-    settings = ConsistencySettings(num_ddim_timesteps=50, w_min=2.0, w_max=6.0)
-    objective = T2VTurboObjective(Grid(), settings)
+    objective = bound(adapter, student, num_ddim_timesteps=50, w_min=2.0, w_max=6.0)
     positions = list(range(3000))
     index, w, eps = objective.draw(positions, (1, 1, 2, 2), seed=7)
     # every one of the 50 indices is drawn, each about 3000 / 50 = 60 times (5 sigma band of a binomial)
@@ -109,13 +115,13 @@ def test_cd_loss_and_gradient_follow_algorithm_1(adapter, student):
     """L_CD and its gradient recomputed from the formulas of the spec, with one sample at the boundary
     (n = 0: t_n = 0, where c_skip = 1 and the target is the DDIM-solved latent itself) and one at n = N - 1."""
     settings = ConsistencySettings()
-    objective = T2VTurboObjective(adapter, settings)
+    objective = bound(adapter, student, **dataclasses.asdict(settings))
     latents, text, uncond, prompts = batch(adapter)
     positions = positions_drawing(objective, latents.shape[1:], 5, [0, 49])
     grad_modes = []
     hook = student.register_forward_pre_hook(lambda m, args: grad_modes.append(torch.is_grad_enabled()))
     try:
-        out = objective(student, latents, text, uncond, prompts, positions, seed=5)
+        out = objective.loss(student, latents, text, uncond, prompts, positions, seed=5)
     finally:
         hook.remove()
     # the target runs without gradient, the student's prediction with it (one forward each)
@@ -168,12 +174,12 @@ def test_cd_loss_and_gradient_follow_algorithm_1(adapter, student):
 def test_mixed_objective_is_the_sum_of_its_terms_and_decodes_only_selected_frames(adapter, student):
     img = ColourReward([1, 4], seed=1)
     vid = ColourReward([0, 2, 4], granularity="clip", seed=2)
-    objective = T2VTurboObjective(adapter, ConsistencySettings(), [RewardTerm("img", img, 2.0), RewardTerm("vid", vid, 3.0)])
+    objective = bound(adapter, student, [RewardTerm("img", img, 2.0), RewardTerm("vid", vid, 3.0)])
     decoded_frames = []
     hook = adapter.vae.decoder.register_forward_pre_hook(lambda m, args: decoded_frames.append(args[0].shape[0]))
     try:
         latents, text, uncond, prompts = batch(adapter)
-        out = objective(student, latents, text, uncond, prompts, [0, 1], seed=0, grad_norms=True)
+        out = objective.loss(student, latents, text, uncond, prompts, [0, 1], seed=0, grad_norms=True)
     finally:
         hook.remove()
     # the union {0, 1, 2, 4} of the needed frames, for 2 samples, and nothing else
@@ -181,7 +187,7 @@ def test_mixed_objective_is_the_sum_of_its_terms_and_decodes_only_selected_frame
     assert img.calls[0] == (2, 3, 2, 16, 16) and vid.calls[0] == (2, 3, 3, 16, 16)
     # L = L_CD - 2 R_img - 3 R_vid, with the rewards recomputed on an independent decode of f_theta
     with torch.no_grad():
-        cd_only = T2VTurboObjective(adapter, ConsistencySettings())(student, latents, text, uncond, prompts, [0, 1], seed=0)
+        cd_only = bound(adapter, student).loss(student, latents, text, uncond, prompts, [0, 1], seed=0)
         index, w, eps = objective.draw([0, 1], latents.shape[1:], seed=0)
         t = objective.grid[index]
         z = torch.sqrt(adapter.alphas_cumprod[t]).view(-1, 1, 1, 1, 1) * latents + torch.sqrt(
@@ -204,13 +210,13 @@ def test_mixed_objective_is_the_sum_of_its_terms_and_decodes_only_selected_frame
 
 def test_reward_gradient_reaches_lora_through_the_vae_decoder(adapter, student):
     reward = ColourReward([2, 3])
-    objective = T2VTurboObjective(adapter, ConsistencySettings(), [RewardTerm("img", reward, 1.0)],
-                                  vae_gradient_checkpointing=True, decode_chunk_size=1)
+    objective = bound(adapter, student, [RewardTerm("img", reward, 1.0)], vae_gradient_checkpointing=True,
+                      decode_chunk_size=1)
     decoder_inputs = []
     hook = adapter.vae.decoder.register_forward_pre_hook(lambda m, args: decoder_inputs.append(args[0].requires_grad))
     try:
         latents, text, uncond, prompts = batch(adapter)
-        out = objective(student, latents, text, uncond, prompts, [0, 1])
+        out = objective.loss(student, latents, text, uncond, prompts, [0, 1])
         out.terms["img"].backward()  # the reward term alone: its only path to the student is the decoder
     finally:
         hook.remove()
@@ -230,9 +236,9 @@ def test_video_only_fraction_selects_by_position_and_weights_terms(adapter, stud
     img, vid = ColourReward([1]), ColourReward([0, 2, 4, 5], granularity="clip")
     latents, text, uncond, prompts = batch(adapter, size=4)
     positions = [4, 5, 6, 7]  # with 1/4 video-only: position 7 is the clip-only sample
-    objective = T2VTurboObjective(adapter, ConsistencySettings(), [RewardTerm("img", img, 2.0), RewardTerm("vid", vid, 3.0)],
-                                  video_only_fraction=0.25)
-    out = objective(student, latents, text, uncond, prompts, positions)
+    objective = bound(adapter, student, [RewardTerm("img", img, 2.0), RewardTerm("vid", vid, 3.0)],
+                      video_only_fraction=0.25)
+    out = objective.loss(student, latents, text, uncond, prompts, positions)
     assert out.video_only.tolist() == [False, False, False, True]
     assert sorted(out.decoded) == [(1, 4), (3, 1)]  # regular samples decode 1 frame, the clip sample 4
     assert img.calls == [(3, 3, 1, 16, 16)] and vid.calls == [(1, 3, 4, 16, 16)]
@@ -242,8 +248,7 @@ def test_video_only_fraction_selects_by_position_and_weights_terms(adapter, stud
     assert out.terms["vid"].item() == pytest.approx(-3.0 * 0.25 * out.rewards["vid"].item(), rel=1e-6)
     assert out.loss.item() == pytest.approx(sum(v.item() for v in out.terms.values()), rel=1e-6)
     # the CD part of the video-only sample is not computed: equal to CD on the three regular samples
-    regular = T2VTurboObjective(adapter, ConsistencySettings())(
-        student, latents[:3], text[:3], uncond[:3], prompts[:3], positions[:3])
+    regular = bound(adapter, student).loss(student, latents[:3], text[:3], uncond[:3], prompts[:3], positions[:3])
     assert out.cd_loss.item() == pytest.approx(regular.cd_loss.item(), rel=1e-5)
 
 
@@ -260,17 +265,17 @@ def test_ema_update_and_target(adapter, student):
         if n in theta0:  # theta^- <- mu theta^- + (1 - mu) theta
             assert torch.allclose(ema.shadow[n], 0.9 * theta0[n] + 0.1 * p.detach(), atol=1e-6)
     # the target runs on theta^-, the student's weights are restored afterwards
-    objective = T2VTurboObjective(adapter, ConsistencySettings(target="ema"))
+    objective = bound(adapter, student, target="ema")
     latents, text, uncond, prompts = batch(adapter)
-    online = objective(student, latents, text, uncond, prompts, [0, 1])
-    with_ema = objective(student, latents, text, uncond, prompts, [0, 1], ema=ema)
+    online = objective.loss(student, latents, text, uncond, prompts, [0, 1])
+    with_ema = objective.loss(student, latents, text, uncond, prompts, [0, 1], ema=ema)
     assert with_ema.cd_loss.item() != pytest.approx(online.cd_loss.item(), rel=1e-4)
     for n, p in student.named_parameters():
         if n in theta0:
             assert torch.equal(p.detach(), theta0[n] + 1.0)
     # a decay of 0 makes theta^- the online weights: the same loss as the online target
     ema0 = EMATarget(student, decay=0.0)
-    assert objective(student, latents, text, uncond, prompts, [0, 1], ema=ema0).cd_loss.item() == pytest.approx(
+    assert objective.loss(student, latents, text, uncond, prompts, [0, 1], ema=ema0).cd_loss.item() == pytest.approx(
         online.cd_loss.item(), rel=1e-6)
 
 
@@ -294,10 +299,12 @@ def test_distances_default_to_the_spec_constants():
 
 
 def test_settings_errors_name_the_key():
-    with pytest.raises(ValueError, match="distill.target='teacher'"):
-        ConsistencySettings(target="teacher")
-    with pytest.raises(ValueError, match="distill.w_min=9"):
-        ConsistencySettings(w_min=9, w_max=3)
+    with pytest.raises(ValueError, match="objective.target='teacher'"):
+        T2VTurboObjective(target="teacher")
+    with pytest.raises(ValueError, match="objective.w_min=9 must not exceed objective.w_max=3"):
+        T2VTurboObjective(w_min=9, w_max=3)
+    with pytest.raises(ValueError, match="objective.huber_c=0 must be .* > 0; objective.video_only_fraction=1.5"):
+        T2VTurboObjective(huber_c=0, video_only_fraction=1.5)
 
 
 class WeightedColourReward(ColourReward):
@@ -316,10 +323,10 @@ class WeightedColourReward(ColourReward):
 
 def test_objective_passes_the_rewards_frame_weights(adapter, student):
     reward = WeightedColourReward([1, 4], seed=3)
-    objective = T2VTurboObjective(adapter, ConsistencySettings(), [RewardTerm("img", reward, 1.0)])
+    objective = bound(adapter, student, [RewardTerm("img", reward, 1.0)])
     latents, text, uncond, prompts = batch(adapter)
     with torch.no_grad():
-        out = objective(student, latents, text, uncond, prompts, [0, 1], seed=0)
+        out = objective.loss(student, latents, text, uncond, prompts, [0, 1], seed=0)
         index, w, eps = objective.draw([0, 1], latents.shape[1:], seed=0)
         t = objective.grid[index]
         from t2v_turbo.diffusion.solver import add_noise, extract, guidance_scale_embedding

@@ -98,16 +98,61 @@ def test_teacher_pipeline_equals_stock_diffusers(teacher_dir, adapter):
 
 
 def test_load_student_pipeline_reproduces_the_in_memory_student(teacher_dir, adapter, student, tmp_path):
+    from peft.tuners.lora import LoraLayer
+
     settings = LoraSettings(rank=4, alpha=4)
     save_student(tmp_path, student, StudentMeta.for_adapter(adapter, lora=settings))
-    loaded = load_student_pipeline(tmp_path)
     kwargs = dict(generator=torch.Generator().manual_seed(5), output_type="latent", **GEOMETRY)
     ours = T2VTurboPipeline(adapter, student)("a bird flying", **kwargs)
-    kwargs["generator"] = torch.Generator().manual_seed(5)
-    saved, reloaded = student.state_dict(), loaded.unet.state_dict()
+
+    def sample(pipe):
+        return pipe("a bird flying", **dict(kwargs, generator=torch.Generator().manual_seed(5)))
+
+    unmerged = load_student_pipeline(tmp_path, fuse_lora=False)
+    saved, reloaded = student.state_dict(), unmerged.unet.state_dict()
     assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)
     # two model instances: equal weights (bit for bit, above), outputs up to float reordering
-    torch.testing.assert_close(loaded("a bird flying", **kwargs), ours, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sample(unmerged), ours, atol=1e-5, rtol=1e-5)
+    fused = T2VTurboPipeline.from_pretrained(tmp_path)  # the diffusers idiom; LoRA merged by default
+    assert not any(isinstance(m, LoraLayer) for m in fused.unet.modules())
+    assert any(isinstance(m, LoraLayer) for m in unmerged.unet.modules())
+    torch.testing.assert_close(sample(fused), ours, atol=1e-5, rtol=1e-5)  # W + (alpha/r) B A: float rounding only
+
+
+def test_fuse_lora_merges_every_delta_into_the_base_weight(adapter, student):
+    import copy
+
+    from peft.tuners.lora import LoraLayer
+
+    from t2v_turbo.student import fuse_lora
+
+    fused = fuse_lora(copy.deepcopy(student))
+    names = [n for n, m in student.named_modules() if isinstance(m, LoraLayer)]
+    assert names and not any(isinstance(m, LoraLayer) for m in fused.modules())
+    params = dict(student.named_parameters())
+    for name in names:
+        lora_a, lora_b = params[f"{name}.lora_A.default.weight"], params[f"{name}.lora_B.default.weight"]
+        expected = params[f"{name}.base_layer.weight"] + (4 / 4) * lora_b @ lora_a  # W + (alpha / rank) B A, alpha = rank = 4
+        assert type(fused.get_submodule(name)) is torch.nn.Linear
+        torch.testing.assert_close(fused.get_submodule(name).weight, expected, atol=1e-7, rtol=0)
+
+
+def test_student_meta_supplies_sampling_defaults_and_warns_outside_the_trained_range(adapter, student, tmp_path):
+    settings = LoraSettings(rank=4, alpha=4)
+    meta = StudentMeta.for_adapter(adapter, lora=settings, guidance_scale=3.0, num_inference_steps=2,
+                                   guidance_range=[2.0, 6.0], num_frames=2, height=8, width=16, fps=4)
+    save_student(tmp_path, student, meta)
+    pipe = T2VTurboPipeline.from_pretrained(tmp_path)
+    video = pipe("a cat", generator=torch.Generator().manual_seed(0))
+    assert video.shape == (1, 3, 2, 8, 16) and pipe.unet_calls == 2
+    explicit = T2VTurboPipeline(adapter, student)("a cat", num_inference_steps=2, guidance_scale=3.0, num_frames=2, height=8,
+                                                 width=16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(video, explicit, atol=1e-5, rtol=1e-5)  # the defaults are the meta's values
+    with pytest.warns(UserWarning, match=r"guidance scale 9 is outside the range the student was trained on \[2, 6\]"):
+        pipe("a cat", guidance_scale=9.0, output_type="latent")
+    frames = pipe("a cat", generator=torch.Generator().manual_seed(0), output_type="np", return_dict=True).frames
+    assert frames.shape == (1, 2, 8, 16, 3) and frames.min() >= 0 and frames.max() <= 1  # diffusers' layout
+    torch.testing.assert_close(torch.from_numpy(frames), (video.permute(0, 2, 3, 4, 1) + 1) / 2, atol=1e-6, rtol=0)
 
 
 def test_sample_cli_student_file_and_prompt_folder(adapter, student, tmp_path):
@@ -128,17 +173,20 @@ def test_sample_cli_student_file_and_prompt_folder(adapter, student, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\n\na red car on the street\n")
     out = tmp_path / "videos"
-    assert main(["sample", "--checkpoint", str(ckpt), "--prompts-file", str(prompts), "--out", str(out), "--format", "gif", "--batch-size", "1", *small]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["000_a_cat.gif", "001_a_red_car_on_the_street.gif"]
+    assert main(["sample", "--checkpoint", str(ckpt), "--prompts-file", str(prompts), "--out", str(out), "--format", "gif",
+                 "--batch-size", "1", "--num-samples", "2", *small]) == 0
+    # the names MiniBench and VBench read: {prompt}-{i}
+    assert sorted(p.name for p in out.iterdir()) == ["a cat-0.gif", "a cat-1.gif", "a red car on the street-0.gif",
+                                                     "a red car on the street-1.gif"]
 
 
-def test_sample_cli_teacher(teacher_dir, tmp_path):
+def test_sample_cli_teacher(teacher_dir, tmp_path, capsys):
     from t2v_turbo.cli import main
 
     small = ["--num-frames", "2", "--height", "16", "--width", "16", "--device", "cpu"]
     assert main(["sample", "--teacher", str(teacher_dir), "--prompt", "a dog", "--steps", "3", "--out", str(tmp_path / "t.gif"), *small]) == 0
     assert (tmp_path / "t.gif").is_file()
-    with pytest.raises(SystemExit, match="single file but there are 2 prompts"):
-        prompts = tmp_path / "p.txt"
-        prompts.write_text("a\nb\n")
-        main(["sample", "--teacher", str(teacher_dir), "--prompts-file", str(prompts), "--out", str(tmp_path / "x.mp4"), *small])
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\nb\n")
+    assert main(["sample", "--teacher", str(teacher_dir), "--prompts-file", str(prompts), "--out", str(tmp_path / "x.mp4"), *small]) == 2
+    assert "t2v-turbo sample: error: --out " in capsys.readouterr().err

@@ -61,7 +61,7 @@ from pathlib import Path
 
 #: module -> the test files that exercise it (coverage then picks the tests inside them)
 TARGETS: dict[str, list[str]] = {
-    "distill/objective.py": ["tests/test_objective.py", "tests/test_trainer.py"],
+    "distill/objectives/t2v_turbo.py": ["tests/test_objective.py", "tests/test_trainer.py"],
     "distill/losses.py": ["tests/test_objective.py", "tests/test_trainer.py"],
     "distill/ema.py": ["tests/test_objective.py", "tests/test_trainer.py"],
     "distill/trainer.py": ["tests/test_trainer.py", "tests/test_configs_valid.py", "tests/test_config.py"],

@@ -6,8 +6,14 @@ touching them. Conventions:
 
 - pixel videos are (B, C, T, H, W) float in [-1, 1];
 - latents are (B, c, T, h, w) and already multiplied by ``vae_scale_factor``;
-- timesteps are integer (B,) tensors on the 1000-step training grid;
-- every UNet call goes through ``predict_eps`` so family-specific inputs (fps, layout) stay here.
+- timesteps are integer (B,) tensors on the 1000-step training grid (for a flow teacher the
+  grid index i stands for sigma_i, see ``t2v_turbo.diffusion.flow``);
+- every network call goes through ``predict`` (the raw output, of the adapter's
+  ``prediction_type``) or ``predict_eps`` so family-specific inputs (fps, layout, timestep
+  conversion) stay here;
+- ``noise_coefficients()`` gives (alpha_t, sigma_t) with z_t = alpha_t x0 + sigma_t eps, and
+  ``t2v_turbo.diffusion.prediction`` converts an output to (x0, eps) by ``prediction_type``: the
+  trainer and samplers pick their conversions from these two, never from the family.
 """
 
 from __future__ import annotations
@@ -17,6 +23,47 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from t2v_turbo.diffusion.prediction import noise_coefficients
+
+
+def encode_per_frame(
+    vae: nn.Module,
+    pixels: torch.Tensor,
+    scale: float,
+    generator: torch.Generator | None = None,
+    frame_chunk_size: int = 8,
+) -> torch.Tensor:
+    """A per-frame 2D VAE (diffusers ``AutoencoderKL``): (B, 3, T, H, W) pixels in [-1, 1] -> latents
+    (B, c, T, h, w) = ``scale`` x a posterior sample of each frame, ``frame_chunk_size`` frames at a time."""
+    batch, _, frames = pixels.shape[:3]
+    flat = pixels.transpose(1, 2).flatten(0, 1)
+    dtype = next(vae.parameters()).dtype
+    chunks = [vae.encode(chunk.to(dtype)).latent_dist.sample(generator) for chunk in flat.split(frame_chunk_size)]
+    return (torch.cat(chunks) * scale).unflatten(0, (batch, frames)).transpose(1, 2)
+
+
+def decode_per_frame(vae: nn.Module, latents: torch.Tensor, scale: float, frame_chunk_size: int = 8) -> torch.Tensor:
+    """Inverse of ``encode_per_frame``: latents / ``scale`` decoded frame by frame -> (B, 3, T, H, W),
+    unclamped and differentiable, ``frame_chunk_size`` frames at a time."""
+    batch, _, frames = latents.shape[:3]
+    flat = latents.transpose(1, 2).flatten(0, 1) / scale
+    dtype = next(vae.parameters()).dtype
+    chunks = [vae.decode(chunk.to(dtype)).sample for chunk in flat.split(frame_chunk_size)]
+    return torch.cat(chunks).unflatten(0, (batch, frames)).transpose(1, 2)
+
+
+def move_module(module: nn.Module, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """``module.to(device, dtype)`` passing only what is set. A diffusers model that keeps no
+    module in float32 is cast by ``nn.Module.to`` itself: diffusers' ``to`` warns on any ``dtype``
+    argument, even ``None`` with nothing to keep ("should be kept in float32: []")."""
+    kwargs = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    if not kwargs:
+        return module
+    if dtype is not None and not getattr(module, "_keep_in_fp32_modules", None):
+        return nn.Module.to(module, **kwargs)
+    return module.to(**kwargs)
 
 
 class TeacherAdapter(abc.ABC):
@@ -28,8 +75,12 @@ class TeacherAdapter(abc.ABC):
     unet: nn.Module
     vae: nn.Module
     text_encoder: nn.Module
-    #: alpha_bar_t on the training grid, float32 (num_train_timesteps,)
-    alphas_cumprod: torch.Tensor
+    #: what the network predicts: "epsilon" (eps) or "flow" (velocity v = eps - x0)
+    prediction_type: str = "epsilon"
+    #: alpha_bar_t on the training grid, float32 (num_train_timesteps,) ("epsilon" families)
+    alphas_cumprod: torch.Tensor | None = None
+    #: sigma_i on the training grid, float32 (num_train_timesteps,) ("flow" families)
+    flow_sigmas: torch.Tensor | None = None
     num_train_timesteps: int = 1000
     vae_scale_factor: float = 0.18215
     #: default video geometry of the family: frames, height, width (pixels), fps
@@ -37,6 +88,8 @@ class TeacherAdapter(abc.ABC):
     default_height: int = 256
     default_width: int = 256
     default_fps: int = 8
+    #: write this family's sampled mp4s losslessly (RGB): small saturated worlds lose colour to yuv420p
+    lossless_video: bool = False
 
     # ---- text -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -60,7 +113,63 @@ class TeacherAdapter(abc.ABC):
         at a time to bound memory. To decode only some frames, index the latents first.
         """
 
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames of a ``num_frames`` pixel video (per-frame VAEs: the same number)."""
+        return num_frames
+
+    def pixel_frames(self, num_latent_frames: int) -> int:
+        """Pixel frames decoded from ``num_latent_frames`` latent frames (inverse of ``latent_frames``)."""
+        return num_latent_frames
+
+    def latent_frames_needed(self, frames: Sequence[int]) -> int:
+        """How many latent frames a decode of the pixel ``frames`` touches (per-frame VAEs: one each)."""
+        return len(set(frames))
+
+    def decode_frames(
+        self, latents: torch.Tensor, frames: Sequence[int], frame_chunk_size: int = 8, checkpointing: bool = False
+    ) -> torch.Tensor:
+        """Pixels (B, 3, len(frames), H, W) of the pixel ``frames`` (sorted, distinct) of ``latents``,
+        decoding only what they need, with gradient; with ``checkpointing`` each chunk of frames is
+        recomputed in backward instead of keeping its activations.
+
+        Per-frame VAEs decode exactly the latent frames ``frames``; a causal video VAE overrides this.
+        """
+        selected = latents[:, :, list(frames)]
+        if not checkpointing:
+            return self.decode_latents(selected, frame_chunk_size)
+        chunks = selected.split(frame_chunk_size, dim=2)
+        return torch.cat(
+            [checkpoint(self.decode_latents, c, frame_chunk_size, use_reentrant=False) for c in chunks], dim=2
+        )
+
+    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        """(B, c, T, h, w) of the latents of ``batch_size`` videos of ``num_frames`` x ``height`` x ``width``
+        pixels (T = ``latent_frames(num_frames)``); raises ``ValueError`` when the size is not a multiple of
+        the VAE's spatial factor."""
+        factor = getattr(self, "vae_spatial_factor", 8)
+        if height % factor or width % factor:
+            raise ValueError(f"`height`={height} and `width`={width} must be multiples of the VAE factor {factor}")
+        frames = self.latent_frames(num_frames)
+        return (batch_size, self.unet.config.in_channels, frames, height // factor, width // factor)
+
     # ---- UNet -------------------------------------------------------------------------
+    def noise_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t) on the training grid, each (num_train_timesteps,): z_t = alpha_t x0 + sigma_t eps."""
+        return noise_coefficients(self.prediction_type, alphas_cumprod=self.alphas_cumprod, sigmas=self.flow_sigmas)
+
+    def predict(
+        self,
+        unet: nn.Module,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text_embedding: torch.Tensor,
+        timestep_cond: torch.Tensor | None = None,
+        fps: int | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The raw output of ``unet`` at grid indices ``timesteps``: eps for ``prediction_type``
+        "epsilon", the velocity for "flow". The epsilon families' output is ``predict_eps``."""
+        return self.predict_eps(unet, latents, timesteps, text_embedding, timestep_cond=timestep_cond, fps=fps)
+
     @abc.abstractmethod
     def predict_eps(
         self,
@@ -85,12 +194,20 @@ class TeacherAdapter(abc.ABC):
     def modules(self) -> dict[str, nn.Module]:
         return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
 
+    def cast_network(self, network: nn.Module, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> nn.Module:
+        """Move a network of this family (the teacher's or a student's) to ``device`` / ``dtype``,
+        keeping whatever the family needs in higher precision."""
+        return move_module(network, device=device, dtype=dtype)
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TeacherAdapter":
         """Move the frozen teacher modules (and the schedule) to ``device``/``dtype``."""
         for module in self.modules().values():
-            module.to(device=device, dtype=dtype)
+            move_module(module, device=device, dtype=dtype)
         if device is not None:
-            self.alphas_cumprod = self.alphas_cumprod.to(device)
+            for name in ("alphas_cumprod", "flow_sigmas"):
+                if getattr(self, name) is not None:
+                    setattr(self, name, getattr(self, name).to(device))
         return self
 
     @property

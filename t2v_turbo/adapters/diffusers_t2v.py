@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from t2v_turbo.adapters.base import TeacherAdapter
+from t2v_turbo.adapters.base import TeacherAdapter, decode_per_frame, encode_per_frame
 from t2v_turbo.diffusion.schedule import scaled_linear_alphas_cumprod
 
 #: components a ModelScope-layout folder must hold
@@ -29,28 +29,67 @@ GUIDANCE_LAYER_KEY = "time_embedding.cond_proj.weight"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def resolve_model_location(path: str | os.PathLike) -> tuple[str, bool]:
+def resolve_model_location(
+    path: str | os.PathLike, required: Sequence[str] = REQUIRED_SUBFOLDERS, kind: str = "diffusers text-to-video"
+) -> tuple[str, bool]:
     """(location, is_local) for a local model folder or a hub id.
 
-    A local folder must hold every subfolder in ``REQUIRED_SUBFOLDERS``; a string that is not an
-    existing folder is treated as a hub id only if it looks like one (``owner/name``).
+    A local folder must hold every subfolder in ``required``; a string that is not an existing
+    folder is treated as a hub id only if it looks like one (``owner/name``).
     """
     location = str(path)
     folder = Path(location).expanduser()
     if folder.is_dir():
-        missing = [name for name in REQUIRED_SUBFOLDERS if not (folder / name).is_dir()]
+        missing = [name for name in required if not (folder / name).is_dir()]
         if missing:
             raise FileNotFoundError(
-                f"diffusers text-to-video folder {folder.resolve()} is missing the subfolder(s) "
-                f"{', '.join(missing)} (expected {', '.join(REQUIRED_SUBFOLDERS)})"
+                f"{kind} folder {folder.resolve()} is missing the subfolder(s) "
+                f"{', '.join(missing)} (expected {', '.join(required)})"
             )
         return str(folder.resolve()), True
     if _HUB_ID.match(location) and not location.startswith((".", "~")):
         return location, False
     raise FileNotFoundError(
-        f"no diffusers text-to-video model folder at {folder.resolve()} "
-        f"(expected a folder with {', '.join(REQUIRED_SUBFOLDERS)} or a hub id owner/name)"
+        f"no {kind} model folder at {folder.resolve()} "
+        f"(expected a folder with {', '.join(required)} or a hub id owner/name)"
     )
+
+
+def encode_clip_prompts(tokenizer, text_encoder: nn.Module, prompts: Sequence[str]) -> torch.Tensor:
+    """CLIP last hidden state (B, L, D), padded to ``tokenizer.model_max_length`` and truncated,
+    as ``TextToVideoSDPipeline`` encodes prompts."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    tokens = tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    device = next(text_encoder.parameters()).device
+    return text_encoder(tokens.input_ids.to(device))[0]
+
+
+def check_hub_model(repo_id: str, revision: str | None = None, local_files_only: bool = True) -> None:
+    """Fail early, and say why, when a hub model cannot be loaded: not in the local cache (cache-only
+    loading), or the hub unreachable / the repository unknown (loading from the hub). Without this
+    check an offline load retries each file for ~25 s and ends with "does not appear to have a file
+    named config.json"."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    local_hint = (f"pass a local folder holding {', '.join(f'{n}/' for n in REQUIRED_SUBFOLDERS)} "
+                  "(e.g. `--teacher /path/to/model`, or `path:` in the config's teacher section)")
+    if local_files_only:
+        if not isinstance(try_to_load_from_cache(repo_id, "unet/config.json", revision=revision), str):
+            raise FileNotFoundError(
+                f"the hub model {repo_id!r} is not in the local cache {constants.HF_HUB_CACHE} (hub ids are read from the "
+                f"cache only); download it on a machine with internet (`hf download {repo_id}`), or {local_hint}")
+        return
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=10)
+    except RepositoryNotFoundError as err:
+        raise FileNotFoundError(f"the hub has no model {repo_id!r} (or it is private or gated); check the id, or {local_hint}") from err
+    except Exception as err:  # the HTTP client's connection errors
+        raise FileNotFoundError(f"the Hugging Face hub is unreachable ({type(err).__name__}: {err}) while loading "
+                                f"{repo_id!r}; check the connection, or {local_hint}") from err
 
 
 class DiffusersT2VAdapter(TeacherAdapter):
@@ -102,6 +141,8 @@ class DiffusersT2VAdapter(TeacherAdapter):
         from transformers import AutoTokenizer, CLIPTextModel
 
         location, is_local = resolve_model_location(path)
+        if not is_local:
+            check_hub_model(location, revision, local_files_only)
         common = dict(local_files_only=local_files_only or is_local, revision=revision)
         try:
             unet = UNet3DConditionModel.from_pretrained(location, subfolder="unet", torch_dtype=torch_dtype, **common)
@@ -123,40 +164,19 @@ class DiffusersT2VAdapter(TeacherAdapter):
 
     # ---- text -------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """CLIP last hidden state (B, L, D), padded to ``tokenizer.model_max_length`` and truncated,
-        as ``TextToVideoSDPipeline`` encodes prompts."""
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        tokens = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        device = next(self.text_encoder.parameters()).device
-        return self.text_encoder(tokens.input_ids.to(device))[0]
+        """CLIP last hidden state (B, L, D) (``encode_clip_prompts``)."""
+        return encode_clip_prompts(self.tokenizer, self.text_encoder, prompts)
 
     # ---- VAE --------------------------------------------------------------------------
-    def encode_video(self, pixels: torch.Tensor, generator: torch.Generator | None = None, frame_chunk_size: int = 8) -> torch.Tensor:
+    def encode_video(
+        self, pixels: torch.Tensor, generator: torch.Generator | None = None, frame_chunk_size: int = 8
+    ) -> torch.Tensor:
         """(B, 3, T, H, W) pixels in [-1, 1] -> scaled latents (B, c, T, h, w), a posterior sample."""
-        batch, _, frames = pixels.shape[:3]
-        flat = pixels.transpose(1, 2).flatten(0, 1)
-        param_dtype = next(self.vae.parameters()).dtype
-        chunks = [
-            self.vae.encode(chunk.to(param_dtype)).latent_dist.sample(generator)
-            for chunk in flat.split(frame_chunk_size)
-        ]
-        latents = torch.cat(chunks) * self.vae_scale_factor
-        return latents.unflatten(0, (batch, frames)).transpose(1, 2)
+        return encode_per_frame(self.vae, pixels, self.vae_scale_factor, generator, frame_chunk_size)
 
     def decode_latents(self, latents: torch.Tensor, frame_chunk_size: int = 8) -> torch.Tensor:
         """Scaled latents (B, c, T, h, w) -> pixels (B, 3, T, H, W), unclamped; differentiable."""
-        batch, _, frames = latents.shape[:3]
-        flat = latents.transpose(1, 2).flatten(0, 1) / self.vae_scale_factor
-        param_dtype = next(self.vae.parameters()).dtype
-        chunks = [self.vae.decode(chunk.to(param_dtype)).sample for chunk in flat.split(frame_chunk_size)]
-        return torch.cat(chunks).unflatten(0, (batch, frames)).transpose(1, 2)
+        return decode_per_frame(self.vae, latents, self.vae_scale_factor, frame_chunk_size)
 
     # ---- UNet -------------------------------------------------------------------------
     def predict_eps(

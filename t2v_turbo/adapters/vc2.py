@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from t2v_turbo.adapters.base import TeacherAdapter
+from t2v_turbo.adapters.base import TeacherAdapter, decode_per_frame, encode_per_frame
 from t2v_turbo.diffusion.schedule import scaled_linear_alphas_cumprod
 from t2v_turbo.models.vc2 import checkpoint as ckpt
 from t2v_turbo.models.vc2.unet import VC2UNet
@@ -120,20 +120,11 @@ class VC2Adapter(TeacherAdapter):
     # ---- VAE --------------------------------------------------------------------------
     def encode_video(self, pixels: torch.Tensor, generator: torch.Generator | None = None, frame_chunk_size: int = 8) -> torch.Tensor:
         """(B, 3, T, H, W) in [-1, 1] -> scaled latents (B, 4, T, H/8, W/8), a posterior sample per frame."""
-        batch, _, frames = pixels.shape[:3]
-        flat = pixels.transpose(1, 2).flatten(0, 1)
-        dtype = next(self.vae.parameters()).dtype
-        chunks = [self.vae.encode(chunk.to(dtype)).latent_dist.sample(generator) for chunk in flat.split(frame_chunk_size)]
-        latents = torch.cat(chunks) * self.vae_scale_factor
-        return latents.unflatten(0, (batch, frames)).transpose(1, 2)
+        return encode_per_frame(self.vae, pixels, self.vae_scale_factor, generator, frame_chunk_size)
 
     def decode_latents(self, latents: torch.Tensor, frame_chunk_size: int = 8) -> torch.Tensor:
         """Scaled latents -> pixels (B, 3, T, H, W), unclamped, frame by frame; differentiable."""
-        batch, _, frames = latents.shape[:3]
-        flat = latents.transpose(1, 2).flatten(0, 1) / self.vae_scale_factor
-        dtype = next(self.vae.parameters()).dtype
-        chunks = [self.vae.decode(chunk.to(dtype)).sample for chunk in flat.split(frame_chunk_size)]
-        return torch.cat(chunks).unflatten(0, (batch, frames)).transpose(1, 2)
+        return decode_per_frame(self.vae, latents, self.vae_scale_factor, frame_chunk_size)
 
     # ---- UNet -------------------------------------------------------------------------
     def predict_eps(self, unet: nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, text_embedding: torch.Tensor,

@@ -1,1 +1,67 @@
-"""Subcommands of the t2v-turbo CLI: each module defines add_arguments(parser) and run(args)."""
+"""Subcommands of the t2v-turbo CLI: each module defines add_arguments(parser) and run(args).
+
+Shared here: the user-error exception the CLI prints as one line, argparse value types that name
+the flag and the allowed range, and the output checks that run before anything heavy loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+from pathlib import Path
+
+
+class CommandError(Exception):
+    """A user error; the CLI prints it as one line, ``t2v-turbo <command>: error: <message>``.
+
+    ``exit_code`` 2 (default): the input is wrong (a bad flag, config value or path); 1: the run itself
+    failed and stopped cleanly (another run holds the output folder, every step was non-finite).
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
+    return value
+
+
+def check_writable(folder: str | Path, flag: str = "--out") -> Path:
+    """Create ``folder`` if needed and write a temporary file in it, so an output that cannot be
+    written fails before sampling or loading a model, naming the flag and the folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise CommandError(f"{flag}: cannot write to {folder.resolve()}: {err.strerror or err}") from err
+    return folder
+
+
+def refuse_existing(paths: list[Path], overwrite: bool, flag: str = "--out") -> None:
+    """Unless ``overwrite``, fail when any output already exists, naming the first few."""
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        shown = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise CommandError(f"{flag}: {len(existing)} output(s) already exist ({shown}); pass --overwrite to replace them")

@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from t2v_turbo.commands import CommandError
+
 FORMATS = ("vc2", "t2v-turbo-lora", "t2v-turbo-unet", "lora-list")
 
 
@@ -42,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _need(args: argparse.Namespace, *names: str) -> None:
     missing = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is None]
     if missing:
-        raise SystemExit(f"t2v-turbo convert {args.format}: missing {', '.join(missing)}")
+        raise CommandError(f"{args.format} needs {', '.join(missing)}")
 
 
 def _teacher(args: argparse.Namespace):

@@ -14,6 +14,8 @@ import re
 import sys
 from pathlib import Path
 
+from t2v_turbo.commands import CommandError, finite_float, positive_int
+
 FLICKER_NOTE = ("temporal_flickering was scored on the videos -0..-4 of its prompts; VBench's static filter "
                 "(RAFT, from the VBench repository) was not applied, see docs/vbench.md.")
 
@@ -24,14 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--teacher", metavar="PATH", help="teacher folder (diffusers layout) or hub id in the local cache")
     p.add_argument("--dimensions", default="all", help="comma-separated VBench dimensions, or 'all' (default)")
     p.add_argument("--out", default="runs/vbench", help="run folder: videos/, results/, manifest.json, report (default %(default)s)")
-    p.add_argument("--num-samples", type=int, default=5, help="videos per prompt (default %(default)s)")
-    p.add_argument("--flicker-samples", type=int, default=25, help="videos per temporal_flickering prompt (default %(default)s)")
-    p.add_argument("--steps", type=int, default=None, help="sampling steps (default 4 for a student, 50 for a teacher)")
-    p.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default %(default)s)")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--height", type=int, default=320)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--fps", type=int, default=16)
+    p.add_argument("--num-samples", type=positive_int, default=5, help="videos per prompt (default %(default)s)")
+    p.add_argument("--flicker-samples", type=positive_int, default=25, help="videos per temporal_flickering prompt (default %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=None, help="sampling steps (default 4 for a student, 50 for a teacher)")
+    p.add_argument("--guidance", type=finite_float, default=7.5, help="guidance scale (default %(default)s)")
+    p.add_argument("--frames", type=positive_int, default=16, help="frames per video (VBench's published runs: 16)")
+    p.add_argument("--height", type=positive_int, default=320, help="video height in pixels")
+    p.add_argument("--width", type=positive_int, default=512, help="video width in pixels")
+    p.add_argument("--fps", type=positive_int, default=16, help="fps conditioning (families that use it) and of the written files")
     p.add_argument("--seed", type=int, default=0, help="base seed; each video's seed is derived from (seed, prompt, index)")
     p.add_argument("--full-info", default=None, help="VBench_full_info.json (default: the installed vbench package's)")
     p.add_argument("--augmented-prompts", default=None, help="JSON {prompt: augmented prompt} used for sampling")
@@ -75,13 +77,18 @@ def run(args: argparse.Namespace) -> int:
         _print_report(paths)
         return 0
     if not (args.checkpoint or args.teacher):
-        print("error: give --checkpoint STUDENT_DIR or --teacher PATH (or --aggregate-only DIR)", file=sys.stderr)
-        return 2
+        raise CommandError("give --checkpoint STUDENT_DIR or --teacher PATH (or --aggregate-only DIR)")
 
     import torch
 
     from eval.vbench.generate import VIDEOS_DIR, GenerationSettings, generate_suite, load_model_video_fn, process_layout
-    from eval.vbench.runner import format_missing_weights, missing_weights, run_vbench, vbench_cache_dir
+    from eval.vbench.runner import (
+        VBenchSetupError,
+        format_missing_weights,
+        missing_weights,
+        run_vbench,
+        vbench_cache_dir,
+    )
     from eval.vbench.suite import load_suite, locate_full_info_json
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,8 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.generate_only and not args.vbench_download and not args.vbench_python:
         missing = missing_weights(suite.dimensions)
         if missing:  # fail before hours of sampling, not after
-            print(format_missing_weights(missing, vbench_cache_dir()), file=sys.stderr)
-            return 1
+            raise CommandError(format_missing_weights(missing, vbench_cache_dir()))
 
     process_index, num_processes, is_main = process_layout()
     if num_processes > 1 and device.startswith("cuda") and ":" not in device:
@@ -112,9 +118,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     label = args.label or f"{record['kind']} {Path(record['path']).name}"
-    run_vbench(out / VIDEOS_DIR, out / "results", suite.dimensions, full_info, name=re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "run",
-               device=device, vbench_python=args.vbench_python, allow_download=args.vbench_download,
-               extra_info={"model": record, "manifest": str(out / "manifest.json")})
+    try:
+        run_vbench(out / VIDEOS_DIR, out / "results", suite.dimensions, full_info,
+                   name=re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "run",
+                   device=device, vbench_python=args.vbench_python, allow_download=args.vbench_download,
+                   extra_info={"model": record, "manifest": str(out / "manifest.json")})
+    except VBenchSetupError as err:
+        raise CommandError(str(err)) from err
     from eval.vbench.aggregate import aggregate_directory
     from eval.vbench.report import read_run_info, write_report
 

@@ -14,17 +14,19 @@ import argparse
 import json
 import logging
 
+from t2v_turbo.commands import CommandError, positive_int
+
 STAGES = ("vae", "vae_decoder", "teacher", "rewards")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/miniworld-assets", help="output folder (default runs/miniworld-assets)")
     parser.add_argument("--steps", default="", help="optimiser steps per model, e.g. vae=300,vae_decoder=600,image_reward=1500,video_reward=1200 "
-                        "(the teacher's phases are train_assets.TEACHER_PHASES)")
+                        "(default: train_assets.DEFAULT_STEPS; the teacher's phases are train_assets.TEACHER_PHASES)")
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated stages to run, in this order: {', '.join(STAGES)}")
-    parser.add_argument("--num-videos", type=int, default=5000, help="size of the rendered training pool (default 5000)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--num-videos", type=positive_int, default=5000, help="size of the rendered training pool (default 5000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the rendered pool and of every model's training")
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine one thread ran about 4x faster than two)")
 
 
@@ -35,7 +37,7 @@ def _parse_steps(text: str) -> dict:
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
         if key not in DEFAULT_STEPS or not value.isdigit():
-            raise SystemExit(f"error: --steps item {item!r}: expected one of {sorted(DEFAULT_STEPS)}=<int>")
+            raise CommandError(f"--steps item {item!r}: expected one of {sorted(DEFAULT_STEPS)}=<int>")
         steps[key] = int(value)
     return steps
 
@@ -47,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     stages = tuple(s for s in args.stages.split(",") if s)
     unknown = set(stages) - set(STAGES)
     if unknown:
-        print(f"error: --stages: unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
-        return 2
+        raise CommandError(f"--stages: unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
     record = build(args.out, steps=_parse_steps(args.steps), seed=args.seed, num_videos=args.num_videos,
                    stages=stages, threads=args.threads)
     print(json.dumps({k: v for k, v in record.items() if not isinstance(v, dict)}, indent=2))

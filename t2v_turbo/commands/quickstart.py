@@ -17,17 +17,20 @@ import logging
 import time
 from pathlib import Path
 
+from t2v_turbo.commands import CommandError, positive_int
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "miniworld.yaml"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/quickstart", help="output folder (default runs/quickstart)")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="run config (default configs/miniworld.yaml)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's train.max_steps)")
+    parser.add_argument("--out", default="runs/quickstart", help="output folder")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="run config (default: %(default)s, the shipped mini-world recipe)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the config's train.max_steps)")
     parser.add_argument("--sample-teacher", action="store_true",
                         help="sample the 50-step teacher in this run instead of using its cached MiniBench scores")
-    parser.add_argument("--num-prompts", type=int, default=None,
+    parser.add_argument("--num-prompts", type=positive_int, default=None,
                         help="evaluate only the first N evaluation prompts (quick checks; default all 90)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="extra config overrides for the training run")
@@ -55,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     code = cli_main(["train", args.config, *overrides])
     if code:
-        print(f"error: training failed (exit code {code})")
-        return code
+        raise CommandError(f"training failed (exit code {code}); its error is printed above")
     train_seconds = time.time() - t0
 
     prompts = evaluation_prompts()[: args.num_prompts]

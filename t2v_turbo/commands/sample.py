@@ -1,93 +1,150 @@
 """``t2v-turbo sample``: videos from a student (multistep consistency) or a teacher (DDIM + CFG).
 
-    t2v-turbo sample --checkpoint runs/tiny/checkpoint-500 --prompt "a cat" --steps 4 --guidance 7.5 --seed 0 --out a.mp4
-    t2v-turbo sample --checkpoint STUDENT --prompts-file prompts.txt --out videos/          # one file per prompt
+    t2v-turbo sample --checkpoint runs/tiny/student --prompt "a cat" --out a.mp4
+    t2v-turbo sample --checkpoint STUDENT --prompts-file prompts.txt --num-samples 5 --out videos/
     t2v-turbo sample --teacher path/or/hub-id --prompt "a cat" --steps 50 --guidance 7.5 --out teacher.gif
 
-``--out`` ending in ``.mp4``/``.gif`` writes one file (one prompt); any other path is a folder
-receiving ``000_<prompt>.mp4`` (``--format gif`` for gifs). ``--guidance`` is the student's
-guidance-embedding scale w; for the teacher it is the standard CFG scale s.
+``--out`` ending in ``.mp4``/``.gif`` writes one file (one prompt, one sample); any other path is
+a folder receiving ``{prompt}-{i}.mp4`` (``i`` = 0, 1, ... per prompt), the names MiniBench and
+VBench read. A student samples with the defaults of its ``student.json`` (steps, guidance scale,
+frames, size, fps, lossless video) unless a flag says otherwise, and warns when ``--guidance``
+lies outside the range it was trained on. ``--guidance`` is the student's guidance-embedding
+scale w; for the teacher it is the standard CFG scale s. Existing outputs are kept unless
+``--overwrite`` is given, and ``--out`` is checked to be writable before any model loads.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import sys
 from pathlib import Path
 
+from t2v_turbo.commands import CommandError, check_writable, finite_float, positive_int, refuse_existing
+
 BATCH_DEFAULT = 4
+TEACHER_STEPS = 50
+TEACHER_GUIDANCE = 7.5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="student checkpoint folder (student.json + student.safetensors)")
-    source.add_argument("--teacher", help="teacher model folder or hub id (diffusers layout): DDIM + CFG sampling")
+    source.add_argument("--checkpoint", metavar="STUDENT_DIR", help="trained model folder (student.json + student.safetensors): "
+                        "a student (consistency sampler) or a fine-tuned full-step model (DDIM + CFG)")
+    source.add_argument("--teacher", metavar="PATH", help="teacher model folder or hub id (diffusers layout: ModelScope with DDIM + CFG, "
+                        "Wan with its own flow scheduler + CFG)")
     prompts = parser.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--prompt", help="one prompt")
-    prompts.add_argument("--prompts-file", help="text file with one prompt per line (blank lines skipped)")
-    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: 4 for a student, 50 for a teacher)")
-    parser.add_argument("--guidance", type=float, default=7.5, help="guidance scale (student: embedding w; teacher: CFG scale)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="a .mp4/.gif file (one prompt) or a folder")
+    prompts.add_argument("--prompts-file", metavar="FILE", help="text file with one prompt per line (blank lines skipped)")
+    parser.add_argument("--out", required=True, help="a .mp4/.gif file (one prompt, one sample) or a folder of {prompt}-{i}.mp4")
+    parser.add_argument("--num-samples", type=positive_int, default=1, help="videos per prompt, named {prompt}-0 .. -{N-1}")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help=f"sampling steps (default: the student's, usually 4; {TEACHER_STEPS} for a teacher)")
+    parser.add_argument("--guidance", type=finite_float, default=None,
+                        help=f"guidance scale: the student's embedding w (default: the student's) or the teacher's CFG scale "
+                        f"(default {TEACHER_GUIDANCE})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the one generator that draws every initial noise")
     parser.add_argument("--format", choices=["mp4", "gif"], default="mp4", help="file type when --out is a folder")
-    parser.add_argument("--num-frames", type=int, default=None)
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--fps", type=int, default=None, help="fps conditioning (families that use it) and of the written files")
-    parser.add_argument("--spacing", choices=["t2v_turbo", "lcm"], default="t2v_turbo", help="student timestep spacing")
-    parser.add_argument("--batch-size", type=int, default=BATCH_DEFAULT, help="prompts sampled together")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--num-frames", type=positive_int, default=None, help="frames per video (default: the student's training clips, else the teacher's)")
+    parser.add_argument("--height", type=positive_int, default=None, help="height in pixels (default: the student's, else the teacher's)")
+    parser.add_argument("--width", type=positive_int, default=None, help="width in pixels (default: the student's, else the teacher's)")
+    parser.add_argument("--fps", type=positive_int, default=None,
+                        help="fps conditioning (families that use it) and of the written files (default: the student's, else the teacher's)")
+    parser.add_argument("--lossless", action=argparse.BooleanOptionalAction, default=None,
+                        help="mp4 in lossless RGB (libx264rgb, crf 0) instead of yuv420p (default: the student's setting, on for the mini world)")
+    parser.add_argument("--spacing", choices=["t2v_turbo", "lcm"], default="t2v_turbo",
+                        help="student timestep spacing: T2V-Turbo's [999, 759, 519, 279] or diffusers' LCM rule [999, 759, 499, 259]")
+    parser.add_argument("--unmerged-lora", action="store_true",
+                        help="run a LoRA student with peft's unmerged layers (the trained form; slower) instead of merged weights")
+    parser.add_argument("--batch-size", type=positive_int, default=BATCH_DEFAULT, help="videos sampled together")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="weights and sampling dtype")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files (each written atomically)")
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
     if args.prompt is not None:
+        if not args.prompt.strip():
+            raise CommandError("--prompt is empty")
         return [args.prompt]
     path = Path(args.prompts_file)
     if not path.is_file():
-        raise SystemExit(f"--prompts-file: no file at {path.resolve()}")
+        raise CommandError(f"--prompts-file: no file at {path.resolve()}")
     prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
-        raise SystemExit(f"--prompts-file: {path} holds no prompts")
+        raise CommandError(f"--prompts-file: {path} holds no prompts")
     return prompts
 
 
-def output_paths(out: str, prompts: list[str], file_format: str) -> list[Path]:
+def output_paths(out: str, prompts: list[str], num_samples: int, file_format: str) -> tuple[list[str], list[Path]]:
+    """(prompt of each video, its path): one file, or ``{prompt}-{i}.{format}`` in a folder with
+    ``i`` counting each prompt's videos (a prompt listed twice continues its count)."""
+    from eval.vbench.naming import video_filename
+
     out_path = Path(out)
+    jobs = [p for p in prompts for _ in range(num_samples)]
     if out_path.suffix.lower() in (".mp4", ".gif"):
-        if len(prompts) != 1:
-            raise SystemExit(f"--out {out} is a single file but there are {len(prompts)} prompts; pass a folder")
-        return [out_path]
-    slug = lambda text: re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:60] or "prompt"
-    return [out_path / f"{i:03d}_{slug(p)}.{file_format}" for i, p in enumerate(prompts)]
+        if len(jobs) != 1:
+            raise CommandError(f"--out {out} is a single file but there are {len(prompts)} prompt(s) x "
+                               f"{num_samples} sample(s); pass a folder")
+        return jobs, [out_path]
+    counts: dict[str, int] = {}
+    paths = []
+    for prompt in jobs:
+        index = counts[prompt] = counts.get(prompt, -1) + 1
+        try:
+            paths.append(out_path / video_filename(prompt, index, f".{file_format}"))
+        except ValueError as err:
+            raise CommandError(f"--out {out}: {err}") from err
+    return jobs, paths
 
 
 def run(args: argparse.Namespace) -> int:
+    prompts, paths = output_paths(args.out, read_prompts(args), args.num_samples, args.format)
+    refuse_existing(paths, args.overwrite)
+    check_writable(paths[0].parent)
+
+    import warnings
+
     import torch
 
-    from t2v_turbo.pipeline import TeacherPipeline, load_student_pipeline
-    from t2v_turbo.video_io import write_video
+    from t2v_turbo.pipeline import GuidanceRangeWarning, TeacherPipeline, load_student_pipeline
+    from t2v_turbo.video_io import write_mp4, write_video
 
-    prompts = read_prompts(args)
-    paths = output_paths(args.out, prompts, args.format)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     if args.checkpoint:
-        pipe = load_student_pipeline(args.checkpoint, device=device, dtype=dtype, spacing=args.spacing)
-        steps = args.steps or 4
+        pipe = load_student_pipeline(args.checkpoint, device=device, dtype=dtype, spacing=args.spacing,
+                                     fuse_lora=not args.unmerged_lora)
+        meta = pipe.meta
+        steps, guidance = args.steps or meta.num_inference_steps, args.guidance if args.guidance is not None else meta.guidance_scale
+        warning = meta.guidance_warning(guidance)
+        if warning:
+            print(f"warning: --guidance: {warning}", file=sys.stderr)
+        fps = args.fps or meta.fps or pipe.adapter.default_fps
+        lossless = meta.lossless_video if args.lossless is None else args.lossless
     else:
-        from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+        from t2v_turbo.adapters import teacher_adapter_class
 
-        adapter = DiffusersT2VAdapter.from_pretrained(args.teacher, torch_dtype=dtype, device=device)
+        adapter_cls = teacher_adapter_class(args.teacher)
+        given = {k: getattr(args, k) for k in ("num_frames", "height", "width", "fps") if getattr(args, k)}
+        extra = given if adapter_cls.family == "wan" else {}  # the Wan adapter validates them (1 + 4k frames)
+        adapter = adapter_cls.from_pretrained(args.teacher, torch_dtype=dtype, device=device, **extra)
         pipe = TeacherPipeline(adapter)
-        steps = args.steps or 50
+        steps = args.steps or TEACHER_STEPS
+        guidance = TEACHER_GUIDANCE if args.guidance is None else args.guidance
+        fps = args.fps or adapter.default_fps
+        lossless = bool(args.lossless)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    fps = args.fps or pipe.adapter.default_fps
     geometry = dict(num_frames=args.num_frames, height=args.height, width=args.width, fps=args.fps)
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
-        videos = pipe(batch, num_inference_steps=steps, guidance_scale=args.guidance, generator=generator, **geometry)
+        with warnings.catch_warnings():  # printed once above
+            warnings.simplefilter("ignore", GuidanceRangeWarning)
+            videos = pipe(batch, num_inference_steps=steps, guidance_scale=guidance, generator=generator, **geometry)
         for video, path in zip(videos, paths[start:start + args.batch_size]):
-            write_video(path, video, fps=fps)
+            if path.suffix.lower() == ".mp4":
+                write_mp4(path, video, fps=fps, lossless=lossless)
+            else:
+                write_video(path, video, fps=fps)
             print(path)
     return 0

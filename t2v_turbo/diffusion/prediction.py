@@ -1,0 +1,95 @@
+"""What a network's output means, and the conversions the trainer and samplers pick from it.
+
+Every teacher family writes its noisy latents as
+
+    z_t = alpha_t x0 + sigma_t eps
+
+on its training grid (indices t = 0..T-1):
+
+- ``"epsilon"`` (ModelScope, VideoCrafter2): alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t);
+  the network predicts eps.
+- ``"flow"`` (Wan2.1/2.2, rectified flow): alpha_t = 1 - sigma_t, sigma_t = shift((t + 1) / T)
+  (``t2v_turbo.diffusion.flow``); the network predicts the velocity v = eps - x0.
+
+With (alpha, sigma) the forward process and the teacher's deterministic DDIM step are the same
+formula (``interpolate``), so consistency distillation and multistep sampling need, per
+prediction type, only the map from the network output to (x0, eps) and the consistency
+function's boundary. Those two live here; nothing else is written per family.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from t2v_turbo.diffusion.boundary import consistency_output
+from t2v_turbo.diffusion.flow import eps_from_velocity, x0_from_velocity
+
+PREDICTION_TYPES = ("epsilon", "flow")
+
+
+def check_prediction_type(prediction_type: str) -> str:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"`prediction_type`={prediction_type!r} is not one of {PREDICTION_TYPES}")
+    return prediction_type
+
+
+def noise_coefficients(
+    prediction_type: str, alphas_cumprod: torch.Tensor | None = None, sigmas: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha_t, sigma_t) on the training grid, each (T,) float32.
+
+    ``"epsilon"`` takes ``alphas_cumprod``: (sqrt(abar), sqrt(1 - abar)).
+    ``"flow"`` takes the flow ``sigmas``: (1 - sigma, sigma).
+    """
+    if check_prediction_type(prediction_type) == "epsilon":
+        if alphas_cumprod is None:
+            raise ValueError("prediction_type 'epsilon' needs `alphas_cumprod`")
+        return alphas_cumprod.sqrt(), (1 - alphas_cumprod).sqrt()
+    if sigmas is None:
+        raise ValueError("prediction_type 'flow' needs the flow `sigmas`")
+    return 1 - sigmas, sigmas
+
+
+def interpolate(x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """z = alpha x0 + sigma eps.
+
+    At the sample's own (alpha_t, sigma_t) this is the forward process; at a lower noise level
+    (alpha_prev, sigma_prev), with (x0, eps) predicted at t, it is the deterministic DDIM step
+    (Song et al. 2021, eq. 12, eta = 0), which for a flow model is the Euler step of its ODE.
+    """
+    return alpha * x0 + sigma * eps
+
+
+def x0_eps_from_output(
+    prediction_type: str, z_t: torch.Tensor, output: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) from the network ``output`` at z_t = alpha x0 + sigma eps.
+
+    ``"epsilon"``: eps = output, x0 = (z_t - sigma eps) / alpha.
+    ``"flow"``:    v = output,   x0 = z_t - sigma v,  eps = z_t + (1 - sigma) v  (alpha = 1 - sigma).
+    """
+    if check_prediction_type(prediction_type) == "epsilon":
+        return (z_t - sigma * output) / alpha, output
+    return x0_from_velocity(z_t, output, sigma), eps_from_velocity(z_t, output, sigma)
+
+
+def consistency_function(
+    prediction_type: str,
+    z_t: torch.Tensor,
+    x0: torch.Tensor,
+    timesteps: torch.Tensor,
+    sigma_data: float = 0.5,
+    timestep_scaling: float = 10.0,
+) -> torch.Tensor:
+    """The student's consistency function f(z_t, t) from its x0 prediction.
+
+    ``"epsilon"``: LCM's f = c_skip(t) z_t + c_out(t) x0 (``boundary.consistency_output``), which
+    makes f(z, 0) = z although x0 from eps does not reach z at t = 0.
+    ``"flow"``: f = x0 = z_t - sigma v, which equals z_t at sigma = 0 by itself; it is also what
+    diffusers' ``FlowMatchLCMScheduler`` denoises with, so an exported flow student samples the
+    same in stock diffusers (LCM's scalings would differ from it by c_skip(T sigma) (z_t - x0),
+    up to 2.5e-3 relative at sigma = 1/T with the default scaling 10).
+    """
+    if check_prediction_type(prediction_type) == "epsilon":
+        return consistency_output(z_t, x0, timesteps, sigma_data, timestep_scaling)
+    return x0
