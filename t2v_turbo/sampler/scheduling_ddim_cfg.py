@@ -24,6 +24,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
+from t2v_turbo.diffusion.schedule import leading_timesteps
 from t2v_turbo.diffusion.solver import ddim_solver_step, x0_from_eps
 from t2v_turbo.sampler.scheduling_t2v_turbo import alphas_cumprod_from_config, noise_schedule_kwargs
 
@@ -87,12 +88,8 @@ class DDIMCFGScheduler(SchedulerMixin, ConfigMixin):
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Leading spacing: t_i = i * (T // n) + steps_offset, high to low."""
-        total = self.config.num_train_timesteps
-        if not 1 <= num_inference_steps <= total:
-            raise ValueError(f"`num_inference_steps`={num_inference_steps} must be in [1, {total}]")
-        step_ratio = total // num_inference_steps
-        timesteps = torch.arange(num_inference_steps - 1, -1, -1, dtype=torch.long) * step_ratio + self.config.steps_offset
-        self.timesteps = timesteps.to(device)
+        timesteps = leading_timesteps(num_inference_steps, self.config.num_train_timesteps, self.config.steps_offset)
+        self.timesteps = torch.tensor(timesteps, dtype=torch.long, device=device)
         self.num_inference_steps = num_inference_steps
 
     def step(
