@@ -94,6 +94,9 @@ DEFAULTS: dict[str, Any] = schema_defaults(RunConfig)
 COMPONENT_SECTIONS = ("teacher", "data")
 #: keyword arguments the trainer passes when it builds the ``model`` node
 MODEL_BUILD_ARGS = ("adapter", "seed")
+#: batch fields ``prepare_batch`` turns into ``TrainingBatch`` fields (the rest go to ``TrainingBatch.extras``)
+CONSUMED_BATCH_FIELDS = ("captions", "indices", "positions", "skipped", "pixels", "latents", "text_embedding",
+                         "uncond_embedding")
 
 
 def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
@@ -113,6 +116,12 @@ def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
         else:
             errors += validate_component(cfg[name], name)
     errors += _model_errors(cfg.get("model"))
+    model, train = cfg.get("model"), cfg.get("train")
+    if (isinstance(model, dict) and isinstance(train, dict) and model_kind(model) == "teacher" and model.get("lora") is not None and train.get("mixed_precision") == "no"
+            and train.get("teacher_dtype", "float32") != "float32"):
+        errors.append(f"model: a LoRA full-step model shares the teacher's frozen weights, which "
+                      f"train.teacher_dtype={train['teacher_dtype']} keeps in that dtype; float32 LoRA layers on them "
+                      "need train.mixed_precision bf16 or fp16 (or train.teacher_dtype float32)")
     objective, found = build_objective(cfg.get("objective"))
     errors += found
     if objective is not None and not any(e.startswith(("model", "rewards")) for e in errors):
@@ -355,8 +364,9 @@ class TrainingRecipe:
     # ---- one step -----------------------------------------------------------------------
     def prepare_batch(self, batch: dict) -> TrainingBatch:
         """A collated batch as the objective takes it, without gradient: VAE latents of the clips (unless the
-        objective uses prompts only, or the batch already carries ``latents``) and the text embeddings of the
-        captions and of the empty prompt (unless it carries ``text_embedding`` / ``uncond_embedding``)."""
+        objective uses prompts only, or the batch already carries ``latents``), the text embeddings of the
+        captions and of the empty prompt (unless it carries ``text_embedding`` / ``uncond_embedding``), and the
+        dataset's other fields as ``extras``."""
         device, positions = self.accelerator.device, batch["positions"]
         with torch.no_grad():
             latents = None
@@ -374,7 +384,9 @@ class TrainingRecipe:
                 uncond = batch["uncond_embedding"].to(device)
             else:
                 uncond = self.adapter.empty_prompt_embedding(len(positions))
-        return TrainingBatch(list(batch["captions"]), list(positions), text.float(), uncond.float(), latents)
+        extras = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()
+                  if key not in CONSUMED_BATCH_FIELDS}
+        return TrainingBatch(list(batch["captions"]), list(positions), text.float(), uncond.float(), latents, extras)
 
     def compute_loss(self, batch: dict, grad_norms: bool = False):
         """Prepare the batch (no grad) and evaluate the objective on it."""

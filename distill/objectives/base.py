@@ -57,7 +57,9 @@ class TrainingBatch:
 
     ``latents`` (B, c, T, h, w) are the clips' VAE latents, ``None`` for a prompt-only batch (or when the
     objective does not use videos); ``text_embedding`` and ``uncond_embedding`` (B, L, D) encode the
-    prompts and the empty prompt; ``positions`` are the samples' global positions.
+    prompts and the empty prompt; ``positions`` are the samples' global positions; ``extras`` holds the
+    dataset's other per-sample fields, tensors on the device (e.g. a preference pair's second clip, which
+    the objective encodes with ``run.adapter``).
     """
 
     prompts: list[str]
@@ -65,6 +67,7 @@ class TrainingBatch:
     text_embedding: torch.Tensor
     uncond_embedding: torch.Tensor
     latents: torch.Tensor | None = None
+    extras: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         size = len(self.prompts)
