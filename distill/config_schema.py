@@ -1,10 +1,13 @@
 """The schema of a run config: each plain section is a dataclass whose annotations give the type,
 range or choices of every key and whose defaults are the run defaults (``t2v_turbo.schema``).
 
-``distill`` is ``ConsistencySettings`` and ``student.lora`` is ``LoraSettings``, so the settings the
-recipe builds from a section are checked by the same annotations. Component nodes (``teacher``,
-``data``, ``optimizer``) are checked against their callable's signature instead; ``OptimizerArgs``
+Component nodes (``teacher``, ``data``, ``model``, ``objective``, ``optimizer``) are checked against
+their callable's signature instead; an objective is itself a dataclass whose annotations are its schema
+(``distill.objectives.base``), ``model.lora`` is checked against ``LoraSettings``, and ``OptimizerArgs``
 adds the ranges of the optimizer arguments common to torch optimizers.
+
+``upgrade_legacy_layout`` reads a config of the layout before objectives were components (``student:``,
+``distill:``, the decode keys in ``reward_options:``) as the current one.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Literal
 
-from distill.objective import ConsistencySettings
 from t2v_turbo.config import COMPONENT_KEY
 from t2v_turbo.schema import Range
 from t2v_turbo.student import LoraSettings
@@ -23,30 +25,27 @@ Count = Annotated[int, Range(ge=0)]
 
 
 @dataclasses.dataclass
-class StudentSection:
-    time_cond_proj_dim: PositiveInt = 256
-    train_guidance_layer: bool = True
-    #: null = full fine-tuning
-    lora: LoraSettings | None = dataclasses.field(default_factory=lambda: LoraSettings(dropout=0.1))
-
-
-@dataclasses.dataclass
 class RewardSpec:
-    """One entry of ``rewards``: a registered reward, its weight beta and its builder's arguments."""
+    """One entry of ``rewards``: a registered reward, its builder's arguments and its loss form
+    (``distill.objectives.rewarding.reward_loss``: weight (target - r) or weight |target - r|)."""
 
     name: str
     weight: float = 1.0
     args: dict | None = None
+    loss: Literal["linear", "abs"] = "linear"
+    target: float = 0.0
 
 
 @dataclasses.dataclass
 class RewardOptions:
-    video_only_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.0
     dtype: DtypeName = "float32"
-    vae_gradient_checkpointing: bool = False
-    decode_chunk_size: PositiveInt = 8
-    #: the rewards choose their frames among the first N pixel frames only (null: all frames)
-    frame_window: PositiveInt | None = None
+
+
+#: the default ``model:`` node: a LoRA consistency student on the teacher (T2V-Turbo MS settings)
+DEFAULT_MODEL = {COMPONENT_KEY: "distill.model.from_teacher", "time_cond_proj_dim": 256, "train_guidance_layer": True,
+                 "lora": dataclasses.asdict(LoraSettings(dropout=0.1))}
+#: the default ``objective:`` node (its keys are filled from the class's defaults when a config is resolved)
+DEFAULT_OBJECTIVE = {COMPONENT_KEY: "distill.objectives.T2VTurboObjective"}
 
 
 @dataclasses.dataclass
@@ -119,8 +118,8 @@ class RunConfig:
     data: Any
     output_dir: str = "runs/t2v_turbo"
     seed: Count = 0
-    student: StudentSection = dataclasses.field(default_factory=StudentSection)
-    distill: ConsistencySettings = dataclasses.field(default_factory=ConsistencySettings)
+    model: Any = dataclasses.field(default_factory=lambda: dict(DEFAULT_MODEL))
+    objective: Any = dataclasses.field(default_factory=lambda: dict(DEFAULT_OBJECTIVE))
     rewards: list[RewardSpec] = dataclasses.field(default_factory=list)
     reward_options: RewardOptions = dataclasses.field(default_factory=RewardOptions)
     dataloader: DataloaderSection = dataclasses.field(default_factory=DataloaderSection)
@@ -130,3 +129,26 @@ class RunConfig:
     train: TrainSection = dataclasses.field(default_factory=TrainSection)
     validation: ValidationSection = dataclasses.field(default_factory=ValidationSection)
     logging: LoggingSection = dataclasses.field(default_factory=LoggingSection)
+
+
+#: the decode options that moved from ``reward_options`` into the T2V-Turbo objective
+LEGACY_REWARD_OPTIONS = ("video_only_fraction", "vae_gradient_checkpointing", "decode_chunk_size", "frame_window")
+
+
+def upgrade_legacy_layout(cfg: dict) -> tuple[dict, bool]:
+    """(config, whether it was changed): a config written before objectives became components
+    (``student:`` and ``distill:`` sections, decode options in ``reward_options:``) read as the current
+    layout: ``model: {_component_: distill.model.from_teacher, **student}``, ``objective:
+    {_component_: distill.objectives.T2VTurboObjective, **distill, **decode options}``. A config that
+    mixes both layouts is left as it is (validation then names the unknown keys)."""
+    legacy = "student" in cfg or "distill" in cfg
+    if not legacy or "model" in cfg or "objective" in cfg:
+        return cfg, False
+    cfg = dict(cfg)
+    options = dict(cfg.pop("reward_options", None) or {})
+    cfg["model"] = {**DEFAULT_MODEL, **(cfg.pop("student", None) or {})}
+    decode = {key: options.pop(key) for key in LEGACY_REWARD_OPTIONS if key in options}
+    cfg["objective"] = {**DEFAULT_OBJECTIVE, **(cfg.pop("distill", None) or {}), **decode}
+    if options:
+        cfg["reward_options"] = options
+    return cfg, True

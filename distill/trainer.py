@@ -1,33 +1,39 @@
-"""The T2V-Turbo distillation recipe: one class built entirely from a run config.
+"""The training recipe: one class built entirely from a run config, for every objective.
 
-``DistillationRecipe(cfg)`` follows the torchtune recipe shape: ``setup(resume)``, ``train()``,
-``save_checkpoint(step)``, ``cleanup()``; ``t2v_turbo.commands.train`` is its thin entry point.
+``TrainingRecipe(cfg)`` follows the torchtune recipe shape: ``setup(resume)``, ``train()``,
+``save_checkpoint(step)``, ``cleanup()``; ``t2v_turbo.commands.train`` is its thin entry point. What a
+recipe optimises is the config's ``objective:`` component (``distill.objectives``: T2V-Turbo's CD +
+mixed reward, VADER, InstructVideo, ...; the contract is ``distill/objectives/base.py``); everything
+else is shared.
 
 Features
 - teacher from ``teacher`` (a ``_component_`` adapter builder), frozen, eval mode, in
-  ``train.teacher_dtype``; student from ``build_student`` (LoRA or full fine-tuning, guidance
-  layer trained or frozen at zero); rewards from ``build_reward(name, **args)``, frozen, eval
-  mode, in ``reward_options.dtype``;
-- the objective of ``distill.objective`` (CD with an online or EMA target, plus the weighted
-  rewards on the student's single-step prediction);
+  ``train.teacher_dtype``; the trained model from ``model`` (``distill.model.from_teacher``: a LoRA or
+  fully trained student with the guidance layer, or a full-step model without it;
+  ``distill.model.from_student``: a distilled student trained further); rewards from
+  ``build_reward(name, **args)``, frozen, eval mode, in ``reward_options.dtype``, each with its loss form;
+- data from ``data`` (videos with captions, or ``distill.data.PromptDataset``), checked against what the
+  objective needs before the teacher loads; each batch is prepared once (VAE latents, text embeddings;
+  skipped when the batch already carries them) and handed to the objective as a ``TrainingBatch``;
 - accelerate: mixed precision (``no``/``bf16``/``fp16``), gradient accumulation, gradient
   clipping, DDP under ``accelerate launch`` (every process computes the same objective on its
   own shard of global sample positions; the rank only shards data), gradient checkpointing
-  of the student UNet;
+  of the trained network;
 - optimizer from ``optimizer`` (``torch.optim.AdamW``, or ``bitsandbytes.optim.AdamW8bit``
   when bitsandbytes is installed), LR schedule from diffusers' ``get_scheduler``;
-- logs (TensorBoard, wandb optional): ``loss``, ``loss/cd``, ``reward/<name>`` (mean score),
-  ``reward_term/<name>`` (its weighted contribution to the loss), ``grad_norm/<name>`` (norm of
-  the gradient of that contribution with respect to the decoded pixels the reward scored),
-  ``grad_norm/student`` (before clipping), ``lr``, ``data/skipped_videos``;
-- validation samples (4-step student) written as an mp4 or gif grid every ``validation.every``;
+- logs (TensorBoard, wandb optional): ``loss``, the objective's scalars (``loss/cd``, ...),
+  ``reward/<name>`` (mean score), ``reward_term/<name>`` (its contribution to the loss), ``grad_norm/<name>``
+  (norm of the gradient of that contribution with respect to the decoded pixels the reward scored),
+  ``grad_norm/model`` (before clipping), ``lr``, ``data/skipped_videos``;
+- validation samples (the model's own sampler) written as an mp4 or gif grid every ``validation.every``;
 - checkpoints ``output_dir/checkpoint-<step>/`` written atomically (a ``.tmp`` folder renamed
-  into place), the last ``train.keep_checkpoints`` kept; each holds ``student/`` (a loadable
-  student), ``training_state.pt`` (trainable weights, optimizer, LR schedule, EMA, step and
-  data position), ``rng_state_<rank>.pt`` and the resolved ``config.yaml``;
+  into place), the last ``train.keep_checkpoints`` kept; each holds the loadable model folder
+  (``student/``, or ``model/`` for a full-step model), ``training_state.pt`` (trainable weights, optimizer,
+  LR schedule, the objective's state such as EMA weights, step and data position), ``rng_state_<rank>.pt``
+  and the resolved ``config.yaml``;
 - ``setup(resume="latest" | path)`` continues bit-compatibly: the same weights, optimizer,
   RNG and data position, so an interrupted run reproduces the uninterrupted one;
-- the final student is written to ``output_dir/student/``.
+- the final model is written to ``output_dir/student/`` (``output_dir/model/`` for a full-step model).
 
 Errors: ``ConfigError`` naming every bad key at once (``validate_run_config``);
 ``FileNotFoundError`` for a missing teacher folder (from the adapter) or resume checkpoint.
@@ -35,31 +41,46 @@ Errors: ``ConfigError`` naming every bad key at once (``validate_run_config``);
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from distill.config_schema import OptimizerArgs, RunConfig
-from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples
-from distill.ema import EMATarget
+from distill.checkpoints import (
+    CHECKPOINT_PREFIX,
+    CONFIG_NAME,
+    STATE_NAME,
+    CheckpointError,
+    LoadedCheckpoint,
+    find_resume_checkpoint,
+    list_checkpoints,
+    rng_file_name,
+    rng_state,
+    set_rng_state,
+    tensor_bytes,
+    write_guard,
+)
+from distill.config_schema import OptimizerArgs, RunConfig, upgrade_legacy_layout
+from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples, count_reasons
 from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
-from distill.objective import VAE_STREAM, ConsistencySettings, RewardTerm, T2VTurboObjective, sample_generator
+from distill.objectives.base import VAE_STREAM, Objective, RunContext, TrainingBatch, sample_generator
+from distill.objectives.rewarding import RewardTerm
 from t2v_turbo.config import (
     COMPONENT_KEY,
     ConfigError,
     instantiate,
     merge,
+    resolve_component,
     save_config,
     signature_errors,
     validate_component,
+    with_signature_defaults,
 )
 from t2v_turbo.fileio import FolderLock
 from t2v_turbo.schema import schema_defaults, schema_errors
@@ -67,13 +88,12 @@ from t2v_turbo.schema import schema_defaults, schema_errors
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_NAME = "training_state.pt"
-CONFIG_NAME = "config.yaml"
 
 #: every key a run config may hold, with its default (``teacher`` and ``data`` have none); the schema is ``RunConfig``
 DEFAULTS: dict[str, Any] = schema_defaults(RunConfig)
 COMPONENT_SECTIONS = ("teacher", "data")
+#: keyword arguments the trainer passes when it builds the ``model`` node
+MODEL_BUILD_ARGS = ("adapter", "seed")
 
 
 def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
@@ -92,12 +112,13 @@ def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
             errors.append(f"{name}: must be a mapping with a {COMPONENT_KEY!r} key")
         else:
             errors += validate_component(cfg[name], name)
-    distill = cfg.get("distill", {})
-    if not any(e.startswith("distill") for e in errors):
-        try:  # what the annotations cannot say (w_min <= w_max)
-            ConsistencySettings(**distill)
-        except (TypeError, ValueError) as err:
-            errors.append(str(err))
+    errors += _model_errors(cfg.get("model"))
+    objective, found = build_objective(cfg.get("objective"))
+    errors += found
+    if objective is not None and not any(e.startswith(("model", "rewards")) for e in errors):
+        kind = model_kind(cfg["model"])
+        if kind is not None:
+            errors += objective.check_run(kind, [spec.get("name") for spec in cfg.get("rewards") or []])
     errors += _optimizer_errors(cfg.get("optimizer", {}))
     if isinstance(cfg.get("rewards"), list) and not any(e.startswith("rewards") for e in errors):
         errors += _reward_errors(cfg["rewards"], check_rewards)
@@ -124,6 +145,51 @@ def _optimizer_errors(node: Any) -> list[str]:
         node, "optimizer", extra_kwargs=("params",))
 
 
+def _model_errors(node: Any) -> list[str]:
+    """The ``model`` node: a component whose keys its builder takes, ``lora`` against ``LoraSettings``."""
+    from t2v_turbo.student import LoraSettings
+
+    if not isinstance(node, dict) or COMPONENT_KEY not in node:
+        return [f"model: must be a mapping with a {COMPONENT_KEY!r} key (e.g. distill.model.from_teacher)"]
+    errors = validate_component(node, "model", extra_kwargs=MODEL_BUILD_ARGS)
+    if node.get("lora") is not None:
+        errors += schema_errors(node["lora"], LoraSettings, "model.lora")
+    return errors
+
+
+def build_objective(node: Any) -> tuple[Objective | None, list[str]]:
+    """(the objective built from its node, problems): its keys against its signature, its values against
+    its annotations. Building one is cheap (hyperparameters only)."""
+    if not isinstance(node, dict) or COMPONENT_KEY not in node:
+        return None, [f"objective: must be a mapping with a {COMPONENT_KEY!r} key (e.g. distill.objectives.VADERObjective)"]
+    errors = validate_component(node, "objective")
+    if errors:
+        return None, errors
+    if not (isinstance(resolve_component(node[COMPONENT_KEY]), type)
+            and issubclass(resolve_component(node[COMPONENT_KEY]), Objective)):
+        return None, [f"objective: {node[COMPONENT_KEY]} is not an Objective (distill.objectives.base.Objective)"]
+    try:
+        return instantiate(node), []
+    except (TypeError, ValueError) as err:
+        return None, [str(err)]
+
+
+def model_kind(node: dict) -> str | None:
+    """"student" or "teacher" (a full-step model): what the ``model`` node builds, read without loading
+    weights (a student folder's ``student.json``); None when that cannot be told (another builder)."""
+    from t2v_turbo.student import read_student_meta
+
+    component = node.get(COMPONENT_KEY)
+    if component == "distill.model.from_teacher":
+        return "teacher" if node.get("time_cond_proj_dim", 256) is None else "student"
+    if component == "distill.model.from_student" and node.get("path") is not None:
+        try:
+            return "student" if read_student_meta(node["path"]).is_student else "teacher"
+        except (FileNotFoundError, ValueError):
+            return None  # named when the model is built
+    return None
+
+
 def _reward_errors(rewards: list[dict], check_names: bool) -> list[str]:
     """Reward names against the registry and their ``args`` against the builders' signatures."""
     if not check_names or not rewards:
@@ -143,41 +209,29 @@ def _reward_errors(rewards: list[dict], check_names: bool) -> list[str]:
 
 
 def resolve_run_config(cfg: dict, check_rewards: bool = True) -> dict:
-    """Defaults merged under ``cfg``, validated; raises ``ConfigError`` listing every problem."""
+    """Defaults merged under ``cfg`` (a config of the legacy layout read as the current one), the
+    ``model`` and ``objective`` nodes completed with their callables' defaults, validated; raises
+    ``ConfigError`` listing every problem."""
+    cfg, upgraded = upgrade_legacy_layout(cfg)
+    if upgraded:
+        logger.warning("the config uses the layout before objectives were components (student:, distill:); "
+                       "read as model: and objective: (docs/training.md shows the current layout)")
     resolved = merge(DEFAULTS, cfg)
+    for name, exclude in (("model", MODEL_BUILD_ARGS), ("objective", ())):
+        if isinstance(resolved.get(name), dict) and COMPONENT_KEY in resolved[name]:
+            resolved[name] = with_signature_defaults(resolved[name], exclude)
     errors = validate_run_config(resolved, check_rewards)
     if errors:
         raise ConfigError("invalid run config:\n  " + "\n  ".join(errors))
     return resolved
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete ``checkpoint-<step>`` folders, oldest first (``.tmp`` leftovers are ignored)."""
-    found = []
-    for path in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
-        suffix = path.name[len(CHECKPOINT_PREFIX):]
-        if path.is_dir() and suffix.isdigit() and (path / STATE_NAME).is_file():
-            found.append((int(suffix), path))
-    return [p for _, p in sorted(found)]
-
-
-def resolve_resume(resume: str, output_dir: str | Path) -> Path:
-    if resume == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        if not checkpoints:
-            raise FileNotFoundError(f"--resume latest: no complete {CHECKPOINT_PREFIX}<step> folder in {Path(output_dir).resolve()}")
-        return checkpoints[-1]
-    path = Path(resume)
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"--resume {resume}: {path.resolve()} is not a checkpoint folder (no {STATE_NAME})")
-    return path
-
-
-class DistillationRecipe:
-    """Consistency distillation with mixed reward feedback (T2V-Turbo), from one run config."""
+class TrainingRecipe:
+    """Training with the objective of a run config (T2V-Turbo, VADER, InstructVideo, ...)."""
 
     def __init__(self, cfg: dict, check_rewards: bool = True):
         self.cfg = resolve_run_config(cfg, check_rewards)
+        self.objective: Objective = instantiate(self.cfg["objective"])
         self.output_dir = Path(self.cfg["output_dir"])
         self.global_step = 0
         self.micro_step = 0
@@ -206,71 +260,44 @@ class DistillationRecipe:
         )
         if self.accelerator.is_main_process:  # one run per output_dir, taken before anything loads
             self.output_lock = FolderLock(self.output_dir, "training run").acquire()
+        # read before anything heavy loads, so that an unreadable checkpoint is named at once
+        checkpoint = self._find_resume_checkpoint(resume) if resume is not None else None
         set_seed(cfg["seed"])
         device = self.accelerator.device
 
-        # teacher (frozen) and student
-        from t2v_turbo.student import LoraSettings, build_student
+        # data first: what it gives must be what the objective takes, found before the teacher loads
+        self.dataset = instantiate(cfg["data"])
+        self._check_data()
 
+        # teacher (frozen) and the trained model
         self.adapter = instantiate(cfg["teacher"])
         self.adapter.freeze()
-        lora = cfg["student"]["lora"]
-        self.student = build_student(
-            self.adapter,
-            cfg["student"]["time_cond_proj_dim"],
-            lora=LoraSettings(**lora) if lora is not None else None,
-            train_guidance_layer=cfg["student"]["train_guidance_layer"],
-            seed=cfg["seed"],
-        )
+        self.trained = instantiate(cfg["model"], adapter=self.adapter, seed=cfg["seed"])
+        self.network = self.trained.unet
         if self.adapter.device != device:
-            self.student.to(device)
-        for param in self.student.parameters():
+            self.network.to(device)
+        for param in self.network.parameters():
             if param.requires_grad:  # trained weights stay in float32 under any teacher dtype
                 param.data = param.data.float()
-        self.student.train()
+        self.network.train()
         if train["gradient_checkpointing"]:
-            enable_gradient_checkpointing(self.student)
+            enable_gradient_checkpointing(self.network)
         teacher_dtype = DTYPES[train["teacher_dtype"]]
         if self.adapter.device != device or next(self.adapter.unet.parameters()).dtype != teacher_dtype:
             self.adapter.to(device=device, dtype=teacher_dtype)
-        self.trainable_names = [n for n, p in self.student.named_parameters() if p.requires_grad]
+        self.trainable_names = [n for n, p in self.network.named_parameters() if p.requires_grad]
 
-        # rewards (frozen, eval mode, configured dtype)
-        from rewards.base import build_reward
-
-        options = cfg["reward_options"]
-        terms, seen = [], {}
-        for spec in cfg["rewards"]:
-            args, casts_itself = _with_reward_dtype(spec, options["dtype"])
-            reward = build_reward(spec["name"], **args)
-            reward.requires_grad_(False).eval().to(device)
-            if not casts_itself:
-                reward.to(DTYPES[options["dtype"]])
-            seen[spec["name"]] = seen.get(spec["name"], 0) + 1
-            label = spec["name"] if seen[spec["name"]] == 1 else f"{spec['name']}#{seen[spec['name']]}"
-            terms.append(RewardTerm(label, reward, float(spec.get("weight", 1.0))))
-        if options["video_only_fraction"] > 0 and not any(t.reward.granularity == "clip" for t in terms):
-            raise ConfigError(
-                f"reward_options.video_only_fraction={options['video_only_fraction']} needs a clip-level reward "
-                f"(e.g. viclip, internvideo2); the configured rewards are {[t.name for t in terms]}"
-            )
-        self.objective = T2VTurboObjective(
-            self.adapter,
-            ConsistencySettings(**cfg["distill"]),
-            terms,
-            guidance_embedding_dim=cfg["student"]["time_cond_proj_dim"],
-            video_only_fraction=options["video_only_fraction"],
-            decode_chunk_size=options["decode_chunk_size"],
-            vae_gradient_checkpointing=options["vae_gradient_checkpointing"],
-            frame_window=options["frame_window"],
-        )
-        logger.info("rewards choose frames among the first %s pixel frames", options["frame_window"] or "all")
-        self.ema = EMATarget(self.student, cfg["distill"]["ema_decay"]) if cfg["distill"]["target"] == "ema" else None
+        # rewards (frozen, eval mode, configured dtype) and the objective bound to the run
+        rewards = build_reward_terms(cfg["rewards"], cfg["reward_options"]["dtype"], device)
+        try:
+            self.objective.bind(RunContext(self.adapter, self.trained, rewards, cfg["seed"], device))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
 
         # optimizer and LR schedule (stepped once per optimizer step, on every process alike)
         from diffusers.optimization import get_scheduler
 
-        params = [p for p in self.student.parameters() if p.requires_grad]
+        params = [p for p in self.network.parameters() if p.requires_grad]
         self.optimizer = instantiate(cfg["optimizer"], params=params)
         self.lr_scheduler = get_scheduler(
             cfg["lr_scheduler"]["name"],
@@ -278,12 +305,11 @@ class DistillationRecipe:
             num_warmup_steps=cfg["lr_scheduler"]["warmup_steps"],
             num_training_steps=train["max_steps"],
         )
-        self.model, self.optimizer = self.accelerator.prepare(self.student, self.optimizer)
+        self.model, self.optimizer = self.accelerator.prepare(self.network, self.optimizer)
 
-        # data: an instantiated dataset addressed by global sample positions
-        self.dataset = instantiate(cfg["data"])
-        if resume is not None:
-            self.load_checkpoint(resolve_resume(resume, self.output_dir))
+        # data: the dataset (built above) addressed by global sample positions
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
         self._build_dataloader()
 
         if self.accelerator.is_main_process:
@@ -293,6 +319,18 @@ class DistillationRecipe:
         if log_with:
             self.accelerator.init_trackers("t2v_turbo", config=_flat_hparams(self.cfg))
         logger.info("trainable parameters: %d tensors, %d values", len(params), sum(p.numel() for p in params))
+
+    def _check_data(self) -> None:
+        """The dataset gives clips when the objective needs them (``Objective.batch_inputs``)."""
+        if self.objective.batch_inputs == "videos" and not getattr(self.dataset, "has_videos", True):
+            raise ConfigError(f"data: {self.cfg['data'][COMPONENT_KEY]} gives prompts only, but "
+                              f"{type(self.objective).__name__} trains on video clips; use a video dataset "
+                              "(distill.data.VideoCaptionCSV / VideoCaptionFolder / VideoCaptionShards)")
+
+    @property
+    def model_folder_name(self) -> str:
+        """The folder a saved model goes to: ``student`` (a consistency student) or ``model`` (a full-step model)."""
+        return "student" if self.trained.meta.is_student else "model"
 
     def _build_dataloader(self) -> None:
         loader = self.cfg["dataloader"]
@@ -315,20 +353,34 @@ class DistillationRecipe:
         )
 
     # ---- one step -----------------------------------------------------------------------
-    def compute_loss(self, batch: dict, grad_norms: bool = False):
-        """Encode the batch (no grad) and evaluate the objective on it."""
-        device = self.accelerator.device
-        positions = batch["positions"]
+    def prepare_batch(self, batch: dict) -> TrainingBatch:
+        """A collated batch as the objective takes it, without gradient: VAE latents of the clips (unless the
+        objective uses prompts only, or the batch already carries ``latents``) and the text embeddings of the
+        captions and of the empty prompt (unless it carries ``text_embedding`` / ``uncond_embedding``)."""
+        device, positions = self.accelerator.device, batch["positions"]
         with torch.no_grad():
-            generator = sample_generator(self.cfg["seed"], positions[0], VAE_STREAM)
-            latents = self.adapter.encode_video(batch["pixels"].to(device), generator=generator).float()
-            text = self.adapter.encode_prompts(batch["captions"]).float()
-            uncond = self.adapter.empty_prompt_embedding(len(positions)).float()
+            latents = None
+            if self.objective.batch_inputs != "prompts":
+                if "latents" in batch:
+                    latents = batch["latents"].to(device).float()
+                elif "pixels" in batch:
+                    generator = sample_generator(self.cfg["seed"], positions[0], VAE_STREAM)
+                    latents = self.adapter.encode_video(batch["pixels"].to(device), generator=generator).float()
+            if "text_embedding" in batch:
+                text = batch["text_embedding"].to(device)
+            else:
+                text = self.adapter.encode_prompts(batch["captions"])
+            if "uncond_embedding" in batch:
+                uncond = batch["uncond_embedding"].to(device)
+            else:
+                uncond = self.adapter.empty_prompt_embedding(len(positions))
+        return TrainingBatch(list(batch["captions"]), list(positions), text.float(), uncond.float(), latents)
+
+    def compute_loss(self, batch: dict, grad_norms: bool = False):
+        """Prepare the batch (no grad) and evaluate the objective on it."""
+        prepared = self.prepare_batch(batch)
         with self.accelerator.autocast():
-            return self.objective(
-                self.model, latents, text, uncond, batch["captions"], positions,
-                seed=self.cfg["seed"], target_unet=self.student, ema=self.ema, grad_norms=grad_norms,
-            )
+            return self.objective(self.model, prepared, grad_norms=grad_norms)
 
     def train_step(self, batch: dict, grad_norms: bool = False):
         """One micro-batch: loss and backward; at the end of an accumulation window the finite
@@ -356,7 +408,7 @@ class DistillationRecipe:
     def _skip_reason(self) -> str | None:
         """Why this window's optimizer step must be skipped (non-finite loss or gradient), agreed by all
         processes. Under fp16 the GradScaler checks the gradients itself (an overflow lowers its scale)."""
-        named = None if self.accelerator.scaler is not None else self.student.named_parameters()
+        named = None if self.accelerator.scaler is not None else self.network.named_parameters()
         reason = nonfinite_reason(self._window_losses, named)
         if self.accelerator.num_processes > 1:
             flag = torch.tensor(float(reason is not None), device=self.accelerator.device)
@@ -365,12 +417,21 @@ class DistillationRecipe:
         return reason
 
     def train(self) -> None:
+        """Train to ``train.max_steps`` (logs, checkpoints, validation), then write the final student. What
+        was skipped is logged at the end, also when the run stops on an error."""
         from tqdm.auto import tqdm
 
-        cfg, train = self.cfg, self.cfg["train"]
-        accelerator = self.accelerator
-        progress = tqdm(total=train["max_steps"], initial=self.global_step, disable=not accelerator.is_main_process,
-                        desc="distill")
+        progress = tqdm(total=self.cfg["train"]["max_steps"], initial=self.global_step, desc="train",
+                        disable=not self.accelerator.is_main_process)
+        try:
+            self._train_loop(progress)
+        finally:
+            progress.close()
+            self.report_skips()
+        self.save_final()
+
+    def _train_loop(self, progress) -> None:
+        cfg, train, accelerator = self.cfg, self.cfg["train"], self.accelerator
         data = iter(self.dataloader)
         accumulated: dict[str, float] = {}
         window_start, window_step = time.perf_counter(), self.global_step  # per-step speed over each log window
@@ -386,14 +447,13 @@ class DistillationRecipe:
             self.skipped_steps.record(self.global_step, skip)
             if skip is None:
                 self.lr_scheduler.step()
-                if self.ema is not None:
-                    self.ema.update(self.student)
+                self.objective.after_optimizer_step()
             progress.update(1)
             if log_now:
                 logs = dict(accumulated, lr=self.lr_scheduler.get_last_lr()[0])
                 logs["train/skipped_steps"] = self.skipped_steps.total
                 if grad_norm is not None:
-                    logs["grad_norm/student"] = float(grad_norm)
+                    logs["grad_norm/model"] = float(grad_norm)
                 skipped = torch.tensor(float(self.skipped_videos), device=accelerator.device)
                 logs["data/skipped_videos"] = float(accelerator.reduce(skipped, "sum"))
                 seconds_per_step = (time.perf_counter() - window_start) / max(self.global_step - window_step, 1)
@@ -410,81 +470,105 @@ class DistillationRecipe:
                 self.save_checkpoint(self.global_step)
             if cfg["validation"]["every"] and self.global_step % cfg["validation"]["every"] == 0:
                 self.validate(self.global_step)
-        progress.close()
-        self.save_final()
+
+    def report_skips(self) -> str:
+        """What this process left out of the run, in one line, logged at its end (a warning when anything was)."""
+        invalid = getattr(self.dataset, "invalid_items", [])
+        parts = [f"{self.skipped_videos} video(s) that could not be decoded (replaced while training)",
+                 f"{len(invalid)} data item(s) left out when the data was read"
+                 + (f" ({count_reasons(invalid)})" if invalid else ""),
+                 f"{self.skipped_steps.total} optimizer step(s) with a non-finite loss or gradient"]
+        rank = f" (process {self.accelerator.process_index})" if self.accelerator.num_processes > 1 else ""
+        line = f"skipped in this run{rank}: " + "; ".join(parts)
+        anything = self.skipped_videos or invalid or self.skipped_steps.total
+        logger.log(logging.WARNING if anything else logging.INFO, line)
+        return line
 
     # ---- validation ---------------------------------------------------------------------
     @torch.no_grad()
     def validate(self, step: int) -> Path | None:
-        """Sample the validation prompts with the 4-step student; write one grid video (main process)."""
+        """Sample the validation prompts with the model's own sampler (a student's consistency steps, a
+        full-step model's DDIM + CFG); write one grid video (main process)."""
         val = self.cfg["validation"]
         if not val["prompts"] or not self.accelerator.is_main_process:
             return None
-        from t2v_turbo.pipeline import T2VTurboPipeline
+        from t2v_turbo.pipeline import T2VTurboPipeline, TeacherPipeline
+        from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
         from t2v_turbo.video_io import save_grid
 
-        self.student.eval()
-        pipeline = T2VTurboPipeline(self.adapter, self.student)
+        meta = self.model_meta()
+        self.network.eval()
+        if meta.is_student:
+            scheduler = T2VTurboScheduler.from_adapter(self.adapter, num_ddim_timesteps=meta.num_ddim_timesteps,
+                                                       sigma_data=meta.sigma_data, timestep_scaling=meta.timestep_scaling)
+            pipeline = T2VTurboPipeline(self.adapter, self.network, scheduler)
+        else:
+            pipeline = TeacherPipeline(self.adapter, self.network)
         generator = torch.Generator().manual_seed(val["seed"])
         videos = pipeline(val["prompts"], num_inference_steps=val["num_inference_steps"],
                           guidance_scale=val["guidance_scale"], num_frames=val["num_frames"], generator=generator)
-        self.student.train()
+        self.network.train()
         path = self.output_dir / "validation" / f"step-{step:06d}.{val['format']}"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_grid(path, list(videos.cpu()), fps=val["fps"])
         return path
 
     # ---- checkpoints --------------------------------------------------------------------
-    def _student_meta(self):
-        from t2v_turbo.student import StudentMeta
-
-        s, d = self.cfg["student"], self.cfg["distill"]
-        # the geometry of the training clips and the guidance range are the student's sampling defaults
-        geometry = {key: getattr(self.dataset, key, None) for key in ("num_frames", "height", "width", "fps")}
-        return StudentMeta.for_adapter(
-            self.adapter, time_cond_proj_dim=s["time_cond_proj_dim"], lora=s["lora"],
-            train_guidance_layer=s["train_guidance_layer"],
+    def model_meta(self):
+        """What the saved model folder records: the model's own record (LoRA, guidance layer; a student
+        folder's distillation grid), the training clips' geometry, what the objective adds (a consistency
+        objective's grid and guidance range) and the validation sampling settings as sampling defaults."""
+        geometry = {key: getattr(self.dataset, key) for key in ("num_frames", "height", "width", "fps")
+                    if getattr(self.dataset, key, None) is not None}
+        return dataclasses.replace(
+            self.trained.meta, **geometry, **self.objective.model_meta(),
             guidance_scale=self.cfg["validation"]["guidance_scale"],
             num_inference_steps=self.cfg["validation"]["num_inference_steps"],
-            num_ddim_timesteps=d["num_ddim_timesteps"],
-            timestep_scaling=d["timestep_scaling"],
-            sigma_data=d["sigma_data"],
-            guidance_range=[float(d["w_min"]), float(d["w_max"])],
-            **geometry,
         )
 
+    def training_state(self) -> dict:
+        """What ``training_state.pt`` holds: plain data only (tensors, numbers, strings, lists, dicts)."""
+        params = dict(self.network.named_parameters())
+        scaler = self.accelerator.scaler
+        return {
+            "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable_names},
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "objective": self.objective.state_dict(),
+            "global_step": self.global_step,
+            "micro_step": self.micro_step,
+            "skipped_videos": self.skipped_videos,
+            "skipped_steps": self.skipped_steps.state_dict(),
+            "num_processes": self.accelerator.num_processes,
+        }
+
     def save_checkpoint(self, step: int) -> Path:
-        """Write ``checkpoint-<step>/`` atomically: all files go to ``checkpoint-<step>.tmp`` first."""
-        from t2v_turbo.student import save_student
+        """Write ``checkpoint-<step>/`` atomically: all files go to ``checkpoint-<step>.tmp`` first; a failed
+        write (a full disk) removes it, keeps the previous checkpoints and raises ``CheckpointWriteError``."""
+        from t2v_turbo.student import save_student, student_state_dict
 
         accelerator = self.accelerator
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
         self._require_finite_weights(final.name)
         tmp = self.output_dir / f"{CHECKPOINT_PREFIX}{step}.tmp"
+        state = self.training_state() if accelerator.is_main_process else None
+        needed = tensor_bytes(state) + tensor_bytes(student_state_dict(self.network))
+        with write_guard(tmp, final, needed):
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                save_student(tmp / self.model_folder_name, self.network, self.model_meta())
+                torch.save(state, tmp / STATE_NAME)
+                save_config(self.cfg, tmp / CONFIG_NAME)
+            accelerator.wait_for_everyone()
+            torch.save(rng_state(), tmp / rng_file_name(accelerator.process_index))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                counters = {"global_step": step, "micro_step": self.micro_step,
+                            "num_processes": accelerator.num_processes}
+                (tmp / "trainer_state.json").write_text(json.dumps(counters) + "\n")
         if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_student(tmp / "student", self.student, self._student_meta())
-            params = dict(self.student.named_parameters())
-            state = {
-                "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable_names},
-                "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "global_step": self.global_step,
-                "micro_step": self.micro_step,
-                "skipped_videos": self.skipped_videos,
-                "skipped_steps": self.skipped_steps.state_dict(),
-                "num_processes": accelerator.num_processes,
-            }
-            torch.save(state, tmp / STATE_NAME)
-            save_config(self.cfg, tmp / CONFIG_NAME)
-        accelerator.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            (tmp / "trainer_state.json").write_text(
-                json.dumps({"global_step": step, "micro_step": self.micro_step, "num_processes": accelerator.num_processes}) + "\n")
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -494,42 +578,55 @@ class DistillationRecipe:
         return final
 
     def _require_finite_weights(self, what: str) -> None:
-        """Refuse to write ``what`` when a trained weight (or its EMA) holds NaN or Inf."""
-        params = dict(self.student.named_parameters())
-        named = [(name, params[name]) for name in self.trainable_names]
-        if self.ema is not None:
-            named += [(f"ema.{name}", value) for name, value in self.ema.shadow.items()]
+        """Refuse to write ``what`` when a trained weight (or one the objective tracks, e.g. EMA) holds NaN or Inf."""
+        params = dict(self.network.named_parameters())
+        named = [(name, params[name]) for name in self.trainable_names] + self.objective.weights()
         bad = nonfinite_tensors(named)
         if bad:
             kept = list_checkpoints(self.output_dir)
+            last = kept[-1] if kept else "none (no checkpoint yet)"
             raise NonFiniteError(
                 f"step {self.global_step}: {len(bad)} trained weight tensor(s) hold NaN or Inf (first {bad[0]}); "
-                f"{what} is not written. The last finite checkpoint is {kept[-1] if kept else 'none (no checkpoint yet)'}"
+                f"{what} is not written. The last finite checkpoint is {last}"
             )
 
-    def load_checkpoint(self, folder: Path) -> None:
-        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=False)
+    def _find_resume_checkpoint(self, resume: str) -> LoadedCheckpoint:
+        """``--resume latest|PATH`` read (plain data only); all processes must agree on the step."""
+        checkpoint = find_resume_checkpoint(resume, self.output_dir, self.accelerator.process_index)
+        if self.accelerator.num_processes > 1:
+            step = torch.tensor(float(checkpoint.state["global_step"]), device=self.accelerator.device)
+            low, high = self.accelerator.reduce(step.clone(), "min"), self.accelerator.reduce(step.clone(), "max")
+            if low != high:
+                raise CheckpointError(f"--resume {resume}: the processes found different readable checkpoints "
+                                      f"(steps {int(low)} to {int(high)}); check the rng_state_<rank>.pt files")
+        return checkpoint
+
+    def load_checkpoint(self, checkpoint: LoadedCheckpoint) -> None:
+        """Restore weights, optimizer, grad scaler, LR schedule, objective state (e.g. EMA), counters and RNG from a read checkpoint."""
+        folder, state = checkpoint.folder, checkpoint.state
         if state["num_processes"] != self.accelerator.num_processes:
             raise RuntimeError(
                 f"{folder}: written by {state['num_processes']} processes, resuming with "
                 f"{self.accelerator.num_processes}; the data position would differ"
             )
-        params = dict(self.student.named_parameters())
+        params = dict(self.network.named_parameters())
         if set(state["trainable"]) != set(self.trainable_names):
-            raise RuntimeError(f"{folder / STATE_NAME}: trainable parameters differ from the configured student")
+            raise RuntimeError(f"{folder / STATE_NAME}: trainable parameters differ from the configured model")
         with torch.no_grad():
             for name, value in state["trainable"].items():
                 params[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.accelerator.scaler is not None and state["grad_scaler"] is not None:
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        if self.ema is not None:
-            if state["ema"] is None:
-                raise RuntimeError(f"{folder}: distill.target=ema but the checkpoint holds no EMA state")
-            self.ema.load_state_dict(state["ema"])
+        try:
+            self.objective.load_state_dict(state["objective"])
+        except RuntimeError as err:
+            raise RuntimeError(f"{folder / STATE_NAME}: {err}") from err
         self.global_step, self.micro_step = state["global_step"], state["micro_step"]
         self.skipped_videos = state["skipped_videos"]
         self.skipped_steps.load_state_dict(state["skipped_steps"])
-        _set_rng_state(torch.load(folder / f"rng_state_{self.accelerator.process_index}.pt", weights_only=False))
+        set_rng_state(checkpoint.rng)
         logger.info("resumed from %s at step %d", folder, self.global_step)
 
     def _clean_partial_checkpoints(self) -> None:
@@ -538,13 +635,14 @@ class DistillationRecipe:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def save_final(self) -> Path:
-        from t2v_turbo.student import save_student
+        from t2v_turbo.student import save_student, student_state_dict
 
-        folder = self.output_dir / "student"
-        self._require_finite_weights(f"the final student {folder}")
+        folder = self.output_dir / self.model_folder_name
+        self._require_finite_weights(f"the final model {folder}")
         if self.accelerator.is_main_process:
-            save_student(folder, self.student, self._student_meta())
-            save_config(self.cfg, folder / CONFIG_NAME)
+            with write_guard(None, folder, tensor_bytes(student_state_dict(self.network))):
+                save_student(folder, self.network, self.model_meta())
+                save_config(self.cfg, folder / CONFIG_NAME)
         self.accelerator.wait_for_everyone()
         return folder
 
@@ -602,33 +700,34 @@ def _with_reward_dtype(spec: dict, dtype: str) -> tuple[dict, bool]:
     return args, casts_itself
 
 
+def build_reward_terms(specs: list[dict], dtype: str, device: torch.device) -> list[RewardTerm]:
+    """The ``rewards`` entries built (``build_reward``), frozen, in eval mode, on ``device`` and in ``dtype``,
+    each with its weight and loss form; a name used twice gets ``#2``, ``#3`` ... in its label."""
+    from rewards.base import build_reward
+
+    terms, seen = [], {}
+    for spec in specs:
+        args, casts_itself = _with_reward_dtype(spec, dtype)
+        reward = build_reward(spec["name"], **args)
+        reward.requires_grad_(False).eval().to(device)
+        if not casts_itself:
+            reward.to(DTYPES[dtype])
+        seen[spec["name"]] = seen.get(spec["name"], 0) + 1
+        label = spec["name"] if seen[spec["name"]] == 1 else f"{spec['name']}#{seen[spec['name']]}"
+        terms.append(RewardTerm(label, reward, float(spec.get("weight", 1.0)), spec.get("loss", "linear"),
+                                float(spec.get("target", 0.0))))
+    return terms
+
+
 def _accumulate(logs: dict, out, steps: int) -> None:
-    """Mean over the micro-batches of an optimizer step of the loss and each term."""
-    values = {"loss": out.loss, **{f"reward/{k}": v for k, v in out.rewards.items()},
-              **{f"reward_term/{k}": v for k, v in out.terms.items() if k != "cd"}}
-    if out.cd_loss is not None:
-        values["loss/cd"] = out.cd_loss
-    if out.decoded_latent_frames:
-        values["data/decoded_latent_frames"] = torch.tensor(float(max(out.decoded_latent_frames)))
+    """Mean over the micro-batches of an optimizer step of the loss, the objective's scalars, each reward
+    and each reward's term."""
+    values = {"loss": out.loss, **out.scalars, **{f"reward/{k}": v for k, v in out.rewards.items()},
+              **{f"reward_term/{k}": v for k, v in out.terms.items() if k in out.rewards}}
     for key, value in values.items():
-        logs[key] = logs.get(key, 0.0) + float(value.detach()) / steps
+        logs[key] = logs.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) / steps
     for key, value in out.reward_grad_norms.items():
         logs[f"grad_norm/{key}"] = value
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _flat_hparams(cfg: dict, prefix: str = "") -> dict:

@@ -1,4 +1,4 @@
-"""Export a student for use outside this toolkit.
+"""Export a trained model (a student, or a fine-tuned full-step model) for use outside this toolkit.
 
 Three formats (``t2v-turbo export STUDENT_DIR --format ... --out DIR``), each a folder with a model
 card (``README.md``: base model, recipe, sampling settings, a stock usage snippet, metrics) and
@@ -10,13 +10,16 @@ card (``README.md``: base model, recipe, sampling settings, a stock usage snippe
   stock pipelines pass no ``timestep_cond``, so the guidance scale w is folded as in the diffusers
   format (below): ``time_embedding.linear_1`` is saved whole as a peft ``modules_to_save`` module
   (its LoRA merged, the guidance shift in its bias) and the other targets as LoRA A/B pairs.
-  ``scheduler/`` holds the ``LCMScheduler`` to run it with (``guidance_scale=1``).
+  ``scheduler/`` holds the ``LCMScheduler`` to run it with (``guidance_scale=1``). A fine-tuned
+  full-step model (no guidance layer) is saved as plain LoRA A/B pairs with the teacher's
+  ``DDIMScheduler``, run with classifier-free guidance.
 - ``merged``: a diffusers ``UNet3DConditionModel`` folder (``config.json`` +
   ``diffusion_pytorch_model.safetensors``) with the LoRA merged into the base weights,
   W' = W + (alpha / rank) B A, keeping ``time_cond_proj_dim`` and the guidance layer (a sampler
   passes the guidance embedding as ``timestep_cond``).
 - ``diffusers``: a complete ``TextToVideoSDPipeline`` folder that stock diffusers runs with
-  ``guidance_scale=1``. Stock pipelines pass no ``timestep_cond``, so the chosen guidance scale w
+  ``guidance_scale=1`` (a fine-tuned full-step model keeps the teacher's ``DDIMScheduler`` and runs with
+  its CFG scale). Stock pipelines pass no ``timestep_cond``, so a student's chosen guidance scale w
   is folded into the UNet: diffusers computes
   ``linear_1(t_emb + cond_proj(emb(w)))`` = ``W1 t_emb + (b1 + W1 cond_proj(emb(w)))``, a
   constant shift of ``linear_1``'s bias; the folded UNet has no ``cond_proj``. The scheduler is an
@@ -27,6 +30,14 @@ card (``README.md``: base model, recipe, sampling settings, a stock usage snippe
 Every export is written into a new folder beside ``out`` and moved into place
 (``t2v_turbo.fileio.write_folder``); an existing non-empty ``out`` is replaced only with
 ``overwrite=True``.
+
+Wan (flow) students: stock diffusers' ``WanTransformer3DModel`` has no guidance input, so
+``merged`` and ``diffusers`` both fold the guidance scale into ``condition_embedder.time_embedder.
+linear_1.bias`` (same algebra as above) and write a stock ``WanTransformer3DModel``; ``diffusers``
+is a ``WanPipeline`` folder with diffusers' ``FlowMatchLCMScheduler`` (the flow sampler with
+``spacing="lcm"``). ``lora`` also writes diffusers' ``pytorch_lora_weights.safetensors`` (for
+``WanPipeline.load_lora_weights``) with the folded guidance as a LoRA bias on ``linear_1``
+(peft's ``lora_bias``), and the ``scheduler/`` to sample with.
 """
 
 from __future__ import annotations
@@ -92,39 +103,45 @@ def merge_student(unet: nn.Module) -> nn.Module:
     return move_module(merged, device=param.device, dtype=param.dtype).eval()
 
 
-def folded_bias(weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """b + W shift (in float64): the bias of ``linear(x + shift)`` written as ``W x + (b + W shift)``."""
-    return (bias.double() + weight.double() @ shift.double()).to(bias.dtype)
-
-
-def guidance_shift(unet: nn.Module, guidance_scale: float) -> torch.Tensor:
-    """cond_proj(emb(w)): what the guidance layer adds to the timestep features at scale w."""
-    time_embedding = unet.time_embedding
-    if time_embedding.cond_proj is None:
-        raise ValueError("the UNet has no guidance layer (time_cond_proj_dim is None): nothing to fold")
-    with torch.no_grad():
-        w = torch.tensor([float(guidance_scale)], device=time_embedding.cond_proj.weight.device)
-        embedding = guidance_scale_embedding(w, unet.config.time_cond_proj_dim).to(time_embedding.cond_proj.weight.dtype)
-        return time_embedding.cond_proj(embedding)[0]
+def folded_linear_bias(
+    bias: torch.Tensor, weight: torch.Tensor, cond_proj_weight: torch.Tensor, guidance_scale: float
+) -> torch.Tensor:
+    """b1 + W1 cond_proj(emb(w)): the bias of the layer after the guidance embedding's sum
+    (``linear_1(t_emb + cond_proj(emb(w)))``) that makes it a constant shift (computed in float64)."""
+    w = torch.tensor([float(guidance_scale)])
+    embedding = guidance_scale_embedding(w, cond_proj_weight.shape[1]).double()
+    shift = embedding[0] @ cond_proj_weight.double().cpu().T
+    return (bias.double().cpu() + weight.double().cpu() @ shift).to(dtype=bias.dtype, device=bias.device)
 
 
 def fold_guidance_scale(unet: nn.Module, guidance_scale: float) -> nn.Module:
-    """A UNet without ``time_embedding.cond_proj`` whose output equals ``unet`` run with the
-    guidance embedding of ``guidance_scale``: b1 <- b1 + W1 cond_proj(emb(w))."""
-    from diffusers import UNet3DConditionModel
+    """A model without the guidance layer whose output equals ``unet`` run with the guidance
+    embedding of ``guidance_scale``: b1 <- b1 + W1 cond_proj(emb(w)) (``folded_linear_bias``).
 
-    if has_lora(unet):
-        unet = merge_student(unet)
-    shift = guidance_shift(unet, guidance_scale)
-    state = {k: v.detach().clone() for k, v in unet.state_dict().items() if k != "time_embedding.cond_proj.weight"}
-    linear_1 = unet.time_embedding.linear_1
-    state[f"{GUIDANCE_TARGET}.bias"] = folded_bias(linear_1.weight.detach(), state[f"{GUIDANCE_TARGET}.bias"], shift)
+    ``UNet3DConditionModel`` (``time_embedding.cond_proj``) and Wan students
+    (``condition_embedder.time_embedder.cond_proj``, see ``t2v_turbo.adapters.wan``); LoRA is merged first.
+    """
+    from diffusers import UNet3DConditionModel, WanTransformer3DModel
+
+    if isinstance(unet, WanTransformer3DModel):
+        model_cls, prefix = WanTransformer3DModel, "condition_embedder.time_embedder."
+    else:
+        model_cls, prefix = UNet3DConditionModel, "time_embedding."
+    state = merged_state_dict(unet) if has_lora(unet) else {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    if prefix + "cond_proj.weight" not in state:
+        raise ValueError("the model has no guidance layer (time_cond_proj_dim is None): nothing to fold")
+    cond_proj = state.pop(prefix + "cond_proj.weight")
+    state[prefix + "linear_1.bias"] = folded_linear_bias(
+        state[prefix + "linear_1.bias"], state[prefix + "linear_1.weight"], cond_proj, guidance_scale
+    )
     config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    config["time_cond_proj_dim"] = None
-    folded = UNet3DConditionModel.from_config(config)
-    folded.load_state_dict(state, strict=True)
-    param = next(unet.parameters())
-    return move_module(folded, device=param.device, dtype=param.dtype).eval()
+    if model_cls is WanTransformer3DModel:
+        config.pop("time_cond_proj_dim")
+    else:
+        config["time_cond_proj_dim"] = None
+    folded = model_cls.from_config(config)
+    folded.load_state_dict(state, strict=True, assign=True)  # the loaded tensors' dtypes and devices
+    return folded.eval()
 
 
 def lcm_scheduler_for(adapter, meta: StudentMeta):
@@ -147,38 +164,53 @@ def lcm_scheduler_for(adapter, meta: StudentMeta):
     )
 
 
-def peft_adapter_tensors(unet: nn.Module, guidance_scale: float) -> tuple[list[str], dict[str, torch.Tensor]]:
-    """(LoRA target module names, tensors under peft's saved names) of a LoRA student, as an
-    adapter on its teacher's UNet with w folded into ``time_embedding.linear_1``:
+def peft_adapter_tensors(unet: nn.Module, guidance_scale: float | None) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """(LoRA target module names, tensors under peft's saved names) of a LoRA model, as an adapter on its
+    teacher's UNet:
 
-    - ``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight`` for every LoRA target but
-      ``time_embedding.linear_1``;
-    - ``base_model.model.time_embedding.linear_1.weight`` / ``.bias`` (a ``modules_to_save``
-      module): W1' = W1 (+ its LoRA delta), b1' = b1 + W1' cond_proj(emb(w)).
+    - ``base_model.model.<module>.lora_A.weight`` / ``.lora_B.weight`` for every LoRA target (a student:
+      every one but ``time_embedding.linear_1``);
+    - a student only: ``base_model.model.time_embedding.linear_1.weight`` / ``.bias`` (a ``modules_to_save``
+      module): W1' = W1 (+ its LoRA delta), b1' = b1 + W1' cond_proj(emb(w)), w = ``guidance_scale``.
+      A full-step model (``guidance_scale`` None) has no guidance layer and nothing is folded.
     """
     from peft.tuners.lora import LoraLayer
 
     prefix = "base_model.model."
+    fold = guidance_scale is not None
     targets, tensors = [], {}
-    linear_1 = unet.get_submodule(GUIDANCE_TARGET)
     for name, module in unet.named_modules():
-        if isinstance(module, LoraLayer) and name != GUIDANCE_TARGET:
+        if isinstance(module, LoraLayer) and not (fold and name == GUIDANCE_TARGET):
             targets.append(name)
             tensors[f"{prefix}{name}.lora_A.weight"] = module.lora_A[ADAPTER_NAME].weight
             tensors[f"{prefix}{name}.lora_B.weight"] = module.lora_B[ADAPTER_NAME].weight
-    with torch.no_grad():
-        if isinstance(linear_1, LoraLayer):
-            base = linear_1.get_base_layer()
-            weight = base.weight + linear_1.get_delta_weight(ADAPTER_NAME).to(base.weight.dtype)
-        else:
-            base, weight = linear_1, linear_1.weight
-        tensors[f"{prefix}{GUIDANCE_TARGET}.weight"] = weight
-        tensors[f"{prefix}{GUIDANCE_TARGET}.bias"] = folded_bias(weight, base.bias, guidance_shift(unet, guidance_scale))
+    if fold:
+        linear_1 = unet.get_submodule(GUIDANCE_TARGET)
+        with torch.no_grad():
+            if isinstance(linear_1, LoraLayer):
+                base = linear_1.get_base_layer()
+                weight = base.weight + linear_1.get_delta_weight(ADAPTER_NAME).to(base.weight.dtype)
+            else:
+                base, weight = linear_1, linear_1.weight
+            tensors[f"{prefix}{GUIDANCE_TARGET}.weight"] = weight
+            cond_proj = unet.time_embedding.cond_proj
+            if cond_proj is None:
+                raise ValueError("the UNet has no guidance layer (time_cond_proj_dim is None): nothing to fold")
+            tensors[f"{prefix}{GUIDANCE_TARGET}.bias"] = folded_linear_bias(base.bias, weight, cond_proj.weight,
+                                                                            guidance_scale)
     return targets, {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
 
 
+def sampling_scheduler(adapter, meta: StudentMeta):
+    """The diffusers scheduler a stock pipeline runs the model with: ``LCMScheduler`` for a student,
+    the teacher's own ``DDIMScheduler`` for a fine-tuned full-step model."""
+    from diffusers import DDIMScheduler
+
+    return lcm_scheduler_for(adapter, meta) if meta.is_student else DDIMScheduler.from_config(adapter.scheduler_config)
+
+
 def export_lora(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, guidance_scale: float | None = None) -> Path:
-    """Write the peft adapter folder of a LoRA student into the (new, empty) folder ``out``."""
+    """Write the peft adapter folder of a LoRA model into the (new, empty) folder ``out``."""
     from peft import LoraConfig
     from safetensors.torch import save_file
 
@@ -189,19 +221,23 @@ def export_lora(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, gu
                          f"{adapter.family!r} (VideoCrafter2 students: `t2v-turbo convert lora-list`, the released LoRA format)")
     out = Path(out)
     guidance_scale = meta.guidance_scale if guidance_scale is None else guidance_scale
-    targets, tensors = peft_adapter_tensors(unet, guidance_scale)
+    targets, tensors = peft_adapter_tensors(unet, guidance_scale if meta.is_student else None)
     config = LoraConfig(
         r=int(meta.lora["rank"]), lora_alpha=float(meta.lora["alpha"]), lora_dropout=0.0,
         target_modules="^(" + "|".join(re.escape(n) for n in targets) + ")$",  # full-match regex over exact names
-        modules_to_save=[GUIDANCE_TARGET], base_model_name_or_path=meta.teacher_path,
+        modules_to_save=[GUIDANCE_TARGET] if meta.is_student else None, base_model_name_or_path=meta.teacher_path,
     )
     config.save_pretrained(str(out))
     save_file(tensors, str(out / PEFT_WEIGHTS_NAME), metadata={"format": "pt"})
-    lcm_scheduler_for(adapter, meta).save_pretrained(str(out / "scheduler"))
-    _write_json(out / "export.json", {"format": "lora", "folded_guidance_scale": guidance_scale,
-                                      "run_with": {"guidance_scale": 1.0, "num_inference_steps": meta.num_inference_steps},
-                                      "student": dataclasses.asdict(meta)})
+    sampling_scheduler(adapter, meta).save_pretrained(str(out / "scheduler"))
+    _write_json(out / "export.json", {"format": "lora", "folded_guidance_scale": guidance_scale if meta.is_student else None,
+                                      "run_with": _run_with(meta, guidance_scale), "student": dataclasses.asdict(meta)})
     return out
+
+
+def _run_with(meta: StudentMeta, guidance_scale: float) -> dict:
+    """The stock pipeline's call settings: guidance folded (scale 1) for a student, CFG for a full-step model."""
+    return {"guidance_scale": 1.0 if meta.is_student else guidance_scale, "num_inference_steps": meta.num_inference_steps}
 
 
 def export_merged(unet: nn.Module, meta: StudentMeta, out: str | Path) -> Path:
@@ -212,17 +248,22 @@ def export_merged(unet: nn.Module, meta: StudentMeta, out: str | Path) -> Path:
 
 
 def export_diffusers_pipeline(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, guidance_scale: float | None = None) -> Path:
+    """A ``TextToVideoSDPipeline`` folder. A student gets its guidance scale folded in and an
+    ``LCMScheduler`` (run it with ``guidance_scale=1``); a fine-tuned full-step model keeps the teacher's
+    ``DDIMScheduler`` and is run with classifier-free guidance at ``guidance_scale`` (its CFG scale)."""
     from diffusers import TextToVideoSDPipeline
 
     if adapter.family != "diffusers":
         raise ValueError(f"`--format diffusers` needs a diffusers-layout teacher; this student's teacher is {adapter.family!r}")
     guidance_scale = meta.guidance_scale if guidance_scale is None else guidance_scale
+    network = fold_guidance_scale(unet, guidance_scale) if meta.is_student else merge_student(unet)
+    scheduler, run_with = sampling_scheduler(adapter, meta), _run_with(meta, guidance_scale)
     pipeline = TextToVideoSDPipeline(
         vae=adapter.vae,
         text_encoder=adapter.text_encoder,
         tokenizer=adapter.tokenizer,
-        unet=fold_guidance_scale(unet, guidance_scale),
-        scheduler=lcm_scheduler_for(adapter, meta),
+        unet=network,
+        scheduler=scheduler,
     )
     out = Path(out)
     pipeline.save_pretrained(out, safe_serialization=True)
@@ -230,11 +271,86 @@ def export_diffusers_pipeline(unet: nn.Module, meta: StudentMeta, adapter, out: 
         out / "export.json",
         {
             "format": "diffusers",
-            "folded_guidance_scale": guidance_scale,
-            "run_with": {"guidance_scale": 1.0, "num_inference_steps": meta.num_inference_steps},
+            "folded_guidance_scale": guidance_scale if meta.is_student else None,
+            "run_with": run_with,
             "student": dataclasses.asdict(meta),
         },
     )
+    return out
+
+
+def wan_diffusers_lora_state_dict(unet: nn.Module, guidance_scale: float) -> tuple[dict[str, torch.Tensor], dict]:
+    """A Wan LoRA student in diffusers' format: (state dict, LoRA config) for
+    ``WanPipeline.save_lora_weights``, which prefixes the keys with ``transformer.``.
+
+    Every LoRA layer keeps its A and B (peft names without the adapter name) and gets a zero
+    ``lora_B.bias``; the guidance scale is folded into one more LoRA layer on
+    ``condition_embedder.time_embedder.linear_1`` with A = B = 0 and
+    ``lora_B.bias`` = (rank / alpha) W1 cond_proj(emb(w)), so that with peft's scaling alpha / rank it
+    adds exactly the shift ``fold_guidance_scale`` puts into the bias (peft's ``lora_bias``).
+    """
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "condition_embedder.time_embedder."
+    lora_modules = {name: module for name, module in unet.named_modules() if isinstance(module, LoraLayer)}
+    if prefix + "linear_1" in lora_modules:
+        raise ValueError("the guidance fold needs condition_embedder.time_embedder.linear_1 outside the LoRA targets")
+    first = next(iter(lora_modules.values()))
+    rank, alpha = first.r[ADAPTER_NAME], first.lora_alpha[ADAPTER_NAME]
+    state = {}
+    for name, module in lora_modules.items():
+        a, b = module.lora_A[ADAPTER_NAME].weight, module.lora_B[ADAPTER_NAME].weight
+        state[f"{name}.lora_A.weight"] = a.detach().cpu().clone()
+        state[f"{name}.lora_B.weight"] = b.detach().cpu().clone()
+        state[f"{name}.lora_B.bias"] = torch.zeros(b.shape[0], dtype=b.dtype)
+    linear_1 = dict(unet.named_modules())[prefix + "linear_1"]
+    cond_proj = dict(unet.named_modules())[prefix + "cond_proj"].weight
+    zero_bias = torch.zeros_like(linear_1.bias).cpu()
+    shift = folded_linear_bias(zero_bias, linear_1.weight.detach(), cond_proj.detach(), guidance_scale)
+    state[prefix + "linear_1.lora_A.weight"] = torch.zeros(rank, linear_1.in_features, dtype=shift.dtype)
+    state[prefix + "linear_1.lora_B.weight"] = torch.zeros(linear_1.out_features, rank, dtype=shift.dtype)
+    state[prefix + "linear_1.lora_B.bias"] = (shift.double() * rank / alpha).to(shift.dtype)
+    targets = sorted(lora_modules) + [prefix + "linear_1"]
+    config = {"r": rank, "lora_alpha": alpha, "target_modules": targets, "lora_bias": True, "lora_dropout": 0.0}
+    return state, config
+
+
+def export_wan(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, format: str,
+               guidance_scale: float | None = None) -> Path:
+    """A Wan student as ``lora`` (diffusers' ``pytorch_lora_weights.safetensors``), ``merged`` (a stock
+    ``WanTransformer3DModel``, LoRA merged, guidance folded), both with the ``scheduler/`` to sample
+    with, or ``diffusers`` (a stock ``WanPipeline`` with ``FlowMatchLCMScheduler``)."""
+    from diffusers import FlowMatchLCMScheduler, WanPipeline
+
+    out = Path(out)
+    guidance_scale = meta.guidance_scale if guidance_scale is None else guidance_scale
+    scheduler = FlowMatchLCMScheduler(num_train_timesteps=adapter.num_train_timesteps, shift=adapter.flow_shift)
+    run_with = {"guidance_scale": 1.0, "num_inference_steps": meta.num_inference_steps, "spacing": "lcm"}
+    record = {"format": format, "folded_guidance_scale": guidance_scale, "run_with": run_with,
+              "student": dataclasses.asdict(meta)}
+    if format == "lora":
+        out.mkdir(parents=True, exist_ok=True)
+        state, config = wan_diffusers_lora_state_dict(unet, guidance_scale)
+        WanPipeline.save_lora_weights(out, transformer_lora_layers=state, transformer_lora_adapter_metadata=config)
+        scheduler.save_pretrained(out / "scheduler")
+        record["diffusers_lora"] = {"file": "pytorch_lora_weights.safetensors", "base": meta.teacher_path,
+                                    "scheduler": "scheduler/ (FlowMatchLCMScheduler)"}
+        _write_json(out / "export.json", record)
+        return out
+    folded = fold_guidance_scale(unet, guidance_scale)
+    if format == "merged":
+        folded.save_pretrained(out, safe_serialization=True)
+        scheduler.save_pretrained(out / "scheduler")
+    else:
+        if not (adapter.causal_vae and adapter.t5_text):
+            raise ValueError(
+                f"`--format diffusers` writes a stock WanPipeline, which needs AutoencoderKLWan and a T5 text encoder; "
+                f"this teacher has {type(adapter.vae).__name__} and {type(adapter.text_encoder).__name__} "
+                "(use --format merged or lora)")
+        pipeline = WanPipeline(tokenizer=adapter.tokenizer, text_encoder=adapter.text_encoder, vae=adapter.vae,
+                               scheduler=scheduler, transformer=folded, expand_timesteps=adapter.expand_timesteps)
+        pipeline.save_pretrained(out, safe_serialization=True)
+    _write_json(out / "export.json", record)
     return out
 
 
@@ -260,31 +376,82 @@ def _metric_rows(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def _wan_usage(format: str, meta: StudentMeta, guidance_scale: float, folder_name: str) -> str:
+    """Stock diffusers snippets for a Wan student's exports (guidance folded in every format)."""
+    call = (f'frames = pipe("a prompt", num_inference_steps={meta.num_inference_steps}, guidance_scale=1.0, '
+            f"num_frames={meta.num_frames}, height={meta.height}, width={meta.width}).frames[0]")
+    folded = f"# guidance w = {guidance_scale:g} is folded into time_embedder.linear_1: run with guidance_scale=1"
+    if format == "diffusers":
+        return f"""```python
+from diffusers import WanPipeline
+
+pipe = WanPipeline.from_pretrained("{folder_name}")  # FlowMatchLCMScheduler inside
+{folded}
+{call}
+```"""
+    if format == "lora":
+        return f"""```python
+from diffusers import FlowMatchLCMScheduler, WanPipeline
+
+pipe = WanPipeline.from_pretrained("{meta.teacher_path}")  # the base model (teacher)
+pipe.load_lora_weights("{folder_name}")  # pytorch_lora_weights.safetensors (with the guidance as a LoRA bias)
+pipe.scheduler = FlowMatchLCMScheduler.from_pretrained("{folder_name}", subfolder="scheduler")
+{folded}
+{call}
+```"""
+    return f"""```python
+from diffusers import FlowMatchLCMScheduler, WanPipeline, WanTransformer3DModel
+
+transformer = WanTransformer3DModel.from_pretrained("{folder_name}")  # LoRA merged, guidance folded
+pipe = WanPipeline.from_pretrained("{meta.teacher_path}", transformer=transformer)
+pipe.scheduler = FlowMatchLCMScheduler.from_pretrained("{folder_name}", subfolder="scheduler")
+{folded}
+{call}
+```"""
+
+
 def _usage(format: str, meta: StudentMeta, guidance_scale: float, folder_name: str) -> str:
+    if meta.family == "wan":
+        return _wan_usage(format, meta, guidance_scale, folder_name)
     geometry = f"num_frames={meta.num_frames}, height={meta.height}, width={meta.width}"
     steps = meta.num_inference_steps
+    if meta.is_student:
+        scheduler, call = "LCMScheduler", f"guidance_scale=1.0, {geometry}"
+        note = f"# guidance w = {guidance_scale:g} is folded into the UNet: run with guidance_scale=1"
+    else:
+        scheduler, call = "DDIMScheduler", f"guidance_scale={guidance_scale:g}, {geometry}"
+        note = f"# a full-step model: DDIM with classifier-free guidance (scale {guidance_scale:g})"
     if format == "diffusers":
         return f"""```python
 from diffusers import TextToVideoSDPipeline
 
 pipe = TextToVideoSDPipeline.from_pretrained("{folder_name}")
-# guidance w = {guidance_scale:g} is folded into the UNet: run with guidance_scale=1
-frames = pipe("a prompt", num_inference_steps={steps}, guidance_scale=1.0, {geometry}).frames
+{note}
+frames = pipe("a prompt", num_inference_steps={steps}, {call}).frames
 ```"""
     if format == "lora":
         return f"""```python
-from diffusers import LCMScheduler, TextToVideoSDPipeline
+from diffusers import {scheduler}, TextToVideoSDPipeline
 from peft import PeftModel
 
 pipe = TextToVideoSDPipeline.from_pretrained("{meta.teacher_path}")  # the base model (teacher)
 pipe.unet = PeftModel.from_pretrained(pipe.unet, "{folder_name}").merge_and_unload()
-pipe.scheduler = LCMScheduler.from_pretrained("{folder_name}", subfolder="scheduler")
-# guidance w = {guidance_scale:g} is folded into time_embedding.linear_1: run with guidance_scale=1
-frames = pipe("a prompt", num_inference_steps={steps}, guidance_scale=1.0, {geometry}).frames
+pipe.scheduler = {scheduler}.from_pretrained("{folder_name}", subfolder="scheduler")
+{note}
+frames = pipe("a prompt", num_inference_steps={steps}, {call}).frames
 ```
 
 `merge_and_unload()` folds the LoRA into the weights (one plain UNet call per step); leave it out to
 keep the adapter switchable."""
+    if not meta.is_student:
+        return f"""```python
+from diffusers import UNet3DConditionModel
+
+unet = UNet3DConditionModel.from_pretrained("{folder_name}")  # LoRA merged; the teacher's architecture
+```
+
+Put it into the teacher's `TextToVideoSDPipeline` (`pipe.unet = unet`) and sample with DDIM and
+classifier-free guidance ({steps} steps, scale {guidance_scale:g})."""
     return f"""```python
 from diffusers import UNet3DConditionModel
 
@@ -295,6 +462,27 @@ unet = UNet3DConditionModel.from_pretrained("{folder_name}")  # LoRA merged, gui
 
 Stock `TextToVideoSDPipeline` passes no `timestep_cond`; for it, export with `--format diffusers`
 (guidance folded in) instead."""
+
+
+#: how a model card names the recipe of a run config's objective component
+RECIPES = {
+    "T2VTurboObjective": "T2V-Turbo: latent consistency distillation with mixed reward feedback",
+    "VADERObjective": "VADER: reward gradients through the sampling chain",
+    "InstructVideoObjective": "InstructVideo: reward fine-tuning as editing",
+}
+
+
+def _recipe_rows(config: dict) -> list[tuple[str, str]]:
+    """(recipe, training) rows from a run config; configs of the layout before objectives were components
+    (a ``distill:`` section) are T2V-Turbo runs."""
+    objective = config.get("objective") or {"_component_": "T2VTurboObjective", **(config.get("distill") or {})}
+    name = str(objective.get("_component_", "")).rpartition(".")[2]
+    rewards = ", ".join(f"{r['name']} (weight {r.get('weight', 1.0)})" for r in config.get("rewards", [])) or "none"
+    training = (f"{config['train']['max_steps']} steps, batch {config['dataloader']['batch_size']}, "
+                f"lr {config['optimizer'].get('lr')}")
+    if "target" in objective:
+        training += f", target {objective['target']}"
+    return [("recipe", f"{RECIPES.get(name, name)}; rewards: {rewards}"), ("training", training)]
 
 
 def model_card(format: str, meta: StudentMeta, student_folder: Path, guidance_scale: float | None,
@@ -308,38 +496,42 @@ def model_card(format: str, meta: StudentMeta, student_folder: Path, guidance_sc
     lora = meta.lora
     student_kind = (f"LoRA rank {lora['rank']}, alpha {lora['alpha']} on `{lora['target_modules']}`" if lora
                     else "full fine-tuning")
-    rows = [
-        ("base model (teacher)", f"`{meta.teacher_path}` ({meta.family})"),
-        ("student", f"{student_kind}; guidance-embedding layer of {meta.time_cond_proj_dim} inputs"),
-        ("sampling", f"{meta.num_inference_steps} steps, guidance w = {guidance:g}"
-                     + ("" if format == "merged" else " (folded into the weights)")),
-        ("trained guidance range", "[{:g}, {:g}]".format(*meta.guidance_range) if meta.guidance_range else "not recorded"),
-        ("geometry", f"{meta.num_frames} frames, {meta.height}x{meta.width} pixels, {meta.fps} fps"),
-        ("distillation grid", f"{meta.num_ddim_timesteps} DDIM steps, timestep scaling {meta.timestep_scaling:g}, "
-                              f"sigma_data {meta.sigma_data:g}"),
-    ]
-    if config:
-        rewards = ", ".join(f"{r['name']} (weight {r['weight']})" for r in config.get("rewards", [])) or "none (VCM: consistency only)"
-        rows += [
-            ("recipe", f"T2V-Turbo: latent consistency distillation with mixed reward feedback; rewards: {rewards}"),
-            ("training", f"{config['train']['max_steps']} steps, batch {config['dataloader']['batch_size']}, "
-                         f"lr {config['optimizer'].get('lr')}, target {config['distill'].get('target', 'online')}"),
+    if meta.is_student:
+        rows = [
+            ("base model (teacher)", f"`{meta.teacher_path}` ({meta.family})"),
+            ("student", f"{student_kind}; guidance-embedding layer of {meta.time_cond_proj_dim} inputs"),
+            ("sampling", f"{meta.num_inference_steps} steps, guidance w = {guidance:g}"
+                         + ("" if format == "merged" and meta.family != "wan" else " (folded into the weights)")),
+            ("trained guidance range", "[{:g}, {:g}]".format(*meta.guidance_range) if meta.guidance_range else "not recorded"),
+            ("geometry", f"{meta.num_frames} frames, {meta.height}x{meta.width} pixels, {meta.fps} fps"),
+            ("distillation grid", f"{meta.num_ddim_timesteps} DDIM steps, timestep scaling {meta.timestep_scaling:g}, "
+                                  f"sigma_data {meta.sigma_data:g}"),
         ]
     else:
-        rows.append(("recipe", "T2V-Turbo (no run config beside the student folder)"))
-    tags = ["text-to-video", "t2v-turbo", "consistency-distillation"] + (["lora", "peft"] if format == "lora" else [])
+        rows = [
+            ("base model (teacher)", f"`{meta.teacher_path}` ({meta.family})"),
+            ("model", f"the teacher fine-tuned ({student_kind}); no guidance layer"),
+            ("sampling", f"DDIM {meta.num_inference_steps} steps, classifier-free guidance scale {guidance:g}"),
+            ("geometry", f"{meta.num_frames} frames, {meta.height}x{meta.width} pixels, {meta.fps} fps"),
+        ]
+    rows += _recipe_rows(config) if config else [("recipe", "not recorded (no run config beside the model folder)")]
+    peft_lora = format == "lora" and meta.family != "wan"  # Wan LoRAs are in diffusers' format
+    tags = ["text-to-video", "t2v-turbo"] + (["consistency-distillation"] if meta.is_student else ["reward-fine-tuning"])
+    tags += ["lora", "peft"] if peft_lora else []
     lines = [
         "---",
-        f"library_name: {'peft' if format == 'lora' else 'diffusers'}",
+        f"library_name: {'peft' if peft_lora else 'diffusers'}",
         f"base_model: {meta.teacher_path}",
         "tags:",
         *[f"- {t}" for t in tags],
         "---",
         "",
-        f"# {student_folder.resolve().name}: a T2V-Turbo student ({format} export)",
+        f"# {student_folder.resolve().name}: a {'T2V-Turbo student' if meta.is_student else 'fine-tuned model'} "
+        f"({format} export)",
         "",
-        f"A {meta.num_inference_steps}-step consistency student of `{meta.teacher_path}`, exported by "
-        f"t2v-turbo {__version__} (`t2v-turbo export --format {format}`).",
+        (f"A {meta.num_inference_steps}-step consistency student of `{meta.teacher_path}`" if meta.is_student else
+         f"`{meta.teacher_path}` fine-tuned with reward feedback (a full-step model)")
+        + f", exported by t2v-turbo {__version__} (`t2v-turbo export --format {format}`).",
         "",
         "| | |",
         "|---|---|",
@@ -378,17 +570,23 @@ def export_student(student_folder: str | Path, out: str | Path, format: str, gui
             raise FileNotFoundError(f"metrics file {path.resolve()} not found")
     student_folder = Path(student_folder)
     meta = read_student_meta(student_folder)
+    if guidance_scale is not None and format == "merged" and meta.family != "wan":
+        raise ValueError("--guidance-scale applies to --format lora and diffusers (merged keeps the guidance layer), "
+                         "and to every format of a Wan student")
     adapter = load_teacher_for(meta, student_folder)
     unet, meta = load_student(student_folder, adapter)
 
     def write(folder: Path) -> None:
-        if format == "lora":
+        if adapter.family == "wan":
+            export_wan(unet, meta, adapter, folder, format, guidance_scale)
+        elif format == "lora":
             export_lora(unet, meta, adapter, folder, guidance_scale)
         elif format == "merged":
             export_merged(unet, meta, folder)
         else:
             export_diffusers_pipeline(unet, meta, adapter, folder, guidance_scale)
-        card = model_card(format, meta, student_folder, None if format == "merged" else guidance_scale, metrics, folder_name=str(out))
+        folds = format != "merged" or adapter.family == "wan"
+        card = model_card(format, meta, student_folder, guidance_scale if folds else None, metrics, folder_name=str(out))
         (folder / MODEL_CARD_NAME).write_text(card, encoding="utf-8")
 
     return write_folder(out, write, overwrite=overwrite)

@@ -1,4 +1,5 @@
-"""The consistency student: the teacher's UNet plus the guidance-embedding layer, with LoRA or not.
+"""The trained model: a consistency student (the teacher's UNet plus the guidance-embedding layer) or a
+fine-tuned full-step model (the teacher's UNet alone), with LoRA or not.
 
 T2V-Turbo trains either LoRA adapters on a frozen copy of the teacher UNet (v1: rank 32 on the
 attention projections for ModelScope, rank 64 on every Linear/Conv for VideoCrafter2) or the full
@@ -7,11 +8,16 @@ UNet (v2). In both cases the UNet gains ``time_cond_proj`` (in diffusers' UNet3D
 features. That layer is zero-initialised by the adapter, trained when ``train_guidance_layer``
 is set, and always saved with the student.
 
+A full-step model (``time_cond_proj_dim=None``: what VADER and InstructVideo fine-tune from a teacher)
+has no guidance layer and samples like its teacher (DDIM + classifier-free guidance). For LoRA training
+it can be a new module tree over the teacher's own frozen weights (``teacher_copy``, so the teacher's
+memory is not doubled); otherwise it is an independent copy.
+
 A student checkpoint is a folder:
 
 - ``student.safetensors``: the LoRA weights under peft's names (``<module>.lora_A.weight``,
-  ``<module>.lora_B.weight``) plus ``time_embedding.cond_proj.weight``; or, without LoRA, the
-  full UNet state dict;
+  ``<module>.lora_B.weight``) plus ``time_embedding.cond_proj.weight`` (a student); or, without LoRA,
+  the full UNet state dict;
 - ``student.json``: ``StudentMeta`` (teacher adapter and path, LoRA settings, guidance layer
   size, sampling defaults).
 
@@ -20,8 +26,9 @@ Loading is strict: the saved key set must equal the rebuilt student's.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import importlib
+import itertools
 import json
 import re
 from pathlib import Path
@@ -39,6 +46,8 @@ META_NAME = "student.json"
 ADAPTER_NAME = "default"
 #: module-name suffixes of the attention projections (T2V-Turbo MS preset)
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+#: the query/key/value projections only (VADER's LoRA targets)
+QKV_PROJECTIONS = ("to_q", "to_k", "to_v")
 #: module types the "every Linear/Conv" preset wraps (the public VideoCrafter2 recipe)
 LINEAR_CONV_TYPES = (nn.Linear, nn.Conv2d, nn.Conv3d)
 
@@ -50,6 +59,7 @@ class LoraSettings:
     ``target_modules`` is a preset name or an explicit list of module names under the UNet:
 
     - ``"attention"``: every ``to_q``/``to_k``/``to_v``/``to_out.0`` (T2V-Turbo MS, rank 32);
+    - ``"attention_qkv"``: every ``to_q``/``to_k``/``to_v`` (VADER);
     - ``"all_linear_conv"``: every ``nn.Linear``/``nn.Conv2d``/``nn.Conv3d`` (the public
       VideoCrafter2 recipe, rank 64).
 
@@ -77,26 +87,35 @@ class LoraSettings:
         return dataclasses.asdict(self)
 
 
-def guidance_layer_name(unet: nn.Module) -> str:
-    """Module name of the guidance-embedding layer (``time_embedding.cond_proj`` in diffusers)."""
+def find_guidance_layer(unet: nn.Module) -> str | None:
+    """Module name of the guidance-embedding layer (``time_embedding.cond_proj`` in diffusers), or None."""
     for name, module in unet.named_modules():
         if name.endswith("cond_proj") or name.endswith("time_cond_proj"):
             if isinstance(module, nn.Linear):
                 return name
-    raise ValueError("the UNet has no guidance-embedding layer (time_embedding.cond_proj / time_cond_proj)")
+    return None
+
+
+def guidance_layer_name(unet: nn.Module) -> str:
+    """Module name of the guidance-embedding layer; a ``ValueError`` when the UNet has none."""
+    name = find_guidance_layer(unet)
+    if name is None:
+        raise ValueError("the UNet has no guidance-embedding layer (time_embedding.cond_proj / time_cond_proj)")
+    return name
 
 
 def resolve_target_modules(unet: nn.Module, target_modules: str | Sequence[str]) -> list[str]:
     """Full module names LoRA wraps, in traversal order (guidance layer excluded)."""
-    guidance = guidance_layer_name(unet)
+    guidance = find_guidance_layer(unet)
     modules = dict(unet.named_modules())
-    if target_modules == "attention":
-        names = [n for n, m in modules.items() if isinstance(m, nn.Linear) and n.endswith(ATTENTION_PROJECTIONS)]
+    if target_modules in ("attention", "attention_qkv"):
+        suffixes = ATTENTION_PROJECTIONS if target_modules == "attention" else QKV_PROJECTIONS
+        names = [n for n, m in modules.items() if isinstance(m, nn.Linear) and n.endswith(suffixes)]
     elif target_modules == "all_linear_conv":
         names = [n for n, m in modules.items() if type(m) in LINEAR_CONV_TYPES]
     elif isinstance(target_modules, str):
         raise ValueError(
-            f"`target_modules`={target_modules!r} is not a preset ('attention', 'all_linear_conv'); "
+            f"`target_modules`={target_modules!r} is not a preset ('attention', 'attention_qkv', 'all_linear_conv'); "
             "pass a list of module names for an explicit choice"
         )
     else:
@@ -104,7 +123,8 @@ def resolve_target_modules(unet: nn.Module, target_modules: str | Sequence[str])
         unknown = [n for n in names if n not in modules]
         if unknown:
             raise ValueError(f"LoRA target modules not found in the UNet: {unknown}")
-    names = [n for n in names if n != guidance and not n.startswith(guidance + ".")]
+    if guidance is not None:
+        names = [n for n in names if n != guidance and not n.startswith(guidance + ".")]
     if not names:
         raise ValueError(f"LoRA `target_modules`={target_modules!r} matched no module of the UNet")
     return names
@@ -127,7 +147,7 @@ def inject_lora(unet: nn.Module, lora: LoraSettings, seed: int = 0) -> nn.Module
         target_modules="^(" + "|".join(re.escape(n) for n in names) + ")$",
         init_lora_weights=True,
     )
-    devices = [unet.device] if hasattr(unet, "device") and unet.device.type != "cpu" else []
+    devices = [unet.device] if hasattr(unet, "device") and unet.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         inject_adapter_in_model(config, unet, adapter_name=ADAPTER_NAME)
@@ -138,14 +158,26 @@ def has_lora(unet: nn.Module) -> bool:
     return any(".lora_A." in name for name, _ in unet.named_parameters())
 
 
+def teacher_copy(unet: nn.Module, share_weights: bool) -> nn.Module:
+    """A new module tree of the teacher's network. With ``share_weights`` every parameter and buffer is
+    the teacher's own tensor (for LoRA on a frozen base: the teacher's memory is not doubled, and layers
+    injected into the copy leave the teacher untouched); otherwise an independent deep copy."""
+    memo = {id(t): t for t in itertools.chain(unet.parameters(), unet.buffers())} if share_weights else {}
+    return copy.deepcopy(unet, memo)
+
+
 def build_student(
     adapter,
-    time_cond_proj_dim: int = 256,
+    time_cond_proj_dim: int | None = 256,
     lora: LoraSettings | dict | None = None,
     train_guidance_layer: bool = True,
     seed: int = 0,
+    share_teacher_weights: bool = False,
 ) -> nn.Module:
-    """The student UNet: the teacher's UNet + zero-initialised guidance layer, then
+    """The trained UNet: the teacher's UNet + zero-initialised guidance layer (a student), or, with
+    ``time_cond_proj_dim=None``, the teacher's UNet alone (a full-step model, ``teacher_copy``; with LoRA
+    and ``share_teacher_weights`` its frozen base weights are the teacher's own tensors: for training,
+    where nothing writes into them; never for a model whose LoRA is fused into its base); then
 
     - with ``lora``: base weights frozen, LoRA injected and trainable;
     - without: every weight trainable (full fine-tuning, as T2V-Turbo v2).
@@ -153,15 +185,19 @@ def build_student(
     The guidance layer is trainable iff ``train_guidance_layer``; when frozen it stays at its
     deterministic zero initialisation (never a random, unsaved one).
     """
-    unet = adapter.build_student_unet(time_cond_proj_dim)
     if isinstance(lora, dict):
         lora = LoraSettings(**lora)
+    if time_cond_proj_dim is None:
+        unet = teacher_copy(adapter.unet, share_weights=share_teacher_weights and lora is not None).eval()
+    else:
+        unet = adapter.build_student_unet(time_cond_proj_dim)
     if lora is not None:
         unet.requires_grad_(False)
         inject_lora(unet, lora, seed=seed)
     else:
         unet.requires_grad_(True)
-    dict(unet.named_modules())[guidance_layer_name(unet)].requires_grad_(train_guidance_layer)
+    if time_cond_proj_dim is not None:
+        dict(unet.named_modules())[guidance_layer_name(unet)].requires_grad_(train_guidance_layer)
     return unet
 
 
@@ -170,11 +206,12 @@ def trainable_parameter_names(unet: nn.Module) -> list[str]:
 
 
 def student_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
-    """What a checkpoint stores: LoRA weights (peft names, no adapter name) + the guidance layer,
-    or the full state dict for a student without LoRA."""
+    """What a checkpoint stores: LoRA weights (peft names, no adapter name) + the guidance layer (when
+    there is one), or the full state dict for a model without LoRA."""
     if not has_lora(unet):
         return {k: v.detach() for k, v in unet.state_dict().items()}
-    guidance_key = guidance_layer_name(unet) + ".weight"
+    guidance = find_guidance_layer(unet)
+    guidance_key = guidance + ".weight" if guidance is not None else None
     out = {}
     for name, tensor in unet.state_dict().items():
         if ".lora_A." in name or ".lora_B." in name:
@@ -186,21 +223,24 @@ def student_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
 
 @dataclasses.dataclass
 class StudentMeta:
-    """``student.json``: what is needed to rebuild and sample the student.
+    """``student.json``: what is needed to rebuild and sample the trained model.
 
     ``teacher_adapter`` is the dotted path of the adapter class whose ``from_pretrained`` loads
-    ``teacher_path``. The sampling defaults are what the student was trained for: ``guidance_scale``
+    ``teacher_path``. The sampling defaults are what the model was trained for: ``guidance_scale``
     and ``num_inference_steps`` (the run's validation settings), the geometry of its training clips
     (``num_frames``, ``height``, ``width``, ``fps``), the guidance range [w_min, w_max] it saw
     (``guidance_range``) and whether its videos are written losslessly (``lossless_video``: small
     saturated worlds lose colour to yuv420p). Geometry left ``None`` (students saved before these
-    fields existed) falls back to the teacher's defaults.
+    fields existed) falls back to the teacher's defaults. ``time_cond_proj_dim`` None marks a full-step
+    model (no guidance layer): it samples with DDIM + classifier-free guidance, ``guidance_scale`` then
+    being the CFG scale and ``num_inference_steps`` the DDIM steps; a student samples with the multistep
+    consistency sampler.
     """
 
     teacher_adapter: str
     teacher_path: str
     family: str
-    time_cond_proj_dim: int = 256
+    time_cond_proj_dim: int | None = 256
     lora: dict | None = None
     train_guidance_layer: bool = True
     guidance_scale: float = 7.5
@@ -215,6 +255,11 @@ class StudentMeta:
     guidance_range: list[float] | None = None
     lossless_video: bool = False
     extra: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def is_student(self) -> bool:
+        """A consistency student (guidance layer, few-step sampler), not a full-step model."""
+        return self.time_cond_proj_dim is not None
 
     @classmethod
     def for_adapter(cls, adapter, **kwargs) -> "StudentMeta":
@@ -291,9 +336,18 @@ def resolve_teacher_path(meta: StudentMeta, student_folder: str | Path | None = 
 
 
 def load_teacher_for(meta: StudentMeta, student_folder: str | Path | None = None, **kwargs: Any):
-    """The teacher adapter named in a student's meta, loaded with ``from_pretrained``."""
-    module_name, _, class_name = meta.teacher_adapter.rpartition(".")
-    adapter_cls = getattr(importlib.import_module(module_name), class_name)
+    """The teacher adapter named in a student's meta, loaded with ``from_pretrained``.
+
+    ``teacher_adapter`` comes from a file that may be someone else's: it must name a
+    ``TeacherAdapter`` class in the trusted modules (``t2v_turbo.config.resolve_component``).
+    """
+    from t2v_turbo.adapters.base import TeacherAdapter
+    from t2v_turbo.config import resolve_component
+
+    where = f"{Path(student_folder) / META_NAME if student_folder is not None else META_NAME}: teacher_adapter"
+    adapter_cls = resolve_component(meta.teacher_adapter, where)
+    if not (isinstance(adapter_cls, type) and issubclass(adapter_cls, TeacherAdapter)):
+        raise ValueError(f"{where} {meta.teacher_adapter!r} is not a TeacherAdapter class")
     return adapter_cls.from_pretrained(resolve_teacher_path(meta, student_folder), **kwargs)
 
 

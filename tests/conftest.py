@@ -1,5 +1,13 @@
-"""Test-suite configuration: the ``slow`` mark (tests over ~10 s; deselect with ``-m "not slow"``)."""
+"""Suite-wide rules that no single test can forget."""
+
+import pytest
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a test that runs for more than about 10 seconds")
+@pytest.fixture(scope="session", autouse=True)
+def run_outside_the_checkout(tmp_path_factory):
+    """Every test (and every fixture) runs from an empty folder, so a test that reads or writes a path
+    relative to the working directory fails here rather than on someone else's machine. Find files
+    from ``Path(__file__)``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("working_directory"))
+        yield

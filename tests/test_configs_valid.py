@@ -23,12 +23,14 @@ def test_configs_are_found():
 def test_ms_config_has_the_paper_settings():
     cfg = resolve_run_config(load_yaml(CONFIGS[0].parent / "t2v_turbo_ms.yaml"))
     assert cfg["teacher"]["path"] == "ali-vilab/text-to-video-ms-1.7b"
-    assert cfg["student"]["lora"] == {"rank": 32, "alpha": 32.0, "dropout": 0.1, "target_modules": "attention"}
+    assert cfg["model"]["lora"] == {"rank": 32, "alpha": 32.0, "dropout": 0.1, "target_modules": "attention"}
     assert [(r["name"], r["weight"]) for r in cfg["rewards"]] == [("hpsv2.1", 2.0), ("viclip", 3.0)]
     assert (cfg["data"]["num_frames"], cfg["data"]["height"], cfg["data"]["width"]) == (16, 256, 256)
     assert cfg["optimizer"]["lr"] == 1e-5 and cfg["lr_scheduler"]["name"] == "constant"
-    assert cfg["distill"] == {"num_ddim_timesteps": 50, "w_min": 5.0, "w_max": 15.0, "loss_type": "huber",
-                              "huber_c": 0.001, "sigma_data": 0.5, "timestep_scaling": 10.0,
-                              "target": "online", "ema_decay": 0.95}
+    assert cfg["objective"] == {"_component_": "distill.objectives.T2VTurboObjective", "num_ddim_timesteps": 50,
+                                "w_min": 5.0, "w_max": 15.0, "loss_type": "huber", "huber_c": 0.001, "sigma_data": 0.5,
+                                "timestep_scaling": 10.0, "target": "online", "ema_decay": 0.95,
+                                "video_only_fraction": 0.0, "decode_chunk_size": 4, "vae_gradient_checkpointing": True,
+                                "frame_window": None}
     assert cfg["train"]["max_steps"] == 10000 and cfg["train"]["mixed_precision"] == "bf16"
     assert cfg["train"]["max_grad_norm"] == 1.0

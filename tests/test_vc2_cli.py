@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -28,13 +30,13 @@ def assets(tmp_path_factory):
 def test_train_then_sample_tiny_vc2_through_the_cli(assets, tmp_path):
     run_dir = tmp_path / "run"
     code = main([
-        "train", "configs/t2v_turbo_vc2.yaml",
+        "train", str(Path(__file__).resolve().parents[1] / "configs" / "t2v_turbo_vc2.yaml"),
         f"teacher.path={assets['teacher']}", f"output_dir={run_dir}",
         "data._component_=distill.data.VideoCaptionFolder", "~data.csv", f"+data.folder={assets['videos']}",
         "data.num_frames=4", "data.fps=8", "data.height=16", "data.width=16",
         "dataloader.batch_size=2", "dataloader.num_workers=0",
         "rewards=[]", "reward_options.dtype=float32",
-        "student.lora.rank=4", "student.lora.alpha=4.0",
+        "model.lora.rank=4", "model.lora.alpha=4.0",
         "train.max_steps=2", 'train.mixed_precision="no"', "train.teacher_dtype=float32", "train.checkpoint_every=2",
         "validation.every=0", "logging.tensorboard=false",
     ])

@@ -142,6 +142,16 @@ class TeacherAdapter(abc.ABC):
             [checkpoint(self.decode_latents, c, frame_chunk_size, use_reentrant=False) for c in chunks], dim=2
         )
 
+    def latent_shape(self, batch_size: int, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        """(B, c, T, h, w) of the latents of ``batch_size`` videos of ``num_frames`` x ``height`` x ``width``
+        pixels (T = ``latent_frames(num_frames)``); raises ``ValueError`` when the size is not a multiple of
+        the VAE's spatial factor."""
+        factor = getattr(self, "vae_spatial_factor", 8)
+        if height % factor or width % factor:
+            raise ValueError(f"`height`={height} and `width`={width} must be multiples of the VAE factor {factor}")
+        frames = self.latent_frames(num_frames)
+        return (batch_size, self.unet.config.in_channels, frames, height // factor, width // factor)
+
     # ---- UNet -------------------------------------------------------------------------
     def noise_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha_t, sigma_t) on the training grid, each (num_train_timesteps,): z_t = alpha_t x0 + sigma_t eps."""
@@ -183,6 +193,12 @@ class TeacherAdapter(abc.ABC):
     # ---- devices ----------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
         return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+
+    def cast_network(self, network: nn.Module, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> nn.Module:
+        """Move a network of this family (the teacher's or a student's) to ``device`` / ``dtype``,
+        keeping whatever the family needs in higher precision."""
+        return move_module(network, device=device, dtype=dtype)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TeacherAdapter":
         """Move the frozen teacher modules (and the schedule) to ``device``/``dtype``."""

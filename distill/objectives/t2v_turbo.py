@@ -1,7 +1,8 @@
 """The T2V-Turbo training objective on one batch: consistency distillation + mixed reward.
 
-Pure of I/O and of process ranks: it takes latents, text embeddings and the batch's global
-sample positions, and returns the loss with each term separately. All randomness of a sample
+``objective: {_component_: distill.objectives.T2VTurboObjective, ...}`` in a run config; it trains a
+student (a model with the guidance layer). Pure of I/O and of process ranks: it takes latents, text
+embeddings and the batch's global sample positions, and returns the loss with each term separately. All randomness of a sample
 (solver index n, noise eps, guidance scale w) comes from a generator seeded by
 (seed, global position), so a sample's draw does not depend on the batch size, the number of
 processes or on resuming; the frames the rewards score are drawn once per batch from a
@@ -36,14 +37,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from fractions import Fraction
-from typing import Annotated, Literal, Sequence
+from typing import Annotated, ClassVar, Literal, Sequence
 
 import torch
 from torch import nn
 
 from distill.ema import EMATarget
 from distill.losses import consistency_distance
-from rewards.base import VideoReward
+from distill.objectives.base import (
+    FRAME_STREAM,
+    Objective,
+    ObjectiveOutput,
+    RunContext,
+    TrainingBatch,
+    sample_generator,
+)
+from distill.objectives.rewarding import DecodeOptions, RewardTerm, decode_and_score, pixel_grad_norms
 from t2v_turbo.diffusion.prediction import consistency_function, interpolate, x0_eps_from_output
 from t2v_turbo.diffusion.schedule import ddim_timesteps, previous_timestep
 from t2v_turbo.diffusion.solver import append_dims, cfg_lcm_form, guidance_scale_embedding
@@ -52,7 +61,7 @@ from t2v_turbo.schema import Range
 
 @dataclasses.dataclass
 class ConsistencySettings:
-    """The ``distill:`` section of a run config (T2V-Turbo v1 defaults); the annotations are its schema."""
+    """The consistency settings of ``T2VTurboObjective`` (T2V-Turbo v1 defaults)."""
 
     num_ddim_timesteps: Annotated[int, Range(ge=1)] = 50
     w_min: Annotated[float, Range(ge=0)] = 5.0
@@ -62,45 +71,24 @@ class ConsistencySettings:
     sigma_data: Annotated[float, Range(gt=0)] = 0.5
     timestep_scaling: Annotated[float, Range(gt=0)] = 10.0
     target: Literal["online", "ema"] = "online"
-    ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.95
+    ema_decay: Annotated[float, Range(ge=0, le=1)] = 0.95  # 1: theta^- stays at theta_0 (a frozen target)
 
     def __post_init__(self):
         if self.target not in ("online", "ema"):
-            raise ValueError(f"distill.target={self.target!r} is not one of 'online' (public code), 'ema' (paper)")
+            raise ValueError(f"objective.target={self.target!r} is not one of 'online' (public code), 'ema' (paper)")
         if self.loss_type not in ("huber", "l2"):
-            raise ValueError(f"distill.loss_type={self.loss_type!r} is not one of 'huber', 'l2'")
+            raise ValueError(f"objective.loss_type={self.loss_type!r} is not one of 'huber', 'l2'")
         if not self.w_min <= self.w_max:
-            raise ValueError(f"distill.w_min={self.w_min} must not exceed distill.w_max={self.w_max}")
+            raise ValueError(f"objective.w_min={self.w_min} must not exceed objective.w_max={self.w_max}")
 
 
 @dataclasses.dataclass
-class RewardTerm:
-    """One weighted reward: its loss contribution is -weight * mean score."""
+class T2VTurboOutput(ObjectiveOutput):
+    """``ObjectiveOutput`` plus ``cd_loss`` (the plain mean of L_CD over the samples that computed it,
+    logged ``loss/cd``; None when no sample did) and ``video_only`` (B,) bool."""
 
-    name: str
-    reward: VideoReward
-    weight: float
-
-
-@dataclasses.dataclass
-class ObjectiveOutput:
-    """``loss`` = sum of ``terms`` (each term already weighted and divided by the batch size).
-
-    ``cd_loss`` and ``rewards`` are the plain means over the samples that computed them (for
-    logging); ``reward_grad_norms`` holds, when asked for, the norm of d(term)/d(pixels) of
-    each reward term with respect to the decoded pixels that reward scored.
-    """
-
-    loss: torch.Tensor
-    terms: dict[str, torch.Tensor]
-    cd_loss: torch.Tensor | None
-    rewards: dict[str, torch.Tensor]
-    reward_grad_norms: dict[str, float]
-    #: (number of samples, number of pixel frames) decoded for each group of samples
-    decoded: list[tuple[int, int]]
-    video_only: torch.Tensor
-    #: latent frames each group's decode ran through (a causal VAE decodes up to the last frame needed)
-    decoded_latent_frames: list[int] = dataclasses.field(default_factory=list)
+    cd_loss: torch.Tensor | None = None
+    video_only: torch.Tensor | None = None
 
 
 def video_only_mask(positions: Sequence[int], fraction: float) -> torch.Tensor:
@@ -109,50 +97,85 @@ def video_only_mask(positions: Sequence[int], fraction: float) -> torch.Tensor:
     With ``fraction`` = K / D (reduced, D <= 1000), position p is video-only iff p mod D >= D - K.
     """
     if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"reward_options.video_only_fraction={fraction} must lie in [0, 1)")
+        raise ValueError(f"objective.video_only_fraction={fraction} must lie in [0, 1)")
     ratio = Fraction(fraction).limit_denominator(1000)
     den, num = ratio.denominator, ratio.numerator
     return torch.tensor([p % den >= den - num for p in positions], dtype=torch.bool)
 
 
-#: independent random streams keyed by a global sample position
-SAMPLE_STREAM, FRAME_STREAM, VAE_STREAM = 0, 1, 2
+@dataclasses.dataclass
+class T2VTurboObjective(ConsistencySettings, Objective):
+    """L = L_CD - sum_i beta_i R_i on a batch of latents (see the module docstring).
 
+    Config keys: the consistency settings (``ConsistencySettings``: num_ddim_timesteps, w_min, w_max,
+    loss_type, huber_c, sigma_data, timestep_scaling, target, ema_decay), ``video_only_fraction``
+    (the public-code weighting), ``decode_chunk_size`` and ``vae_gradient_checkpointing`` (how the
+    reward frames are decoded) and ``frame_window`` N (the rewards choose their frames among the first N
+    pixel frames only, so a causal VAE decodes only the latent frames those need; null: the whole video).
+    """
 
-def sample_generator(seed: int, position: int, stream: int = SAMPLE_STREAM) -> torch.Generator:
-    """A generator seeded by (seed, global position, stream): ((seed * 1_000_003 + position) * 8 + stream)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + position) * 8 + stream)
+    batch_inputs: ClassVar[str] = "videos"
+    model_kinds: ClassVar[tuple[str, ...]] = ("student",)
 
+    video_only_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.0
+    decode_chunk_size: Annotated[int, Range(ge=1)] = 8
+    vae_gradient_checkpointing: bool = False
+    frame_window: Annotated[int, Range(ge=1)] | None = None
 
-class T2VTurboObjective:
-    """L = L_CD - sum_i beta_i R_i on a batch of latents (see the module docstring)."""
+    def __post_init__(self):
+        Objective.__post_init__(self)  # every field against its annotation
+        ConsistencySettings.__post_init__(self)  # and what annotations cannot say (w_min <= w_max)
+        self.rewards: list[RewardTerm] = []
+        self.ema: EMATarget | None = None
 
-    def __init__(
-        self,
-        adapter,
-        settings: ConsistencySettings,
-        rewards: Sequence[RewardTerm] = (),
-        guidance_embedding_dim: int = 256,
-        video_only_fraction: float = 0.0,
-        decode_chunk_size: int = 8,
-        vae_gradient_checkpointing: bool = False,
-        frame_window: int | None = None,
-    ):
-        """``frame_window`` N: the rewards choose their frames among the first N pixel frames only
-        (``None``: the whole video), so a causal VAE decodes only the latent frames those need."""
-        if frame_window is not None and frame_window < 1:
-            raise ValueError(f"reward_options.frame_window={frame_window} must be a positive number of frames or null")
-        self.frame_window = frame_window
-        self.adapter = adapter
-        self.settings = settings
-        self.rewards = list(rewards)
-        self.guidance_embedding_dim = guidance_embedding_dim
-        self.video_only_fraction = video_only_fraction
-        video_only_mask([0], video_only_fraction)  # validates the fraction
-        self.decode_chunk_size = decode_chunk_size
-        self.vae_gradient_checkpointing = vae_gradient_checkpointing
-        self.grid = ddim_timesteps(adapter.num_train_timesteps, settings.num_ddim_timesteps)
-        self.skip = adapter.num_train_timesteps // settings.num_ddim_timesteps
+    @property
+    def settings(self) -> ConsistencySettings:
+        """The consistency part of the objective's fields."""
+        return self
+
+    def bind(self, run: RunContext) -> None:
+        super().bind(run)
+        if self.video_only_fraction > 0 and not any(t.reward.granularity == "clip" for t in run.rewards):
+            raise ValueError(
+                f"objective.video_only_fraction={self.video_only_fraction} needs a clip-level reward "
+                f"(e.g. viclip, internvideo2); the configured rewards are {[t.name for t in run.rewards]}"
+            )
+        self.adapter = run.adapter
+        self.rewards = list(run.rewards)
+        self.guidance_embedding_dim = run.model.meta.time_cond_proj_dim
+        self.grid = ddim_timesteps(self.adapter.num_train_timesteps, self.settings.num_ddim_timesteps)
+        self.skip = self.adapter.num_train_timesteps // self.settings.num_ddim_timesteps
+        if self.settings.target == "ema":
+            self.ema = EMATarget(run.model.unet, self.settings.ema_decay)
+
+    # ---- the contract with the trainer --------------------------------------------------
+    def __call__(self, model: nn.Module, batch: TrainingBatch, grad_norms: bool = False) -> T2VTurboOutput:
+        return self.loss(model, batch.latents, batch.text_embedding, batch.uncond_embedding, batch.prompts,
+                         batch.positions, seed=self.run.seed, target_unet=self.run.model.unet, ema=self.ema,
+                         grad_norms=grad_norms)
+
+    def after_optimizer_step(self) -> None:
+        if self.ema is not None:
+            self.ema.update(self.run.model.unet)
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema.state_dict()} if self.ema is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.ema is None:
+            super().load_state_dict(state)
+            return
+        if "ema" not in state:
+            raise RuntimeError("objective.target=ema but the checkpoint holds no EMA state")
+        self.ema.load_state_dict(state["ema"])
+
+    def weights(self) -> list[tuple[str, torch.Tensor]]:
+        return [(f"ema.{name}", value) for name, value in self.ema.shadow.items()] if self.ema is not None else []
+
+    def model_meta(self) -> dict:
+        s = self.settings
+        return {"num_ddim_timesteps": s.num_ddim_timesteps, "timestep_scaling": s.timestep_scaling,
+                "sigma_data": s.sigma_data}
 
     # ---- per-sample draws ---------------------------------------------------------------
     def draw(self, positions: Sequence[int], latent_shape: Sequence[int], seed: int):
@@ -182,7 +205,7 @@ class T2VTurboObjective:
                                     self.settings.timestep_scaling)
 
     # ---- the loss -----------------------------------------------------------------------
-    def __call__(
+    def loss(
         self,
         student: nn.Module,
         latents: torch.Tensor,
@@ -194,7 +217,7 @@ class T2VTurboObjective:
         target_unet: nn.Module | None = None,
         ema: EMATarget | None = None,
         grad_norms: bool = False,
-    ) -> ObjectiveOutput:
+    ) -> T2VTurboOutput:
         """One T2V-Turbo loss on latents z_0 (B, c, T, h, w) at global sample ``positions``.
 
         ``student`` is called with gradient (it may be a DDP wrapper); ``target_unet`` (default
@@ -223,7 +246,7 @@ class T2VTurboObjective:
         if cd_rows:
             # 4-5. teacher CFG + DDIM step to z_hat_{t_n}; target f at t_n without gradient
             rows = torch.tensor(cd_rows, device=device)
-            target = self.target(target_unet or student, z_nk[rows], t_nk[rows], t_n[rows], w[rows], w_emb[rows],
+            target = self.consistency_target(target_unet or student, z_nk[rows], t_nk[rows], t_n[rows], w[rows], w_emb[rows],
                                  text_embedding[rows], uncond_embedding[rows], ema)
         # 6. student: f_theta(z_{t_{n+k}}, w, c, t_{n+k}) with gradient (computed after the target so
         #    that EMA weights are swapped in and out before any autograd graph of the student exists)
@@ -241,10 +264,12 @@ class T2VTurboObjective:
             f_theta, prompts, positions, seed, video_only, grad_norms, terms
         )
         loss = sum(terms.values()) if terms else f_theta.sum() * 0.0
-        return ObjectiveOutput(loss, terms, cd_loss, reward_values, norms, decoded, video_only, latent_frames)
+        scalars = {"loss/cd": cd_loss} if cd_loss is not None else {}
+        return T2VTurboOutput(loss, terms, reward_values, scalars, norms, decoded, latent_frames, cd_loss=cd_loss,
+                              video_only=video_only)
 
     @torch.no_grad()
-    def target(self, unet, z_nk, t_nk, t_n, w, w_emb, text_embedding, uncond_embedding, ema):
+    def consistency_target(self, unet, z_nk, t_nk, t_n, w, w_emb, text_embedding, uncond_embedding, ema):
         """Steps 4-5: teacher CFG + DDIM to z_hat_{t_n}, then the target f at (z_hat_{t_n}, t_n), no grad."""
         teacher = self.adapter.unet
         # 4. teacher (x0, eps) at (z_{t_{n+k}}, t_{n+k}) with the prompt and with the empty prompt;
@@ -263,7 +288,8 @@ class T2VTurboObjective:
 
     def reward_terms(self, f_theta, prompts, positions, seed, video_only, grad_norms, terms):
         """Decode only the frames some reward needs (per group of samples needing the same
-        frames) and add -beta_i * sum_b R_i,b / B to ``terms`` for every reward."""
+        frames) and add sum_b loss_i(R_i,b) / B (-beta_i R_i for the default linear form) to
+        ``terms`` for every reward."""
         if not self.rewards:
             return {}, {}, [], []
         batch, num_frames = f_theta.shape[0], self.adapter.pixel_frames(f_theta.shape[2])
@@ -277,34 +303,15 @@ class T2VTurboObjective:
         for r in self.rewards:
             clip = r.reward.granularity == "clip"
             rows.append([b for b in range(batch) if not split or bool(video_only[b]) == clip])
-        needed = [sorted({f for i, r in enumerate(rows) if b in r for f in frame_idx[i]}) for b in range(batch)]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for b in range(batch):
-            if needed[b]:
-                groups.setdefault(tuple(needed[b]), []).append(b)
-        pixels_of: dict[int, tuple[torch.Tensor, dict[int, int]]] = {}
-        decoded, latent_frames = [], []
-        for frames, members in groups.items():
-            pixels = self.adapter.decode_frames(
-                f_theta[members], frames, self.decode_chunk_size, self.vae_gradient_checkpointing
-            )
-            decoded.append((len(members), len(frames)))
-            latent_frames.append(self.adapter.latent_frames_needed(frames))
-            where = {f: j for j, f in enumerate(frames)}
-            for j, b in enumerate(members):
-                pixels_of[b] = (pixels[j], where)
-        values, norms = {}, {}
-        for term, idx, members in zip(self.rewards, frame_idx, rows):
-            if not members:
+        scored, decoded, latent_frames = decode_and_score(
+            self.adapter, f_theta, self.rewards, prompts, frame_idx, rows,
+            options=DecodeOptions(self.decode_chunk_size, self.vae_gradient_checkpointing))
+        values, by_name = {}, {}
+        for term, item in zip(self.rewards, scored):
+            if item is None:
                 continue
-            frames = torch.stack([pixels_of[b][0][:, [pixels_of[b][1][f] for f in idx]] for b in members])
-            reward_dtype = next(term.reward.parameters(), frames).dtype
-            scores = term.reward.score_selected(
-                frames.to(reward_dtype), [prompts[b] for b in members], idx, num_frames
-            ).float()
-            values[term.name] = scores.mean()
-            terms[term.name] = -term.weight * scores.sum() / batch
-            if grad_norms and terms[term.name].requires_grad:
-                (grad,) = torch.autograd.grad(terms[term.name], frames, retain_graph=True)
-                norms[term.name] = float(grad.float().norm())
+            values[term.name] = item.scores.mean()
+            terms[term.name] = term.per_sample_loss(item.scores).sum() / batch
+            by_name[term.name] = item
+        norms = pixel_grad_norms(terms, by_name) if grad_norms else {}
         return values, norms, decoded, latent_frames

@@ -1,0 +1,7 @@
+"""Training objectives, each a ``_component_`` of the run config's ``objective:`` section (contract: base.py)."""
+
+from distill.objectives.base import Objective, ObjectiveOutput, RunContext, TrainingBatch
+from distill.objectives.rewarding import RewardTerm
+from distill.objectives.t2v_turbo import T2VTurboObjective
+
+__all__ = ["Objective", "ObjectiveOutput", "RewardTerm", "RunContext", "T2VTurboObjective", "TrainingBatch"]
