@@ -77,7 +77,7 @@ def run_variant(variant: str, steps: int, batch_size: int, num_frames: int) -> d
         for _ in range(steps):
             batch = next(data)
             start = time.perf_counter()
-            out, _ = recipe.train_step(batch)
+            out, _, _ = recipe.train_step(batch)
             times.append(time.perf_counter() - start)
         recipe.cleanup()
     return {
