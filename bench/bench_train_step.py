@@ -1,4 +1,8 @@
-"""Training-step cost of the tiny config on CPU: CD only vs CD + image reward vs CD + both rewards.
+"""Training-step cost of a tiny config on CPU: CD only vs CD + image reward vs CD + both rewards.
+
+``--family diffusers`` runs configs/tiny.yaml (ModelScope layout, epsilon); ``--family wan`` runs
+configs/tiny_wan.yaml (Wan layout, rectified flow, 9 frames at 32x32, rewards within its
+``reward_options.frame_window`` so only the latent frames they need are decoded).
 
 Each variant runs in its own subprocess, so its peak memory is that process's maximum resident
 set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``: the whole process, including the
@@ -7,6 +11,7 @@ Step time is the median wall time of ``TrainingRecipe.train_step`` (loss, backwa
 clipping, optimizer step) over ``--steps`` steps after one warm-up step.
 
     python bench/bench_train_step.py --steps 10 > bench_train_step.json
+    python bench/bench_train_step.py --family wan --num-frames 9 --steps 10
 """
 
 from __future__ import annotations
@@ -26,13 +31,16 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("cd", "cd+image", "cd+image+video")
 
 
-def build_assets(root: Path, num_frames: int) -> dict:
+CONFIGS = {"diffusers": "tiny.yaml", "wan": "tiny_wan.yaml"}
+
+
+def build_assets(root: Path, num_frames: int, family: str) -> dict:
     import numpy as np
 
-    from t2v_turbo.testing import build_tiny_diffusers_t2v
+    from t2v_turbo.testing import build_tiny_diffusers_t2v, build_tiny_wan
     from t2v_turbo.video_io import write_mp4
 
-    teacher = build_tiny_diffusers_t2v(root / "teacher")
+    teacher = build_tiny_wan(root / "teacher") if family == "wan" else build_tiny_diffusers_t2v(root / "teacher")
     videos = root / "videos"
     videos.mkdir()
     rng = np.random.default_rng(0)
@@ -54,7 +62,7 @@ def reward_specs(variant: str, root: Path) -> list[dict]:
     return specs
 
 
-def run_variant(variant: str, steps: int, batch_size: int, num_frames: int) -> dict:
+def run_variant(variant: str, steps: int, batch_size: int, num_frames: int, family: str) -> dict:
     import torch
 
     from distill.trainer import TrainingRecipe
@@ -62,8 +70,8 @@ def run_variant(variant: str, steps: int, batch_size: int, num_frames: int) -> d
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        assets = build_assets(root, num_frames)
-        cfg = load_config(REPO / "configs" / "tiny.yaml", [
+        assets = build_assets(root, num_frames, family)
+        cfg = load_config(REPO / "configs" / CONFIGS[family], [
             f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}", f"output_dir={root / 'run'}",
             "logging.tensorboard=false", f"dataloader.batch_size={batch_size}", f"data.num_frames={num_frames}",
         ])
@@ -77,7 +85,7 @@ def run_variant(variant: str, steps: int, batch_size: int, num_frames: int) -> d
         for _ in range(steps):
             batch = next(data)
             start = time.perf_counter()
-            out, _, _ = recipe.train_step(batch)
+            out = recipe.train_step(batch)[0]
             times.append(time.perf_counter() - start)
         recipe.cleanup()
     return {
@@ -88,6 +96,7 @@ def run_variant(variant: str, steps: int, batch_size: int, num_frames: int) -> d
         "batch_size": batch_size,
         "num_frames": num_frames,
         "decoded_samples_frames": out.decoded,
+        "decoded_latent_frames": out.decoded_latent_frames,
         "max_rss_mib_after_setup": rss_setup / 1024,
         "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
@@ -99,15 +108,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--num-frames", type=int, default=8, help="frames per clip (viclip tiny takes 8)")
+    parser.add_argument("--family", choices=sorted(CONFIGS), default="diffusers", help="which tiny config")
     parser.add_argument("--variant", choices=VARIANTS, help="run one variant in this process (used internally)")
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args.variant, args.steps, args.batch_size, args.num_frames)))
+        print(json.dumps(run_variant(args.variant, args.steps, args.batch_size, args.num_frames, args.family)))
         return
     results = []
     for variant in VARIANTS:
         cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps),
-               "--batch-size", str(args.batch_size), "--num-frames", str(args.num_frames)]
+               "--batch-size", str(args.batch_size), "--num-frames", str(args.num_frames), "--family", args.family]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
         if proc.returncode != 0:
             raise SystemExit(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
@@ -115,7 +125,7 @@ def main() -> None:
     base = results[0]["step_time_s_median"]
     for r in results:
         r["step_time_ratio_to_cd"] = r["step_time_s_median"] / base
-    print(json.dumps({"benchmark": "train_step", "device": "cpu", "memory": "ru_maxrss of the variant's process",
+    print(json.dumps({"benchmark": "train_step", "family": args.family, "device": "cpu", "memory": "ru_maxrss of the variant's process",
                       "results": results}, indent=2))
 
 

@@ -79,6 +79,53 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_training(objective, student, optimizer, latents, text, uncond, prompt, steps: int, device: torch.device,
+                  dtype: torch.dtype, outputs: list | None = None) -> tuple[list[float], float, float | None]:
+    """(losses, seconds per optimisation step, peak GPU GiB) of ``steps`` timed steps after one warm-up
+    step (allocator, kernels, optimizer state); each step's ObjectiveOutput is appended to ``outputs``."""
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+    def step(index: int) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            out = objective.loss(student, latents, text, uncond, prompt, positions=[index], seed=0)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        if outputs is not None:
+            outputs.append(out)
+        return float(out.loss.detach())
+
+    losses = [step(0)]
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        losses.append(step(i + 1))
+    sync(device)
+    step_time = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return losses, step_time, peak
+
+
+def time_sampling(pipe, prompt, device: torch.device, **call) -> tuple[torch.Tensor, float, float | None]:
+    """(video, seconds, peak GPU GiB) of one 4-step sampling call after a warm-up call."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    with torch.no_grad():
+        pipe(prompt, num_inference_steps=4, generator=generator, **call)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        sync(device)
+        start = time.perf_counter()
+        video = pipe(prompt, num_inference_steps=4, generator=generator, **call)
+        sync(device)
+    latency = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return video, latency, peak
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -127,42 +174,14 @@ def main(argv: list[str] | None = None) -> dict:
         uncond = adapter.empty_prompt_embedding(1)
     f = adapter.vae_spatial_factor
     latents = torch.randn(1, 4, frames, height // f, width // f, device=device, dtype=dtype)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
-
-    def step(index: int) -> float:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            out = objective.loss(student, latents, text, uncond, prompt, positions=[index], seed=0)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        return float(out.loss.detach())
-
-    losses = [step(0)]  # warm-up: allocator, kernels, optimizer state
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for i in range(args.steps):
-        losses.append(step(i + 1))
-    sync(device)
-    step_time = (time.perf_counter() - start) / args.steps
-    peak_train = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    losses, step_time, peak_train = time_training(objective, student, optimizer, latents, text, uncond, prompt,
+                                                  args.steps, device, dtype)
 
     # 4-step sampling (eval mode, no grad; the UNet in the teacher dtype)
     student.eval()
     student.to(dtype)
     pipe = T2VTurboPipeline(adapter, student, T2VTurboScheduler.from_adapter(adapter))
-    generator = torch.Generator(device="cpu").manual_seed(0)
-    with torch.no_grad():
-        pipe(prompt, num_inference_steps=4, num_frames=frames, height=height, width=width, generator=generator)  # warm-up
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        sync(device)
-        start = time.perf_counter()
-        video = pipe(prompt, num_inference_steps=4, num_frames=frames, height=height, width=width, generator=generator)
-        sync(device)
-    latency = time.perf_counter() - start
+    video, latency, peak_sample = time_sampling(pipe, prompt, device, num_frames=frames, height=height, width=width)
     result = {
         "bench": "vc2_gpu",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -179,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
         "train_peak_mem_gib": None if peak_train is None else round(peak_train, 2),
         "losses": [round(x, 6) for x in losses],
         "sample_4step_s": round(latency, 4),
-        "sample_peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "sample_peak_mem_gib": None if peak_sample is None else round(peak_sample, 2),
         "video_shape": list(video.shape),
         "torch": torch.__version__,
     }

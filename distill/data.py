@@ -17,10 +17,16 @@ drawn from a generator seeded by (``seed``, index, epoch) so a sample is a pure 
 its position; the short side is resized to cover ``height`` x ``width`` (bilinear,
 antialiased) and the centre is cropped.
 
-Corrupt, unreadable or too-short videos never stop a run: the dataset warns naming the file
-and the reason, counts it in ``skipped`` / ``skip_reasons``, and returns the next item
-instead (index + 1, wrapping). The returned sample lists the names it skipped, so a trainer
-counts skips even when decoding happens in DataLoader workers.
+Bad items never stop a run, and none is lost silently:
+
+- items that cannot be used at all (a caption that is not valid UTF-8, an mp4 without a caption
+  file or tar member, a CSV row without a video or caption cell) are left out when the dataset is
+  read, each with a warning naming it and the reason, and listed in ``invalid_items``;
+- corrupt, unreadable or too-short videos are found when decoded: the dataset warns naming the file
+  and the reason, counts it in ``skipped`` / ``skip_reasons``, and returns a replacement drawn
+  at random from a stream seeded by (``seed``, epoch, index) (the same for the same position on
+  resume, and different for neighbouring bad items). The returned sample lists the names it
+  skipped, so a trainer counts skips even when decoding happens in DataLoader workers.
 """
 
 from __future__ import annotations
@@ -34,10 +40,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
+
+
+#: the last element of the seed of a replacement draw (keeps it apart from the clip-start stream)
+REPLACEMENT_STREAM = 1
 
 
 class VideoDecodeError(RuntimeError):
@@ -123,6 +134,18 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
         #: number of videos skipped by this process (DataLoader workers keep their own copy)
         self.skipped = 0
         self.skip_reasons: Counter = Counter()
+        #: (name, reason) of the items left out when the dataset was read
+        self.invalid_items: list[tuple[str, str]] = []
+
+    def _leave_out(self, name: str, reason: str) -> None:
+        """Record an unusable item found while reading the dataset (named in a warning, counted by reason)."""
+        self.invalid_items.append((name, reason))
+        logger.warning("leaving out %s: %s", name, reason)
+
+    def _report_invalid(self, source: str) -> None:
+        if self.invalid_items:
+            logger.warning("%s: %d item(s) left out (%s); %d usable", source, len(self.invalid_items),
+                           count_reasons(self.invalid_items), len(self.items))
 
     def open(self, name: str) -> str | io.BytesIO:
         """A path or file object PyAV can open for item ``name``."""
@@ -146,10 +169,15 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
         frames = decode_clip(source, self.num_frames, self.fps, generator, self.random_start)
         return frames_to_pixels(frames, self.height, self.width)
 
+    def replacement_stream(self, index: int) -> torch.Generator:
+        """The generator that draws replacements for item ``index`` in this epoch (its own stream)."""
+        seed = np.random.SeedSequence([self.seed, self.epoch, index, REPLACEMENT_STREAM]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(seed))
+
     def __getitem__(self, index: int) -> dict:
         skipped: list[str] = []
-        for attempt in range(min(self.max_skips, len(self)) + 1):
-            current = (index + attempt) % len(self)
+        current, stream = index, None
+        for _ in range(min(self.max_skips, len(self)) + 1):
             name, caption = self.items[current]
             try:
                 pixels = self.load(current)
@@ -158,6 +186,8 @@ class VideoCaptionDataset(torch.utils.data.Dataset):
                 self.skip_reasons[str(err).split(":")[0]] += 1
                 skipped.append(name)
                 logger.warning("skipping video %s: %s", name, err)
+                stream = stream or self.replacement_stream(index)
+                current = int(torch.randint(len(self), (), generator=stream))
                 continue
             return {"pixels": pixels, "caption": caption, "index": current, "skipped": skipped}
         raise RuntimeError(
@@ -175,23 +205,35 @@ class VideoCaptionCSV(VideoCaptionDataset):
         if not csv_path.is_file():
             raise FileNotFoundError(f"dataset CSV not found: {csv_path}")
         self.root = csv_path.parent
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        # undecodable bytes become lone surrogates, so one bad row is named instead of failing the file
+        with open(csv_path, newline="", encoding="utf-8", errors="surrogateescape") as f:
             reader = csv_module.DictReader(f)
             missing = {video_column, caption_column} - set(reader.fieldnames or [])
             if missing:
                 raise ValueError(
                     f"{csv_path}: missing column(s) {sorted(missing)}; found {reader.fieldnames}"
                 )
-            self.items = [(row[video_column], row[caption_column]) for row in reader]
+            for row in reader:
+                where = f"{csv_path.name} line {reader.line_num}"
+                video, caption = row[video_column], row[caption_column]
+                if not video:
+                    self._leave_out(where, f"no {video_column!r} cell")
+                elif caption is None:
+                    self._leave_out(f"{where} ({video})", f"no {caption_column!r} cell")
+                elif not is_valid_text(video) or not is_valid_text(caption):
+                    self._leave_out(f"{where} ({video!r})", "caption or path not valid UTF-8")
+                else:
+                    self.items.append((video, caption))
+        self._report_invalid(str(csv_path))
         if not self.items:
-            raise ValueError(f"{csv_path}: no rows")
+            raise ValueError(f"{csv_path}: no usable rows")
 
     def open(self, name: str) -> str:
         return str(self.root / name)
 
 
 class VideoCaptionFolder(VideoCaptionDataset):
-    """``name.mp4`` + ``name.txt`` pairs in a folder (videos without a caption file are ignored)."""
+    """``name.mp4`` + ``name.txt`` pairs in a folder (a video without a caption file is left out, named)."""
 
     def __init__(self, folder: str | Path, extension: str = ".mp4", **kwargs):
         super().__init__(**kwargs)
@@ -200,8 +242,15 @@ class VideoCaptionFolder(VideoCaptionDataset):
             raise FileNotFoundError(f"dataset folder not found: {self.root}")
         for video in sorted(self.root.glob(f"*{extension}")):
             caption_file = video.with_suffix(".txt")
-            if caption_file.is_file():
-                self.items.append((video.name, caption_file.read_text(encoding="utf-8").strip()))
+            if not caption_file.is_file():
+                self._leave_out(f"{video.name} ({caption_file.name})", "no caption file")
+                continue
+            caption = decode_caption(caption_file.read_bytes())
+            if caption is None:
+                self._leave_out(f"{video.name} ({caption_file.name})", "caption not valid UTF-8")
+            else:
+                self.items.append((video.name, caption))
+        self._report_invalid(str(self.root))
         if not self.items:
             raise ValueError(f"{self.root}: no {extension} files with a matching .txt caption")
 
@@ -227,12 +276,18 @@ class VideoCaptionShards(VideoCaptionDataset):
                 raise FileNotFoundError(f"tar shard not found: {path}")
             with tarfile.open(path) as tar:
                 names = {m.name for m in tar.getmembers() if m.isfile()}
-                for member in sorted(names):
-                    if member.endswith(".mp4") and member[:-4] + ".txt" in names:
-                        caption = tar.extractfile(member[:-4] + ".txt").read().decode("utf-8").strip()
-                        key = f"{path.name}:{member}"
-                        self.members[key] = (path, member)
-                        self.items.append((key, caption))
+                for member in sorted(n for n in names if n.endswith(".mp4")):
+                    key, caption_member = f"{path.name}:{member}", member[:-4] + ".txt"
+                    if caption_member not in names:
+                        self._leave_out(f"{key} ({caption_member})", "no caption file")
+                        continue
+                    caption = decode_caption(tar.extractfile(caption_member).read())
+                    if caption is None:
+                        self._leave_out(f"{key} ({caption_member})", "caption not valid UTF-8")
+                        continue
+                    self.members[key] = (path, member)
+                    self.items.append((key, caption))
+        self._report_invalid(", ".join(str(p) for p in paths))
         if not self.items:
             raise ValueError(f"no key.mp4 + key.txt pairs in the shards {[str(p) for p in paths]}")
 
@@ -242,6 +297,26 @@ class VideoCaptionShards(VideoCaptionDataset):
             return io.BytesIO(tar.extractfile(member).read())
 
 
+def count_reasons(items: Sequence[tuple[str, str]]) -> str:
+    """``"2 no caption file, 1 caption not valid UTF-8"`` for (name, reason) pairs."""
+    return ", ".join(f"{n} {reason}" for reason, n in Counter(reason for _, reason in items).most_common())
+
+
+def decode_caption(data: bytes) -> str | None:
+    """A caption file's text (UTF-8, surrounding whitespace removed), or None when it is not valid UTF-8."""
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+
+
+def is_valid_text(text: str) -> bool:
+    """False for text read with ``errors="surrogateescape"`` that held bytes which are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 class PromptDataset(torch.utils.data.Dataset):
     """Prompts only, for objectives that sample their own videos (VADER; InstructVideo editing samples).
 

@@ -45,17 +45,29 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from distill.checkpoints import (
+    CHECKPOINT_PREFIX,
+    CONFIG_NAME,
+    STATE_NAME,
+    CheckpointError,
+    LoadedCheckpoint,
+    find_resume_checkpoint,
+    list_checkpoints,
+    rng_file_name,
+    rng_state,
+    set_rng_state,
+    tensor_bytes,
+    write_guard,
+)
 from distill.config_schema import OptimizerArgs, RunConfig, upgrade_legacy_layout
-from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples
+from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples, count_reasons
 from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
 from distill.objectives.base import VAE_STREAM, Objective, RunContext, TrainingBatch, sample_generator
 from distill.objectives.rewarding import RewardTerm
@@ -76,9 +88,6 @@ from t2v_turbo.schema import schema_defaults, schema_errors
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_NAME = "training_state.pt"
-CONFIG_NAME = "config.yaml"
 
 #: every key a run config may hold, with its default (``teacher`` and ``data`` have none); the schema is ``RunConfig``
 DEFAULTS: dict[str, Any] = schema_defaults(RunConfig)
@@ -226,28 +235,6 @@ def resolve_run_config(cfg: dict, check_rewards: bool = True) -> dict:
     return resolved
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete ``checkpoint-<step>`` folders, oldest first (``.tmp`` leftovers are ignored)."""
-    found = []
-    for path in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*"):
-        suffix = path.name[len(CHECKPOINT_PREFIX):]
-        if path.is_dir() and suffix.isdigit() and (path / STATE_NAME).is_file():
-            found.append((int(suffix), path))
-    return [p for _, p in sorted(found)]
-
-
-def resolve_resume(resume: str, output_dir: str | Path) -> Path:
-    if resume == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        if not checkpoints:
-            raise FileNotFoundError(f"--resume latest: no complete {CHECKPOINT_PREFIX}<step> folder in {Path(output_dir).resolve()}")
-        return checkpoints[-1]
-    path = Path(resume)
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"--resume {resume}: {path.resolve()} is not a checkpoint folder (no {STATE_NAME})")
-    return path
-
-
 class TrainingRecipe:
     """Training with the objective of a run config (T2V-Turbo, VADER, InstructVideo, ...)."""
 
@@ -282,6 +269,8 @@ class TrainingRecipe:
         )
         if self.accelerator.is_main_process:  # one run per output_dir, taken before anything loads
             self.output_lock = FolderLock(self.output_dir, "training run").acquire()
+        # read before anything heavy loads, so that an unreadable checkpoint is named at once
+        checkpoint = self._find_resume_checkpoint(resume) if resume is not None else None
         set_seed(cfg["seed"])
         device = self.accelerator.device
 
@@ -327,9 +316,9 @@ class TrainingRecipe:
         )
         self.model, self.optimizer = self.accelerator.prepare(self.network, self.optimizer)
 
-        # data: the dataset addressed by global sample positions
-        if resume is not None:
-            self.load_checkpoint(resolve_resume(resume, self.output_dir))
+        # data: the dataset (built above) addressed by global sample positions
+        if checkpoint is not None:
+            self.load_checkpoint(checkpoint)
         self._build_dataloader()
 
         if self.accelerator.is_main_process:
@@ -440,12 +429,21 @@ class TrainingRecipe:
         return reason
 
     def train(self) -> None:
+        """Train to ``train.max_steps`` (logs, checkpoints, validation), then write the final student. What
+        was skipped is logged at the end, also when the run stops on an error."""
         from tqdm.auto import tqdm
 
-        cfg, train = self.cfg, self.cfg["train"]
-        accelerator = self.accelerator
-        progress = tqdm(total=train["max_steps"], initial=self.global_step, disable=not accelerator.is_main_process,
-                        desc="train")
+        progress = tqdm(total=self.cfg["train"]["max_steps"], initial=self.global_step, desc="train",
+                        disable=not self.accelerator.is_main_process)
+        try:
+            self._train_loop(progress)
+        finally:
+            progress.close()
+            self.report_skips()
+        self.save_final()
+
+    def _train_loop(self, progress) -> None:
+        cfg, train, accelerator = self.cfg, self.cfg["train"], self.accelerator
         data = iter(self.dataloader)
         accumulated: dict[str, float] = {}
         window_start, window_step = time.perf_counter(), self.global_step  # per-step speed over each log window
@@ -484,8 +482,19 @@ class TrainingRecipe:
                 self.save_checkpoint(self.global_step)
             if cfg["validation"]["every"] and self.global_step % cfg["validation"]["every"] == 0:
                 self.validate(self.global_step)
-        progress.close()
-        self.save_final()
+
+    def report_skips(self) -> str:
+        """What this process left out of the run, in one line, logged at its end (a warning when anything was)."""
+        invalid = getattr(self.dataset, "invalid_items", [])
+        parts = [f"{self.skipped_videos} video(s) that could not be decoded (replaced while training)",
+                 f"{len(invalid)} data item(s) left out when the data was read"
+                 + (f" ({count_reasons(invalid)})" if invalid else ""),
+                 f"{self.skipped_steps.total} optimizer step(s) with a non-finite loss or gradient"]
+        rank = f" (process {self.accelerator.process_index})" if self.accelerator.num_processes > 1 else ""
+        line = f"skipped in this run{rank}: " + "; ".join(parts)
+        anything = self.skipped_videos or invalid or self.skipped_steps.total
+        logger.log(logging.WARNING if anything else logging.INFO, line)
+        return line
 
     # ---- validation ---------------------------------------------------------------------
     @torch.no_grad()
@@ -527,38 +536,49 @@ class TrainingRecipe:
                     "num_inference_steps": self.cfg["validation"]["num_inference_steps"]}
         return dataclasses.replace(self.trained.meta, **{**geometry, **self.objective.model_meta(), **sampling})
 
+    def training_state(self) -> dict:
+        """What ``training_state.pt`` holds: plain data only (tensors, numbers, strings, lists, dicts)."""
+        params = dict(self.network.named_parameters())
+        scaler = self.accelerator.scaler
+        return {
+            "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable_names},
+            "optimizer": self.optimizer.state_dict(),
+            "grad_scaler": scaler.state_dict() if scaler is not None else None,
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "objective": self.objective.state_dict(),
+            "global_step": self.global_step,
+            "micro_step": self.micro_step,
+            "skipped_videos": self.skipped_videos,
+            "skipped_steps": self.skipped_steps.state_dict(),
+            "num_processes": self.accelerator.num_processes,
+        }
+
     def save_checkpoint(self, step: int) -> Path:
-        """Write ``checkpoint-<step>/`` atomically: all files go to ``checkpoint-<step>.tmp`` first."""
-        from t2v_turbo.student import save_student
+        """Write ``checkpoint-<step>/`` atomically: all files go to ``checkpoint-<step>.tmp`` first; a failed
+        write (a full disk) removes it, keeps the previous checkpoints and raises ``CheckpointWriteError``."""
+        from t2v_turbo.student import save_student, student_state_dict
 
         accelerator = self.accelerator
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
         self._require_finite_weights(final.name)
         tmp = self.output_dir / f"{CHECKPOINT_PREFIX}{step}.tmp"
+        state = self.training_state() if accelerator.is_main_process else None
+        needed = tensor_bytes(state) + tensor_bytes(student_state_dict(self.network))
+        with write_guard(tmp, final, needed):
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                save_student(tmp / self.model_folder_name, self.network, self.model_meta())
+                torch.save(state, tmp / STATE_NAME)
+                save_config(self.cfg, tmp / CONFIG_NAME)
+            accelerator.wait_for_everyone()
+            torch.save(rng_state(), tmp / rng_file_name(accelerator.process_index))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                counters = {"global_step": step, "micro_step": self.micro_step,
+                            "num_processes": accelerator.num_processes}
+                (tmp / "trainer_state.json").write_text(json.dumps(counters) + "\n")
         if accelerator.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            save_student(tmp / self.model_folder_name, self.network, self.model_meta())
-            params = dict(self.network.named_parameters())
-            state = {
-                "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable_names},
-                "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "objective": self.objective.state_dict(),
-                "global_step": self.global_step,
-                "micro_step": self.micro_step,
-                "skipped_videos": self.skipped_videos,
-                "skipped_steps": self.skipped_steps.state_dict(),
-                "num_processes": accelerator.num_processes,
-            }
-            torch.save(state, tmp / STATE_NAME)
-            save_config(self.cfg, tmp / CONFIG_NAME)
-        accelerator.wait_for_everyone()
-        torch.save(_rng_state(), tmp / f"rng_state_{accelerator.process_index}.pt")
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            (tmp / "trainer_state.json").write_text(
-                json.dumps({"global_step": step, "micro_step": self.micro_step, "num_processes": accelerator.num_processes}) + "\n")
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -574,13 +594,26 @@ class TrainingRecipe:
         bad = nonfinite_tensors(named)
         if bad:
             kept = list_checkpoints(self.output_dir)
+            last = kept[-1] if kept else "none (no checkpoint yet)"
             raise NonFiniteError(
                 f"step {self.global_step}: {len(bad)} trained weight tensor(s) hold NaN or Inf (first {bad[0]}); "
-                f"{what} is not written. The last finite checkpoint is {kept[-1] if kept else 'none (no checkpoint yet)'}"
+                f"{what} is not written. The last finite checkpoint is {last}"
             )
 
-    def load_checkpoint(self, folder: Path) -> None:
-        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=False)
+    def _find_resume_checkpoint(self, resume: str) -> LoadedCheckpoint:
+        """``--resume latest|PATH`` read (plain data only); all processes must agree on the step."""
+        checkpoint = find_resume_checkpoint(resume, self.output_dir, self.accelerator.process_index)
+        if self.accelerator.num_processes > 1:
+            step = torch.tensor(float(checkpoint.state["global_step"]), device=self.accelerator.device)
+            low, high = self.accelerator.reduce(step.clone(), "min"), self.accelerator.reduce(step.clone(), "max")
+            if low != high:
+                raise CheckpointError(f"--resume {resume}: the processes found different readable checkpoints "
+                                      f"(steps {int(low)} to {int(high)}); check the rng_state_<rank>.pt files")
+        return checkpoint
+
+    def load_checkpoint(self, checkpoint: LoadedCheckpoint) -> None:
+        """Restore weights, optimizer, grad scaler, LR schedule, objective state (e.g. EMA), counters and RNG from a read checkpoint."""
+        folder, state = checkpoint.folder, checkpoint.state
         if state["num_processes"] != self.accelerator.num_processes:
             raise RuntimeError(
                 f"{folder}: written by {state['num_processes']} processes, resuming with "
@@ -593,6 +626,8 @@ class TrainingRecipe:
             for name, value in state["trainable"].items():
                 params[name].copy_(value)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.accelerator.scaler is not None and state["grad_scaler"] is not None:
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         try:
             self.objective.load_state_dict(state["objective"])
@@ -601,7 +636,7 @@ class TrainingRecipe:
         self.global_step, self.micro_step = state["global_step"], state["micro_step"]
         self.skipped_videos = state["skipped_videos"]
         self.skipped_steps.load_state_dict(state["skipped_steps"])
-        _set_rng_state(torch.load(folder / f"rng_state_{self.accelerator.process_index}.pt", weights_only=False))
+        set_rng_state(checkpoint.rng)
         logger.info("resumed from %s at step %d", folder, self.global_step)
 
     def _clean_partial_checkpoints(self) -> None:
@@ -610,13 +645,14 @@ class TrainingRecipe:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def save_final(self) -> Path:
-        from t2v_turbo.student import save_student
+        from t2v_turbo.student import save_student, student_state_dict
 
         folder = self.output_dir / self.model_folder_name
         self._require_finite_weights(f"the final model {folder}")
         if self.accelerator.is_main_process:
-            save_student(folder, self.network, self.model_meta())
-            save_config(self.cfg, folder / CONFIG_NAME)
+            with write_guard(None, folder, tensor_bytes(student_state_dict(self.network))):
+                save_student(folder, self.network, self.model_meta())
+                save_config(self.cfg, folder / CONFIG_NAME)
         self.accelerator.wait_for_everyone()
         return folder
 
@@ -702,21 +738,6 @@ def _accumulate(logs: dict, out, steps: int) -> None:
         logs[key] = logs.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) / steps
     for key, value in out.reward_grad_norms.items():
         logs[f"grad_norm/{key}"] = value
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _flat_hparams(cfg: dict, prefix: str = "") -> dict:

@@ -417,7 +417,7 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
         vae = AutoencoderKL.from_pretrained(vae_dir)
         cache = out / "_latents.pt"  # the encoded pool (the encoder never changes after the "vae" stage)
         if cache.is_file():
-            lat = torch.load(cache)
+            lat = torch.load(cache, weights_only=True)
         else:
             lat = encode_pool(vae, videos, seed)
             torch.save(lat, cache)
@@ -429,7 +429,7 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
             if not checkpoint.is_file():
                 raise FileNotFoundError(f"{log_path} records {len(done)} finished teacher phases but {checkpoint} is missing; "
                                         "remove 'teacher_phases' from the log to train the teacher from scratch")
-            state = torch.load(checkpoint)
+            state = torch.load(checkpoint, weights_only=True)
             unet.load_state_dict(state["unet"])
             text_encoder.load_state_dict(state["text_encoder"])
         for phase in teacher_phases[len(done):]:

@@ -403,7 +403,8 @@ def build_internvideo2(config: str | dict = "1b", num_frames: int | None = None,
 
 
 def load_internvideo2(checkpoint: str | os.PathLike, config: str | dict = "1b", num_frames: int | None = None,
-                      gelu_approximate: str | None = None, dtype: torch.dtype = torch.float32) -> InternVideo2:
+                      gelu_approximate: str | None = None, dtype: torch.dtype = torch.float32,
+                      allow_pickle: bool = False) -> InternVideo2:
     """Build InternVideo2 and load ``checkpoint``; returns the model in eval mode, frozen.
 
     ``checkpoint`` is the released ``.pt`` (``{'module': state_dict}`` with the original key names
@@ -412,7 +413,7 @@ def load_internvideo2(checkpoint: str | os.PathLike, config: str | dict = "1b", 
     are also resampled if their frame count differs. The load is strict, except that the unused
     ``OPTIONAL_MODEL_PREFIXES`` heads may be absent (they then keep their random values).
     """
-    state_dict = read_state_dict(checkpoint, "module", INTERNVIDEO2_CHECKPOINT_HELP)
+    state_dict = read_state_dict(checkpoint, "module", INTERNVIDEO2_CHECKPOINT_HELP, allow_pickle)
     model = build_internvideo2(config, num_frames, gelu_approximate)
     state_dict = convert_released_state_dict(state_dict, model)
     missing, unexpected = model.load_state_dict(state_dict, strict=False)

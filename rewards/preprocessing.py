@@ -43,7 +43,8 @@ def _check_images(images: torch.Tensor) -> None:
         raise ValueError(f"`images` must be (N, C, H, W), got shape {tuple(images.shape)}")
 
 
-def _resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resize to ``height x width`` (bicubic, antialiased, clamped to ``[0, 1]``); a no-op at that size."""
     if (images.shape[-2], images.shape[-1]) == (height, width):
         return images
     resized = F.interpolate(images, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
@@ -65,7 +66,7 @@ def letterbox(images: torch.Tensor, size: int) -> torch.Tensor:
     height, width = images.shape[-2:]
     scale = size / max(height, width)
     new_h, new_w = round(height * scale), round(width * scale)
-    resized = _resize(images, new_h, new_w)
+    resized = resize(images, new_h, new_w)
     pad_h, pad_w = size - new_h, size - new_w
     return F.pad(resized, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
 
@@ -76,8 +77,8 @@ def resize_short_side(images: torch.Tensor, size: int) -> torch.Tensor:
     _check_images(images)
     height, width = images.shape[-2:]
     if height <= width:
-        return _resize(images, size, int(size * width / height))
-    return _resize(images, int(size * height / width), size)
+        return resize(images, size, int(size * width / height))
+    return resize(images, int(size * height / width), size)
 
 
 def _crop_check(images: torch.Tensor, size: int) -> tuple[int, int]:
@@ -143,7 +144,7 @@ class ImagePreprocess:
         if self.resize_mode == "letterbox":
             images = letterbox(images, self.size)
         elif self.resize_mode == "squash":
-            images = _resize(images, self.size, self.size)
+            images = resize(images, self.size, self.size)
         else:
             images = resize_short_side(images, self.size)
             if self.crop == "center":

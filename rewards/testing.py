@@ -280,6 +280,90 @@ def architecture_summary(model: torch.nn.Module) -> dict:
     }
 
 
+#: Qwen2-VL's special tokens (the chat and vision markers the reward's text uses)
+QWEN2_VL_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                           "<|video_pad|>", "<|image_pad|>")
+#: words of the chat format and of the reward's default prompt template
+QWEN2_VL_WORDS = ("system", "user", "assistant", "you", "are", "helpful", "rate", "generated", "video", "for", "prompt",
+                  "visual", "motion", "quality", "text", "alignment", ".", ":", '"', ",")
+
+
+def save_tiny_qwen2_vl(folder: str | Path, vocabulary: Iterable[str] = (), seed: int = 0, hidden_size: int = 32,
+                       num_layers: int = 2, vision_depth: int = 1) -> Path:
+    """A random tiny ``Qwen2VLForConditionalGeneration`` folder in the layout of ``Qwen/Qwen2-VL-2B-Instruct``
+    (``save_pretrained`` config + weights, a fast tokenizer with Qwen2-VL's special tokens).
+
+    The tokenizer is word-level (lower-cased words and punctuation of ``vocabulary``, the chat words
+    and ``t2v_turbo.testing.DEFAULT_VOCABULARY``; others map to ``<unk>``). As in the real model, the
+    embedding has more rows than the tokenizer, so the reward tokens fit without growing it.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from t2v_turbo.testing import DEFAULT_VOCABULARY, redraw_degenerate_parameters
+
+    words = dict.fromkeys(["<unk>", *QWEN2_VL_WORDS, *DEFAULT_VOCABULARY, *(w.lower() for w in vocabulary)])
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<|endoftext|>",
+                                        eos_token="<|im_end|>", padding_side="right")
+    tokenizer.add_tokens([t for t in QWEN2_VL_SPECIAL_TOKENS if t != "<|endoftext|>"], special_tokens=True)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN2_VL_SPECIAL_TOKENS}
+    heads = 4
+    config = Qwen2VLConfig(
+        text_config=dict(vocab_size=len(tokenizer) + 8, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=num_layers, num_attention_heads=heads, num_key_value_heads=2,
+                         max_position_embeddings=4096, bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"],
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": _mrope_section(hidden_size // heads)}),
+        vision_config=dict(depth=vision_depth, embed_dim=hidden_size, hidden_size=hidden_size, num_heads=2,
+                           mlp_ratio=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(config)
+    redraw_degenerate_parameters(model, torch.Generator().manual_seed(seed))
+    folder = Path(folder)
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Qwen2-VL's (temporal, height, width) split of the rotary pairs, 2:1:1 as in the released 16:24:24 = 64."""
+    half = head_dim // 2
+    return [half - 2 * (half // 4), half // 4, half // 4]
+
+
+#: z-normalisation statistics of the tiny VideoReward's inference_config
+TINY_VIDEOREWARD_STATS = {"VQ_mean": 0.25, "VQ_std": 2.0, "MQ_mean": -0.5, "MQ_std": 0.5, "TA_mean": 1.0, "TA_std": 4.0}
+
+
+def save_tiny_videoreward(folder: str | Path, base_model: str | Path, seed: int = 0, step: int = 7,
+                          non_lora_format: str = "pth") -> Path:
+    """A random VideoReward checkpoint on the tiny Qwen2-VL ``base_model``, in the released layout:
+    ``model_config.json`` (``model_name_or_path`` = the hub id, as released, so a loader needs
+    ``base_model``) and ``checkpoint-<step>/`` with ``adapter_config.json``, ``adapter_model.safetensors``
+    (LoRA r 4 on every language-model Linear, B drawn non-zero) and ``non_lora_state_dict.pth`` (a
+    re-drawn vision merger, the score head and the embedding, keys in the released names).
+    Small pixel bounds keep the video input at a few patches."""
+    from rewards.videoreward import build_videoreward_model, save_videoreward_model
+
+    model = build_videoreward_model(base_model, min_pixels=56 * 56, max_pixels=56 * 84, seed=seed,
+                                    lora={"rank": 4, "alpha": 8.0}, train_modules=["model.visual.merger"])
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name or name.startswith("vlm.model.visual.merger.") or name == "rm_head.weight":
+                param.copy_(0.2 * torch.randn(param.shape, generator=generator))
+    save_videoreward_model(folder, model, step, base_model="Qwen/Qwen2-VL-2B-Instruct",
+                           inference_config=TINY_VIDEOREWARD_STATS, non_lora_format=non_lora_format)
+    return Path(folder)
+
+
 def _hps_kwargs(version: str) -> Callable[[Path], dict]:
     def kwargs(folder: Path) -> dict:
         checkpoint = save_tiny_open_clip(Path(folder) / f"HPS_{version}_compressed.pt")
@@ -328,6 +412,9 @@ def _xclip_kwargs(folder: Path) -> dict:
     return {"model": save_tiny_xclip(Path(folder) / "xclip-base-patch32")}
 
 
+def _videoreward_kwargs(folder: Path) -> dict:
+    base = save_tiny_qwen2_vl(Path(folder) / "Qwen2-VL-2B-Instruct")
+    return {"checkpoint": save_tiny_videoreward(Path(folder) / "VideoReward", base), "base_model": base}
 def _object_removal_kwargs(folder: Path) -> dict:
     return {"model": save_tiny_yolos(Path(folder) / "yolos-base"), "target_object": "book"}
 
@@ -346,6 +433,7 @@ TINY_REWARD_KWARGS: dict[str, Callable[[Path], dict]] = {
     "viclip": _viclip_kwargs,
     "internvideo2": _internvideo2_kwargs,
     "xclip": _xclip_kwargs,
+    "videoreward": _videoreward_kwargs,
     "object-removal": _object_removal_kwargs,
     "action-classification": _action_kwargs,
 }

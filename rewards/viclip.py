@@ -24,12 +24,13 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import pickle
 from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from t2v_turbo.fileio import torch_load
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,15 @@ def resolve_config(config: str | dict, registry: dict[str, dict], model_name: st
     return copy.deepcopy(registry[config])
 
 
-def read_state_dict(path: str | os.PathLike, container_key: str, help_text: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, container_key: str, help_text: str,
+                    allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Read a state dict from a ``.safetensors`` file or a ``torch.save`` file.
 
     A ``torch.save`` file may hold the state dict itself or a dict with the state dict under
     ``container_key`` (``'model'`` for ViCLIP, ``'module'`` for InternVideo2). It is read with
-    ``weights_only=True``; a file that needs arbitrary unpickling is read in full only after a
-    warning (do that only for files you trust). A ``.safetensors`` file holds the state dict, with
+    ``weights_only=True``; a file that needs arbitrary unpickling is refused naming the file and the
+    opt-in (``allow_pickle: true`` in the reward's args), and read in full only with
+    ``allow_pickle=True`` (that runs any code the file holds). A ``.safetensors`` file holds the state dict, with
     bare keys or with the ``state_dict.`` prefix of the project's reference fixtures (other
     prefixes such as ``input.``/``output.`` are then ignored).
     """
@@ -84,11 +87,7 @@ def read_state_dict(path: str | os.PathLike, container_key: str, help_text: str)
         if any(key.startswith(prefix) for key in tensors):
             return {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
         return tensors
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        logger.warning("%s holds more than tensors; unpickling it in full (weights_only=False)", path)
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = torch_load(path, allow_pickle, opt_in="allow_pickle: true in the reward's args")
     if isinstance(payload, dict) and container_key in payload:
         payload = payload[container_key]
     if not isinstance(payload, dict) or not all(isinstance(value, torch.Tensor) for value in payload.values()):
@@ -230,13 +229,14 @@ def build_viclip(config: str | dict = "l14") -> ViCLIP:
     return ViCLIP(**resolve_config(config, VICLIP_CONFIGS, "ViCLIP"))
 
 
-def load_viclip(checkpoint: str | os.PathLike, config: str | dict = "l14", dtype: torch.dtype = torch.float32) -> ViCLIP:
+def load_viclip(checkpoint: str | os.PathLike, config: str | dict = "l14", dtype: torch.dtype = torch.float32,
+                allow_pickle: bool = False) -> ViCLIP:
     """Build ViCLIP and load ``checkpoint`` strictly; returns the model in eval mode, frozen.
 
     ``checkpoint`` is the released ``.pth`` (state dict under ``'model'``), a bare ``torch.save``
-    state dict, or a ``.safetensors`` file (see ``read_state_dict``).
+    state dict, or a ``.safetensors`` file (see ``read_state_dict``, also for ``allow_pickle``).
     """
-    state_dict = read_state_dict(checkpoint, "model", VICLIP_CHECKPOINT_HELP)
+    state_dict = read_state_dict(checkpoint, "model", VICLIP_CHECKPOINT_HELP, allow_pickle)
     model = build_viclip(config)
     model.load_state_dict(state_dict, strict=True)
     return model.to(dtype).eval().requires_grad_(False)

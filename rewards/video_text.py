@@ -157,12 +157,15 @@ class ViCLIPReward(ClipRewardBase):
         crop: ``"center"`` or ``"random"`` (the reference reward's random crop).
         dtype: dtype of the model (``"float32"``, ``"bfloat16"``, ``"float16"``); scores are float32.
         text_cache_size: prompts whose text features are kept (0 disables the cache).
+        allow_pickle: read a ``torch.save`` checkpoint that holds Python objects beyond tensors by
+            unpickling it in full, which runs any code it holds (only for files you trust). Without
+            it such a file is refused with an error naming it.
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, config: str | dict = "l14", *,
                  tokenizer: Tokenizer | None = None, num_frames: int = 8, stride: int = 2,
                  image_size: int | None = None, crop: str = "center", dtype: str | torch.dtype = "float32",
-                 text_cache_size: int = 1024):
+                 text_cache_size: int = 1024, allow_pickle: bool = False):
         resolved = resolve_config(config, VICLIP_CONFIGS, "ViCLIP")
         if num_frames != resolved["vision"]["num_frames"]:
             raise ValueError(f"ViCLIP config {config!r} takes {resolved['vision']['num_frames']} frames, got num_frames={num_frames}")
@@ -172,7 +175,7 @@ class ViCLIPReward(ClipRewardBase):
             logger.warning("ViCLIP reward built with random weights (checkpoint=None): for tests and benchmarks only")
             self.model = build_viclip(resolved)
         else:
-            self.model = load_viclip(checkpoint, resolved)
+            self.model = load_viclip(checkpoint, resolved, allow_pickle=allow_pickle)
         self.tokenizer = tokenizer or viclip_tokenizer(resolved["text"]["context_length"])
         self.freeze()
 
@@ -196,13 +199,13 @@ class InternVideo2Reward(ClipRewardBase):
             interpolated in time to this count when loading (T2V-Turbo: 8).
         gelu_approximate: ``"tanh"`` (the released reward's fused MLP) or ``"none"`` (exact);
             default: the config's.
-        stride, image_size, crop, dtype, text_cache_size: as for ``viclip``.
+        stride, image_size, crop, dtype, text_cache_size, allow_pickle: as for ``viclip``.
     """
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, config: str | dict = "1b", *,
                  tokenizer: str | os.PathLike | Tokenizer | None = None, num_frames: int = 8, stride: int = 2,
                  image_size: int | None = None, crop: str = "center", gelu_approximate: str | None = None,
-                 dtype: str | torch.dtype = "float32", text_cache_size: int = 1024):
+                 dtype: str | torch.dtype = "float32", text_cache_size: int = 1024, allow_pickle: bool = False):
         from rewards.internvideo2 import INTERNVIDEO2_CONFIGS, build_internvideo2, load_internvideo2
 
         resolved = resolve_config(config, INTERNVIDEO2_CONFIGS, "InternVideo2")
@@ -217,7 +220,8 @@ class InternVideo2Reward(ClipRewardBase):
             logger.warning("InternVideo2 reward built with random weights (checkpoint=None): for tests and benchmarks only")
             self.model = build_internvideo2(resolved, num_frames, gelu_approximate)
         else:
-            self.model = load_internvideo2(checkpoint, resolved, num_frames, gelu_approximate)
+            self.model = load_internvideo2(checkpoint, resolved, num_frames, gelu_approximate,
+                                           allow_pickle=allow_pickle)
         self.freeze()
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

@@ -10,6 +10,13 @@ Command-line overrides are dotted ``key=value`` pairs (``optimizer.lr=2e-5``); t
 parsed as YAML, so numbers, booleans, lists and ``null`` work. ``~key`` deletes a key.
 An override of a key that does not exist is an error unless it is prefixed with ``+``
 (``+reward.extra=1``), so that typos never silently add a new, ignored key.
+
+A config is code: ``_component_`` calls what it names. So a component (from a file or an override)
+must come from ``TRUSTED_MODULES`` (the project's packages, ``torch.optim``, ``bitsandbytes.optim``,
+``diffusers``, ``transformers``, ``peft``), checked on the dotted name before anything is imported
+and on the resolved object after; and a component may not set ``trust_remote_code: true``. The
+opt-ins: ``T2V_TURBO_TRUSTED_MODULES=pkg,other.mod`` adds module prefixes;
+``T2V_TURBO_TRUST_CONFIG=1`` (``t2v-turbo train --trust-config``) allows anything.
 """
 
 from __future__ import annotations
@@ -17,13 +24,22 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import os
 import re
+import types
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
 COMPONENT_KEY = "_component_"
+#: module prefixes a ``_component_`` (and a student's ``teacher_adapter``) may come from without an opt-in
+TRUSTED_MODULES = ("t2v_turbo", "distill", "rewards", "eval", "miniworld", "torch.optim", "bitsandbytes.optim",
+                   "diffusers", "transformers", "peft")
+#: opt-in: "1" lets a config call anything importable (``t2v-turbo train --trust-config`` sets it)
+TRUST_CONFIG_ENV = "T2V_TURBO_TRUST_CONFIG"
+#: opt-in: comma-separated module prefixes added to ``TRUSTED_MODULES``
+TRUSTED_MODULES_ENV = "T2V_TURBO_TRUSTED_MODULES"
 
 
 class _Loader(yaml.SafeLoader):
@@ -134,13 +150,42 @@ def save_config(cfg: Mapping, path: str | Path) -> None:
         yaml.safe_dump(dict(cfg), f, sort_keys=False)
 
 
-def resolve_component(dotted: str) -> Any:
+def trusted_modules() -> tuple[str, ...] | None:
+    """The module prefixes components may come from, or None when the user trusts the config fully."""
+    if os.environ.get(TRUST_CONFIG_ENV, "").strip().lower() in ("1", "true", "yes"):
+        return None
+    extra = [m.strip() for m in os.environ.get(TRUSTED_MODULES_ENV, "").split(",") if m.strip()]
+    return TRUSTED_MODULES + tuple(extra)
+
+
+def _untrusted(module_name: Any, trusted: tuple[str, ...]) -> bool:
+    return not isinstance(module_name, str) or not any(
+        module_name == prefix or module_name.startswith(prefix + ".") for prefix in trusted)
+
+
+def _refuse(reason: str, dotted: str, where: str, trusted: tuple[str, ...]) -> ConfigError:
+    return ConfigError(
+        f"{where} {dotted!r}: {reason}. A config may call only the modules {', '.join(trusted)}: a config or "
+        f"checkpoint from someone else could run any code otherwise. If you trust it, pass --trust-config (or set "
+        f"{TRUST_CONFIG_ENV}=1), or add a module prefix with {TRUSTED_MODULES_ENV}=<prefix>"
+    )
+
+
+def resolve_component(dotted: str, where: str = COMPONENT_KEY) -> Any:
     """Import ``package.module.Name`` (or ``package.module.Class.method``) and return the attribute.
 
     The longest importable module prefix is imported; the rest are attributes looked up in turn.
+    The name, every module passed through and the module the result is defined in must be in
+    ``trusted_modules()``; the name is checked before anything is imported. ``where`` names the
+    config key in messages.
     """
     if not isinstance(dotted, str) or "." not in dotted:
-        raise ConfigError(f"{COMPONENT_KEY} must be a dotted import path, got {dotted!r}")
+        raise ConfigError(f"{where} must be a dotted import path, got {dotted!r}")
+    trusted = trusted_modules()
+    if trusted is not None and _untrusted(dotted, trusted):
+        raise _refuse("not a trusted module", dotted, where, trusted)
+    if trusted is not None and any(part.startswith("__") for part in dotted.split(".")):
+        raise _refuse("a dunder attribute is not allowed", dotted, where, trusted)
     parts = dotted.split(".")
     module, error = None, None
     for cut in range(len(parts) - 1, 0, -1):
@@ -150,20 +195,25 @@ def resolve_component(dotted: str) -> Any:
             break
         except ModuleNotFoundError as err:
             if err.name is None or not module_name.startswith(err.name):
-                raise ConfigError(f"{COMPONENT_KEY} {dotted!r}: importing {module_name!r} failed: {err}") from err
+                raise ConfigError(f"{where} {dotted!r}: importing {module_name!r} failed: {err}") from err
             error = error or err
         except ImportError as err:
-            raise ConfigError(f"{COMPONENT_KEY} {dotted!r}: importing {module_name!r} failed: {err}") from err
+            raise ConfigError(f"{where} {dotted!r}: importing {module_name!r} failed: {err}") from err
     if module is None:
-        raise ConfigError(f"{COMPONENT_KEY} {dotted!r}: cannot import module {parts[0]!r}: {error}") from error
+        raise ConfigError(f"{where} {dotted!r}: cannot import module {parts[0]!r}: {error}") from error
     target = module
     for i, attr in enumerate(parts[cut:], start=cut):
         try:
             target = getattr(target, attr)
         except AttributeError as err:
             raise ConfigError(
-                f"{COMPONENT_KEY} {dotted!r}: {'.'.join(parts[:i])!r} has no attribute {attr!r}"
+                f"{where} {dotted!r}: {'.'.join(parts[:i])!r} has no attribute {attr!r}"
             ) from err
+        if trusted is not None and isinstance(target, types.ModuleType) and _untrusted(target.__name__, trusted):
+            raise _refuse(f"it reaches the untrusted module {target.__name__!r}", dotted, where, trusted)
+    if trusted is not None and _untrusted(getattr(target, "__module__", None), trusted):
+        raise _refuse(f"it resolves to an object of the untrusted module {getattr(target, '__module__', None)!r}",
+                      dotted, where, trusted)
     return target
 
 
@@ -180,10 +230,13 @@ def validate_component(node: Mapping, where: str = "config", extra_kwargs: tuple
                 errors += validate_component(value, f"{where}.{key}")
         return errors
     try:
-        target = resolve_component(node[COMPONENT_KEY])
+        target = resolve_component(node[COMPONENT_KEY], f"{where}.{COMPONENT_KEY}")
     except ConfigError as err:
-        return [f"{where}: {err}"]
+        return [str(err)]
     kwargs = {k: v for k, v in node.items() if k != COMPONENT_KEY}
+    if kwargs.get("trust_remote_code") and trusted_modules() is not None:
+        errors.append(f"{where}.trust_remote_code=true runs code from the model's folder; if you trust it, pass "
+                      f"--trust-config (or set {TRUST_CONFIG_ENV}=1)")
     errors += signature_errors(target, kwargs, where, node[COMPONENT_KEY], extra_kwargs)
     for key, value in kwargs.items():
         if isinstance(value, Mapping):

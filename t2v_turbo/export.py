@@ -30,6 +30,14 @@ card (``README.md``: base model, recipe, sampling settings, a stock usage snippe
 Every export is written into a new folder beside ``out`` and moved into place
 (``t2v_turbo.fileio.write_folder``); an existing non-empty ``out`` is replaced only with
 ``overwrite=True``.
+
+Wan (flow) students: stock diffusers' ``WanTransformer3DModel`` has no guidance input, so
+``merged`` and ``diffusers`` both fold the guidance scale into ``condition_embedder.time_embedder.
+linear_1.bias`` (same algebra as above) and write a stock ``WanTransformer3DModel``; ``diffusers``
+is a ``WanPipeline`` folder with diffusers' ``FlowMatchLCMScheduler`` (the flow sampler with
+``spacing="lcm"``). ``lora`` also writes diffusers' ``pytorch_lora_weights.safetensors`` (for
+``WanPipeline.load_lora_weights``) with the folded guidance as a LoRA bias on ``linear_1``
+(peft's ``lora_bias``), and the ``scheduler/`` to sample with.
 """
 
 from __future__ import annotations
@@ -95,39 +103,45 @@ def merge_student(unet: nn.Module) -> nn.Module:
     return move_module(merged, device=param.device, dtype=param.dtype).eval()
 
 
-def folded_bias(weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """b + W shift (in float64): the bias of ``linear(x + shift)`` written as ``W x + (b + W shift)``."""
-    return (bias.double() + weight.double() @ shift.double()).to(bias.dtype)
-
-
-def guidance_shift(unet: nn.Module, guidance_scale: float) -> torch.Tensor:
-    """cond_proj(emb(w)): what the guidance layer adds to the timestep features at scale w."""
-    time_embedding = unet.time_embedding
-    if time_embedding.cond_proj is None:
-        raise ValueError("the UNet has no guidance layer (time_cond_proj_dim is None): nothing to fold")
-    with torch.no_grad():
-        w = torch.tensor([float(guidance_scale)], device=time_embedding.cond_proj.weight.device)
-        embedding = guidance_scale_embedding(w, unet.config.time_cond_proj_dim).to(time_embedding.cond_proj.weight.dtype)
-        return time_embedding.cond_proj(embedding)[0]
+def folded_linear_bias(
+    bias: torch.Tensor, weight: torch.Tensor, cond_proj_weight: torch.Tensor, guidance_scale: float
+) -> torch.Tensor:
+    """b1 + W1 cond_proj(emb(w)): the bias of the layer after the guidance embedding's sum
+    (``linear_1(t_emb + cond_proj(emb(w)))``) that makes it a constant shift (computed in float64)."""
+    w = torch.tensor([float(guidance_scale)])
+    embedding = guidance_scale_embedding(w, cond_proj_weight.shape[1]).double()
+    shift = embedding[0] @ cond_proj_weight.double().cpu().T
+    return (bias.double().cpu() + weight.double().cpu() @ shift).to(dtype=bias.dtype, device=bias.device)
 
 
 def fold_guidance_scale(unet: nn.Module, guidance_scale: float) -> nn.Module:
-    """A UNet without ``time_embedding.cond_proj`` whose output equals ``unet`` run with the
-    guidance embedding of ``guidance_scale``: b1 <- b1 + W1 cond_proj(emb(w))."""
-    from diffusers import UNet3DConditionModel
+    """A model without the guidance layer whose output equals ``unet`` run with the guidance
+    embedding of ``guidance_scale``: b1 <- b1 + W1 cond_proj(emb(w)) (``folded_linear_bias``).
 
-    if has_lora(unet):
-        unet = merge_student(unet)
-    shift = guidance_shift(unet, guidance_scale)
-    state = {k: v.detach().clone() for k, v in unet.state_dict().items() if k != "time_embedding.cond_proj.weight"}
-    linear_1 = unet.time_embedding.linear_1
-    state[f"{GUIDANCE_TARGET}.bias"] = folded_bias(linear_1.weight.detach(), state[f"{GUIDANCE_TARGET}.bias"], shift)
+    ``UNet3DConditionModel`` (``time_embedding.cond_proj``) and Wan students
+    (``condition_embedder.time_embedder.cond_proj``, see ``t2v_turbo.adapters.wan``); LoRA is merged first.
+    """
+    from diffusers import UNet3DConditionModel, WanTransformer3DModel
+
+    if isinstance(unet, WanTransformer3DModel):
+        model_cls, prefix = WanTransformer3DModel, "condition_embedder.time_embedder."
+    else:
+        model_cls, prefix = UNet3DConditionModel, "time_embedding."
+    state = merged_state_dict(unet) if has_lora(unet) else {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    if prefix + "cond_proj.weight" not in state:
+        raise ValueError("the model has no guidance layer (time_cond_proj_dim is None): nothing to fold")
+    cond_proj = state.pop(prefix + "cond_proj.weight")
+    state[prefix + "linear_1.bias"] = folded_linear_bias(
+        state[prefix + "linear_1.bias"], state[prefix + "linear_1.weight"], cond_proj, guidance_scale
+    )
     config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    config["time_cond_proj_dim"] = None
-    folded = UNet3DConditionModel.from_config(config)
-    folded.load_state_dict(state, strict=True)
-    param = next(unet.parameters())
-    return move_module(folded, device=param.device, dtype=param.dtype).eval()
+    if model_cls is WanTransformer3DModel:
+        config.pop("time_cond_proj_dim")
+    else:
+        config["time_cond_proj_dim"] = None
+    folded = model_cls.from_config(config)
+    folded.load_state_dict(state, strict=True, assign=True)  # the loaded tensors' dtypes and devices
+    return folded.eval()
 
 
 def lcm_scheduler_for(adapter, meta: StudentMeta):
@@ -179,7 +193,11 @@ def peft_adapter_tensors(unet: nn.Module, guidance_scale: float | None) -> tuple
             else:
                 base, weight = linear_1, linear_1.weight
             tensors[f"{prefix}{GUIDANCE_TARGET}.weight"] = weight
-            tensors[f"{prefix}{GUIDANCE_TARGET}.bias"] = folded_bias(weight, base.bias, guidance_shift(unet, guidance_scale))
+            cond_proj = unet.time_embedding.cond_proj
+            if cond_proj is None:
+                raise ValueError("the UNet has no guidance layer (time_cond_proj_dim is None): nothing to fold")
+            tensors[f"{prefix}{GUIDANCE_TARGET}.bias"] = folded_linear_bias(base.bias, weight, cond_proj.weight,
+                                                                            guidance_scale)
     return targets, {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
 
 
@@ -261,6 +279,81 @@ def export_diffusers_pipeline(unet: nn.Module, meta: StudentMeta, adapter, out: 
     return out
 
 
+def wan_diffusers_lora_state_dict(unet: nn.Module, guidance_scale: float) -> tuple[dict[str, torch.Tensor], dict]:
+    """A Wan LoRA student in diffusers' format: (state dict, LoRA config) for
+    ``WanPipeline.save_lora_weights``, which prefixes the keys with ``transformer.``.
+
+    Every LoRA layer keeps its A and B (peft names without the adapter name) and gets a zero
+    ``lora_B.bias``; the guidance scale is folded into one more LoRA layer on
+    ``condition_embedder.time_embedder.linear_1`` with A = B = 0 and
+    ``lora_B.bias`` = (rank / alpha) W1 cond_proj(emb(w)), so that with peft's scaling alpha / rank it
+    adds exactly the shift ``fold_guidance_scale`` puts into the bias (peft's ``lora_bias``).
+    """
+    from peft.tuners.lora import LoraLayer
+
+    prefix = "condition_embedder.time_embedder."
+    lora_modules = {name: module for name, module in unet.named_modules() if isinstance(module, LoraLayer)}
+    if prefix + "linear_1" in lora_modules:
+        raise ValueError("the guidance fold needs condition_embedder.time_embedder.linear_1 outside the LoRA targets")
+    first = next(iter(lora_modules.values()))
+    rank, alpha = first.r[ADAPTER_NAME], first.lora_alpha[ADAPTER_NAME]
+    state = {}
+    for name, module in lora_modules.items():
+        a, b = module.lora_A[ADAPTER_NAME].weight, module.lora_B[ADAPTER_NAME].weight
+        state[f"{name}.lora_A.weight"] = a.detach().cpu().clone()
+        state[f"{name}.lora_B.weight"] = b.detach().cpu().clone()
+        state[f"{name}.lora_B.bias"] = torch.zeros(b.shape[0], dtype=b.dtype)
+    linear_1 = dict(unet.named_modules())[prefix + "linear_1"]
+    cond_proj = dict(unet.named_modules())[prefix + "cond_proj"].weight
+    zero_bias = torch.zeros_like(linear_1.bias).cpu()
+    shift = folded_linear_bias(zero_bias, linear_1.weight.detach(), cond_proj.detach(), guidance_scale)
+    state[prefix + "linear_1.lora_A.weight"] = torch.zeros(rank, linear_1.in_features, dtype=shift.dtype)
+    state[prefix + "linear_1.lora_B.weight"] = torch.zeros(linear_1.out_features, rank, dtype=shift.dtype)
+    state[prefix + "linear_1.lora_B.bias"] = (shift.double() * rank / alpha).to(shift.dtype)
+    targets = sorted(lora_modules) + [prefix + "linear_1"]
+    config = {"r": rank, "lora_alpha": alpha, "target_modules": targets, "lora_bias": True, "lora_dropout": 0.0}
+    return state, config
+
+
+def export_wan(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, format: str,
+               guidance_scale: float | None = None) -> Path:
+    """A Wan student as ``lora`` (diffusers' ``pytorch_lora_weights.safetensors``), ``merged`` (a stock
+    ``WanTransformer3DModel``, LoRA merged, guidance folded), both with the ``scheduler/`` to sample
+    with, or ``diffusers`` (a stock ``WanPipeline`` with ``FlowMatchLCMScheduler``)."""
+    from diffusers import FlowMatchLCMScheduler, WanPipeline
+
+    out = Path(out)
+    guidance_scale = meta.guidance_scale if guidance_scale is None else guidance_scale
+    scheduler = FlowMatchLCMScheduler(num_train_timesteps=adapter.num_train_timesteps, shift=adapter.flow_shift)
+    run_with = {"guidance_scale": 1.0, "num_inference_steps": meta.num_inference_steps, "spacing": "lcm"}
+    record = {"format": format, "folded_guidance_scale": guidance_scale, "run_with": run_with,
+              "student": dataclasses.asdict(meta)}
+    if format == "lora":
+        out.mkdir(parents=True, exist_ok=True)
+        state, config = wan_diffusers_lora_state_dict(unet, guidance_scale)
+        WanPipeline.save_lora_weights(out, transformer_lora_layers=state, transformer_lora_adapter_metadata=config)
+        scheduler.save_pretrained(out / "scheduler")
+        record["diffusers_lora"] = {"file": "pytorch_lora_weights.safetensors", "base": meta.teacher_path,
+                                    "scheduler": "scheduler/ (FlowMatchLCMScheduler)"}
+        _write_json(out / "export.json", record)
+        return out
+    folded = fold_guidance_scale(unet, guidance_scale)
+    if format == "merged":
+        folded.save_pretrained(out, safe_serialization=True)
+        scheduler.save_pretrained(out / "scheduler")
+    else:
+        if not (adapter.causal_vae and adapter.t5_text):
+            raise ValueError(
+                f"`--format diffusers` writes a stock WanPipeline, which needs AutoencoderKLWan and a T5 text encoder; "
+                f"this teacher has {type(adapter.vae).__name__} and {type(adapter.text_encoder).__name__} "
+                "(use --format merged or lora)")
+        pipeline = WanPipeline(tokenizer=adapter.tokenizer, text_encoder=adapter.text_encoder, vae=adapter.vae,
+                               scheduler=scheduler, transformer=folded, expand_timesteps=adapter.expand_timesteps)
+        pipeline.save_pretrained(out, safe_serialization=True)
+    _write_json(out / "export.json", record)
+    return out
+
+
 # ---- model card --------------------------------------------------------------------------
 def _run_config(student_folder: Path) -> tuple[Path | None, str | None]:
     for name in CONFIG_CANDIDATES:
@@ -283,7 +376,43 @@ def _metric_rows(path: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def _wan_usage(format: str, meta: StudentMeta, guidance_scale: float, folder_name: str) -> str:
+    """Stock diffusers snippets for a Wan student's exports (guidance folded in every format)."""
+    call = (f'frames = pipe("a prompt", num_inference_steps={meta.num_inference_steps}, guidance_scale=1.0, '
+            f"num_frames={meta.num_frames}, height={meta.height}, width={meta.width}).frames[0]")
+    folded = f"# guidance w = {guidance_scale:g} is folded into time_embedder.linear_1: run with guidance_scale=1"
+    if format == "diffusers":
+        return f"""```python
+from diffusers import WanPipeline
+
+pipe = WanPipeline.from_pretrained("{folder_name}")  # FlowMatchLCMScheduler inside
+{folded}
+{call}
+```"""
+    if format == "lora":
+        return f"""```python
+from diffusers import FlowMatchLCMScheduler, WanPipeline
+
+pipe = WanPipeline.from_pretrained("{meta.teacher_path}")  # the base model (teacher)
+pipe.load_lora_weights("{folder_name}")  # pytorch_lora_weights.safetensors (with the guidance as a LoRA bias)
+pipe.scheduler = FlowMatchLCMScheduler.from_pretrained("{folder_name}", subfolder="scheduler")
+{folded}
+{call}
+```"""
+    return f"""```python
+from diffusers import FlowMatchLCMScheduler, WanPipeline, WanTransformer3DModel
+
+transformer = WanTransformer3DModel.from_pretrained("{folder_name}")  # LoRA merged, guidance folded
+pipe = WanPipeline.from_pretrained("{meta.teacher_path}", transformer=transformer)
+pipe.scheduler = FlowMatchLCMScheduler.from_pretrained("{folder_name}", subfolder="scheduler")
+{folded}
+{call}
+```"""
+
+
 def _usage(format: str, meta: StudentMeta, guidance_scale: float, folder_name: str) -> str:
+    if meta.family == "wan":
+        return _wan_usage(format, meta, guidance_scale, folder_name)
     geometry = f"num_frames={meta.num_frames}, height={meta.height}, width={meta.width}"
     steps = meta.num_inference_steps
     if meta.is_student:
@@ -372,7 +501,7 @@ def model_card(format: str, meta: StudentMeta, student_folder: Path, guidance_sc
             ("base model (teacher)", f"`{meta.teacher_path}` ({meta.family})"),
             ("student", f"{student_kind}; guidance-embedding layer of {meta.time_cond_proj_dim} inputs"),
             ("sampling", f"{meta.num_inference_steps} steps, guidance w = {guidance:g}"
-                         + ("" if format == "merged" else " (folded into the weights)")),
+                         + ("" if format == "merged" and meta.family != "wan" else " (folded into the weights)")),
             ("trained guidance range", "[{:g}, {:g}]".format(*meta.guidance_range) if meta.guidance_range else "not recorded"),
             ("geometry", f"{meta.num_frames} frames, {meta.height}x{meta.width} pixels, {meta.fps} fps"),
             ("distillation grid", f"{meta.num_ddim_timesteps} DDIM steps, timestep scaling {meta.timestep_scaling:g}, "
@@ -386,11 +515,12 @@ def model_card(format: str, meta: StudentMeta, student_folder: Path, guidance_sc
             ("geometry", f"{meta.num_frames} frames, {meta.height}x{meta.width} pixels, {meta.fps} fps"),
         ]
     rows += _recipe_rows(config) if config else [("recipe", "not recorded (no run config beside the model folder)")]
+    peft_lora = format == "lora" and meta.family != "wan"  # Wan LoRAs are in diffusers' format
     tags = ["text-to-video", "t2v-turbo"] + (["consistency-distillation"] if meta.is_student else ["reward-fine-tuning"])
-    tags += ["lora", "peft"] if format == "lora" else []
+    tags += ["lora", "peft"] if peft_lora else []
     lines = [
         "---",
-        f"library_name: {'peft' if format == 'lora' else 'diffusers'}",
+        f"library_name: {'peft' if peft_lora else 'diffusers'}",
         f"base_model: {meta.teacher_path}",
         "tags:",
         *[f"- {t}" for t in tags],
@@ -440,17 +570,23 @@ def export_student(student_folder: str | Path, out: str | Path, format: str, gui
             raise FileNotFoundError(f"metrics file {path.resolve()} not found")
     student_folder = Path(student_folder)
     meta = read_student_meta(student_folder)
+    if guidance_scale is not None and format == "merged" and meta.family != "wan":
+        raise ValueError("--guidance-scale applies to --format lora and diffusers (merged keeps the guidance layer), "
+                         "and to every format of a Wan student")
     adapter = load_teacher_for(meta, student_folder)
     unet, meta = load_student(student_folder, adapter)
 
     def write(folder: Path) -> None:
-        if format == "lora":
+        if adapter.family == "wan":
+            export_wan(unet, meta, adapter, folder, format, guidance_scale)
+        elif format == "lora":
             export_lora(unet, meta, adapter, folder, guidance_scale)
         elif format == "merged":
             export_merged(unet, meta, folder)
         else:
             export_diffusers_pipeline(unet, meta, adapter, folder, guidance_scale)
-        card = model_card(format, meta, student_folder, None if format == "merged" else guidance_scale, metrics, folder_name=str(out))
+        folds = format != "merged" or adapter.family == "wan"
+        card = model_card(format, meta, student_folder, guidance_scale if folds else None, metrics, folder_name=str(out))
         (folder / MODEL_CARD_NAME).write_text(card, encoding="utf-8")
 
     return write_folder(out, write, overwrite=overwrite)

@@ -11,16 +11,24 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 logger = logging.getLogger(__name__)
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and setting it back: there is no read-only call)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, then ``os.replace`` it into place.
 
     The temporary name keeps ``path``'s suffix so writers that look at it still work; on any
-    error it is removed and ``path`` is left as it was.
+    error it is removed and ``path`` is left as it was. The published file gets the mode a plain
+    ``open()`` would give it (0o666 less the umask: 0o644 under the usual 022), not mkstemp's 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,12 +36,50 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
     return path
+
+
+class PickleRefusedError(RuntimeError):
+    """A ``torch.save`` file holds Python objects whose unpickling could run code, and no opt-in was given."""
+
+
+def torch_load(path: str | os.PathLike, allow_pickle: bool = False,
+               opt_in: str = "allow_pickle=True (CLI: --allow-pickle)") -> Any:
+    """``torch.load`` on CPU (memory-mapped when the file's format allows) that runs no code from the file.
+
+    The file is read with ``weights_only=True`` (tensors, numbers, strings, containers). A file that
+    needs more is refused with ``PickleRefusedError`` naming it and ``opt_in``; with
+    ``allow_pickle=True`` it is unpickled in full after a warning, which runs whatever code it
+    holds: only for files you trust.
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err) and "zip" not in str(err).lower():
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)  # legacy format: no memory map
+    except pickle.UnpicklingError as err:
+        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line),
+                      "the weights-only load failed")
+        if not allow_pickle:
+            raise PickleRefusedError(
+                f"{path}: refused: it holds Python objects beyond tensors and plain data ({detail}); unpickling "
+                f"them could run code. If you trust the file, set {opt_in}"
+            ) from err
+        logger.warning("%s: unpickling in full (%s given): this runs any code the file holds", path, opt_in)
+        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 class FolderInUseError(RuntimeError):

@@ -1,21 +1,22 @@
 """Prompts -> videos: the 4-step student (``T2VTurboPipeline``) and the teacher (``TeacherPipeline``).
 
-Both talk to the model only through a ``TeacherAdapter`` (text encoding, ``predict_eps``, VAE
-decode), so they work for every teacher family. Videos come back as (B, 3, T, H, W) in [-1, 1]
-(``output_type="pt"``) or as latents (``output_type="latent"``). With ``return_dict=True`` they
-come back as diffusers' video pipelines return them: an output whose ``.frames`` are, for
-``output_type`` "np", (B, T, H, W, 3) floats in [0, 1]; "pt", (B, T, 3, H, W) in [0, 1]; "pil",
-lists of PIL images; "latent", the latents.
+Both talk to the model only through a ``TeacherAdapter`` (text encoding, ``predict``, VAE
+decode), so they work for every teacher family; the scheduler follows the adapter's prediction
+type. Videos come back as (B, 3, T, H, W) in [-1, 1] (``output_type="pt"``) or as latents
+(``output_type="latent"``). With ``return_dict=True`` they come back as diffusers' video
+pipelines return them: an output whose ``.frames`` are, for ``output_type`` "np", (B, T, H, W, 3)
+floats in [0, 1]; "pt", (B, T, 3, H, W) in [0, 1]; "pil", lists of PIL images; "latent", the latents.
 
 A student loads the diffusers way, ``T2VTurboPipeline.from_pretrained(folder)``, with its LoRA
 merged into the weights (``fuse_lora=False`` keeps peft's unmerged layers) and the sampling defaults
 of its ``student.json`` (steps, guidance scale, geometry, fps); a guidance scale outside the range
 the student was trained on gives a warning.
 
-Random draws follow diffusers' ``TextToVideoSDPipeline``: the initial latents are
-``torch.randn((B, c, T, h, w), generator)``, and the scheduler sees frames as a batch
-(B·T, c, h, w), so a student exported with ``t2v_turbo.export`` and run by stock diffusers with
-the same generator reproduces our samples.
+Random draws follow diffusers' pipelines: the initial latents are ``torch.randn((B, c, T, h, w),
+generator)``; epsilon students step with frames as a batch (B·T, c, h, w), as
+``TextToVideoSDPipeline`` does, flow students on (B, c, T, h, w) with diffusers'
+``FlowMatchLCMScheduler``, as ``WanPipeline`` does. So a student exported with ``t2v_turbo.export``
+and run by stock diffusers with the same random draws reproduces our samples.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from t2v_turbo.diffusion.solver import guidance_scale_embedding
+from t2v_turbo.sampler.flow_consistency import flow_consistency_scheduler, set_flow_timesteps
 from t2v_turbo.sampler.scheduling_ddim_cfg import DDIMCFGScheduler, classifier_free_guidance
 from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
 
@@ -69,10 +71,14 @@ class _VideoPipelineBase:
         self.unet_calls = 0
         self.unet_evaluations = 0
 
-    def _predict_eps(self, latents, timesteps, text, timestep_cond, fps):
+    def _predict(self, latents, timestep, text, timestep_cond, fps):
+        """The network output (eps or velocity) for every row at the scheduler's ``timestep``: a grid
+        index for epsilon schedulers, the model timestep T sigma (float) for flow schedulers."""
         self.unet_calls += 1
         self.unet_evaluations += latents.shape[0]
-        return self.adapter.predict_eps(self.unet, latents, timesteps, text, timestep_cond=timestep_cond, fps=fps)
+        flow = self.adapter.prediction_type == "flow"
+        t = torch.full((latents.shape[0],), float(timestep) if flow else int(timestep), device=latents.device)
+        return self.adapter.predict(self.unet, latents, t, text, timestep_cond=timestep_cond, fps=fps)
 
     def _initial_latents(self, batch_size, num_frames, height, width, generator, latents, device, dtype):
         shape = self.adapter.latent_shape(batch_size, num_frames, height, width)
@@ -114,8 +120,16 @@ class T2VTurboPipeline(_VideoPipelineBase):
     4 steps, w = 7.5 and the teacher's geometry.
     """
 
-    def __init__(self, adapter, unet: nn.Module, scheduler: T2VTurboScheduler | None = None, meta=None):
-        super().__init__(adapter, unet, scheduler or T2VTurboScheduler.from_adapter(adapter), meta)
+    def __init__(self, adapter, unet: nn.Module, scheduler=None, spacing: str = "t2v_turbo",
+                 num_ddim_timesteps: int = 50, meta=None):
+        """``scheduler`` defaults to ``T2VTurboScheduler`` (epsilon students, spacing in its config) or
+        diffusers' ``FlowMatchLCMScheduler`` (flow students, ``spacing`` and ``num_ddim_timesteps`` here)."""
+        if scheduler is None:
+            flow = adapter.prediction_type == "flow"
+            scheduler = flow_consistency_scheduler(adapter) if flow else T2VTurboScheduler.from_adapter(adapter)
+        super().__init__(adapter, unet, scheduler, meta)
+        self.spacing = spacing
+        self.num_ddim_timesteps = num_ddim_timesteps
 
     @classmethod
     def from_pretrained(cls, student_folder: str | Path, device=None, dtype=None, spacing: str = "t2v_turbo",
@@ -160,14 +174,20 @@ class T2VTurboPipeline(_VideoPipelineBase):
         w = torch.full((batch,), float(guidance_scale), device=device)
         w_embedding = guidance_scale_embedding(w, self.unet.config.time_cond_proj_dim).to(dtype)
         z = self._initial_latents(batch, num_frames, height, width, generator, latents, device, dtype)
+        if self.adapter.prediction_type == "flow":
+            steps = None if timesteps is not None else num_inference_steps
+            set_flow_timesteps(self.scheduler, steps, self.spacing, self.num_ddim_timesteps, timesteps, device)
+            for t in self.scheduler.timesteps:
+                velocity = self._predict(z, t, text, w_embedding, fps)
+                z = self.scheduler.step(velocity.float(), t, z.float(), generator=generator).prev_sample.to(dtype)
+            return self._finish(z, output_type, frame_chunk_size, return_dict)
         z = z * self.scheduler.init_noise_sigma
         if timesteps is not None:
             self.scheduler.set_timesteps(timesteps=timesteps, device=device)
         else:
             self.scheduler.set_timesteps(num_inference_steps, device=device)
         for t in self.scheduler.timesteps:
-            t_batch = torch.full((batch,), int(t), dtype=torch.long, device=device)
-            eps = self._predict_eps(z, t_batch, text, w_embedding, fps)
+            eps = self._predict(z, t, text, w_embedding, fps)
             step = self.scheduler.step(frames_as_batch(eps), t, frames_as_batch(z), generator=generator)
             z = frames_from_batch(step.prev_sample, batch)
         return self._finish(z, output_type, frame_chunk_size, return_dict)
@@ -177,9 +197,13 @@ class TeacherPipeline(_VideoPipelineBase):
     """The teacher's DDIM (eta = 0) sampler with classifier-free guidance, standard scale s:
     eps = eps_u + s (eps_c - eps_u). Conditional and unconditional rows share one UNet call."""
 
-    def __init__(self, adapter, unet: nn.Module | None = None, scheduler: DDIMCFGScheduler | None = None, meta=None):
-        super().__init__(adapter, unet if unet is not None else adapter.unet, scheduler or DDIMCFGScheduler.from_adapter(adapter),
-                         meta)
+    def __init__(self, adapter, unet: nn.Module | None = None, scheduler=None, meta=None):
+        """``scheduler`` defaults to ``DDIMCFGScheduler`` (epsilon teachers) or the flow teacher's own
+        scheduler (Wan: ``UniPCMultistepScheduler`` with flow sigmas) built from its config."""
+        if scheduler is None:
+            scheduler = teacher_flow_scheduler(adapter) if adapter.prediction_type == "flow" else (
+                DDIMCFGScheduler.from_adapter(adapter))
+        super().__init__(adapter, unet if unet is not None else adapter.unet, scheduler, meta)
 
     @torch.no_grad()
     def __call__(
@@ -218,13 +242,24 @@ class TeacherPipeline(_VideoPipelineBase):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         for t in self.scheduler.timesteps:
             model_input = torch.cat([z, z]) if use_cfg else z
-            t_batch = torch.full((model_input.shape[0],), int(t), dtype=torch.long, device=device)
-            eps = self._predict_eps(model_input, t_batch, text, None, fps)
+            output = self._predict(model_input, t, text, None, fps)
             if use_cfg:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = classifier_free_guidance(eps_cond, eps_uncond, guidance_scale)
-            z = self.scheduler.step(eps, t, z).prev_sample
+                output_uncond, output_cond = output.chunk(2)
+                output = classifier_free_guidance(output_cond, output_uncond, guidance_scale)
+            z = self.scheduler.step(output.to(z.dtype), t, z).prev_sample
         return self._finish(z, output_type, frame_chunk_size, return_dict)
+
+
+def teacher_flow_scheduler(adapter):
+    """The flow teacher's own sampler from its scheduler config (``adapter.scheduler_config``, with
+    ``_class_name``), or ``FlowMatchEulerDiscreteScheduler`` on its shift when it has none."""
+    import diffusers
+
+    config = dict(getattr(adapter, "scheduler_config", None) or {})
+    if not config:
+        return diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=adapter.num_train_timesteps,
+                                                         shift=adapter.flow_shift)
+    return getattr(diffusers, config["_class_name"]).from_config(config)
 
 
 def load_student_pipeline(
@@ -236,22 +271,24 @@ def load_student_pipeline(
 ) -> T2VTurboPipeline | TeacherPipeline:
     """The model saved in ``student_folder`` on its teacher (loaded from the path in its ``student.json``):
     a student with a scheduler configured from its distillation grid and the sampling defaults of its
-    meta, or a fine-tuned full-step model (no guidance layer) with the teacher's DDIM + CFG sampler. A LoRA
-    model is merged into its weights (``fuse_lora``): one plain UNet call per step; ``fuse_lora=False``
-    keeps peft's layers (the trained form)."""
-    from t2v_turbo.adapters.base import move_module
-    from t2v_turbo.student import fuse_lora as fuse, has_lora, load_student, load_teacher_for, read_student_meta
+    meta, or a fine-tuned full-step model (no guidance layer) with the teacher's sampler (DDIM + CFG, or
+    the flow teacher's). A LoRA model is merged into its weights (``fuse_lora``): one plain network call
+    per step; ``fuse_lora=False`` keeps peft's layers (the trained form)."""
+    from t2v_turbo.student import fuse_lora as fuse
+    from t2v_turbo.student import has_lora, load_student, load_teacher_for, read_student_meta
 
     meta = read_student_meta(student_folder)
     adapter = load_teacher_for(meta, student_folder, torch_dtype=dtype)
     unet, meta = load_student(student_folder, adapter)
     if device is not None or dtype is not None:
         adapter.to(device=device, dtype=dtype)
-        move_module(unet, device=device, dtype=dtype)
+        adapter.cast_network(unet, device=device, dtype=dtype)
     if fuse_lora and has_lora(unet):
         fuse(unet)
     if not meta.is_student:
         return TeacherPipeline(adapter, unet, meta=meta)
+    if adapter.prediction_type == "flow":
+        return T2VTurboPipeline(adapter, unet, spacing=spacing, num_ddim_timesteps=meta.num_ddim_timesteps, meta=meta)
     scheduler = T2VTurboScheduler.from_adapter(
         adapter,
         num_ddim_timesteps=meta.num_ddim_timesteps,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import itertools
 import json
 import re
@@ -148,7 +147,7 @@ def inject_lora(unet: nn.Module, lora: LoraSettings, seed: int = 0) -> nn.Module
         target_modules="^(" + "|".join(re.escape(n) for n in names) + ")$",
         init_lora_weights=True,
     )
-    devices = [unet.device] if hasattr(unet, "device") and unet.device.type != "cpu" else []
+    devices = [unet.device] if hasattr(unet, "device") and unet.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         inject_adapter_in_model(config, unet, adapter_name=ADAPTER_NAME)
@@ -337,9 +336,18 @@ def resolve_teacher_path(meta: StudentMeta, student_folder: str | Path | None = 
 
 
 def load_teacher_for(meta: StudentMeta, student_folder: str | Path | None = None, **kwargs: Any):
-    """The teacher adapter named in a student's meta, loaded with ``from_pretrained``."""
-    module_name, _, class_name = meta.teacher_adapter.rpartition(".")
-    adapter_cls = getattr(importlib.import_module(module_name), class_name)
+    """The teacher adapter named in a student's meta, loaded with ``from_pretrained``.
+
+    ``teacher_adapter`` comes from a file that may be someone else's: it must name a
+    ``TeacherAdapter`` class in the trusted modules (``t2v_turbo.config.resolve_component``).
+    """
+    from t2v_turbo.adapters.base import TeacherAdapter
+    from t2v_turbo.config import resolve_component
+
+    where = f"{Path(student_folder) / META_NAME if student_folder is not None else META_NAME}: teacher_adapter"
+    adapter_cls = resolve_component(meta.teacher_adapter, where)
+    if not (isinstance(adapter_cls, type) and issubclass(adapter_cls, TeacherAdapter)):
+        raise ValueError(f"{where} {meta.teacher_adapter!r} is not a TeacherAdapter class")
     return adapter_cls.from_pretrained(resolve_teacher_path(meta, student_folder), **kwargs)
 
 

@@ -204,10 +204,13 @@ def tiny_wan_transformer_config(in_channels: int = 4, text_dim: int = 32) -> dic
     )
 
 
-def tiny_wan_vae_config(z_dim: int = 4) -> dict:
+def tiny_wan_vae_config(z_dim: int = 4, wan22: bool = False) -> dict:
     """Constructor kwargs of a tiny ``AutoencoderKLWan`` with Wan's compression (4x in time, 8x in
-    space: three spatial and two temporal downsamplings) and per-channel latents mean/std."""
+    space: three spatial and two temporal downsamplings) and per-channel latents mean/std.
+    ``wan22``: Wan2.2 TI2V's layout, residual blocks on 2x2-patchified pixels (16x in space)."""
+    wan22_kwargs = dict(is_residual=True, patch_size=2, in_channels=12, out_channels=12, scale_factor_spatial=16)
     return dict(
+        **(wan22_kwargs if wan22 else {}),
         base_dim=8,
         z_dim=z_dim,
         dim_mult=[1, 2, 2, 2],
@@ -232,7 +235,8 @@ def build_tiny_wan(
 
     ``vae="wan"`` with ``text_encoder="umt5"`` is a stock ``WanPipeline`` folder (``AutoencoderKLWan``,
     ``UMT5EncoderModel``, ``UniPCMultistepScheduler`` with flow sigmas and ``flow_shift``), loadable by
-    ``WanPipeline.from_pretrained``. ``vae="per_frame"`` (a 2D ``AutoencoderKL``, 8x spatial) and/or
+    ``WanPipeline.from_pretrained``; ``vae="wan22"`` is Wan2.2 TI2V-5B's layout (patchified residual VAE,
+    16x in space, ``expand_timesteps``). ``vae="per_frame"`` (a 2D ``AutoencoderKL``, 8x spatial) and/or
     ``text_encoder="clip"`` give the mini world's kind of custom flow teacher. Same seed, same weights.
     """
     from diffusers import AutoencoderKL, AutoencoderKLWan, UniPCMultistepScheduler, WanTransformer3DModel
@@ -240,16 +244,16 @@ def build_tiny_wan(
 
     from t2v_turbo.adapters.wan import save_flow_teacher
 
-    if vae not in ("wan", "per_frame") or text_encoder not in ("umt5", "clip"):
-        raise ValueError(f"`vae`={vae!r} must be 'wan' or 'per_frame', "
+    if vae not in ("wan", "wan22", "per_frame") or text_encoder not in ("umt5", "clip"):
+        raise ValueError(f"`vae`={vae!r} must be 'wan', 'wan22' or 'per_frame', "
                          f"`text_encoder`={text_encoder!r} 'umt5' or 'clip'")
     generator = torch.Generator().manual_seed(seed)
     tokenizer = build_word_tokenizer(vocabulary, model_max_length=max_text_length)
     torch.manual_seed(seed)
     latent_channels = 4
     transformer = WanTransformer3DModel(**tiny_wan_transformer_config(latent_channels, text_hidden_size))
-    if vae == "wan":
-        autoencoder = AutoencoderKLWan(**tiny_wan_vae_config(latent_channels))
+    if vae in ("wan", "wan22"):
+        autoencoder = AutoencoderKLWan(**tiny_wan_vae_config(latent_channels, wan22=vae == "wan22"))
     else:
         autoencoder = AutoencoderKL(
             in_channels=3, out_channels=3, latent_channels=latent_channels, norm_num_groups=8, layers_per_block=1,
@@ -276,4 +280,5 @@ def build_tiny_wan(
         num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=flow_shift,
         solver_order=2, beta_schedule="linear",
     )
-    return save_flow_teacher(folder, transformer, autoencoder, encoder, tokenizer, scheduler)
+    return save_flow_teacher(folder, transformer, autoencoder, encoder, tokenizer, scheduler,
+                             expand_timesteps=vae == "wan22")

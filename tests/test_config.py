@@ -1,5 +1,7 @@
 """Run configs: overrides, component resolution and validation, the schema of the trainer, the train CLI."""
 
+from pathlib import Path
+
 import pytest
 
 from distill.trainer import DEFAULTS, resolve_run_config, validate_run_config
@@ -15,7 +17,7 @@ from t2v_turbo.config import (
     validate_component,
 )
 
-TINY = "configs/tiny.yaml"
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
 
 def test_overrides_parse_values_and_reject_unknown_keys():
@@ -33,12 +35,13 @@ def test_yaml_reads_exponent_floats():
     assert parse_yaml("a: 1e-5\nb: 1.0e-5\nc: 10\nd: v1e5") == {"a": 1e-5, "b": 1e-5, "c": 10, "d": "v1e5"}
 
 
-def test_resolve_component_handles_classmethods_and_names_what_is_missing():
+def test_resolve_component_handles_classmethods_and_names_what_is_missing(monkeypatch):
     from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
 
     assert resolve_component("t2v_turbo.adapters.diffusers_t2v.DiffusersT2VAdapter.from_pretrained") == DiffusersT2VAdapter.from_pretrained
     with pytest.raises(ConfigError, match="'torch.optim' has no attribute 'AdamQ'"):
         resolve_component("torch.optim.AdamQ")
+    monkeypatch.setenv("T2V_TURBO_TRUST_CONFIG", "1")  # outside the allowlist only a trusted config gets this far
     with pytest.raises(ConfigError, match="cannot import module 'no_such_pkg'"):
         resolve_component("no_such_pkg.Thing")
 
@@ -69,11 +72,13 @@ def test_run_config_reports_every_unknown_key_at_once():
 def test_run_config_checks_values_and_reward_names():
     errors = validate_run_config(resolve_run_config(load_config(TINY)) | {
         "objective": {"_component_": "distill.objectives.T2VTurboObjective", "target": "teacher"},
-        "train": dict(DEFAULTS["train"], mixed_precision="fp8"),
+        "train": dict(DEFAULTS["train"], mixed_precision="fp8", device="gpu"),
+        "validation": dict(DEFAULTS["validation"], format="avi"),
         "rewards": [{"name": "hpsv3", "weight": 1.0}, {"name": "viclip", "weight": 1.0, "args": {"strid": 2}}],
     })
     text = "\n".join(errors)
     assert "objective.target='teacher'" in text and "train.mixed_precision='fp8'" in text
+    assert "train.device='gpu'" in text and "validation.format='avi'" in text
     assert "rewards[0].name: unknown reward 'hpsv3'" in text
     assert "rewards[1].args.strid: reward 'viclip' takes no argument 'strid'" in text
     missing = {k: v for k, v in load_yaml(TINY).items() if k != "data"}

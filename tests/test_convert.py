@@ -51,8 +51,10 @@ def test_convert_vc2_ckpt_to_folder(teacher):
     assert all(torch.equal(schedule[k], raw[k]) for k in schedule) and len(schedule) == 13
     direct = VC2Adapter.from_pretrained(teacher["ckpt"], config=str(teacher["config"]))
     z, t, text, _ = _inputs(direct)
-    with torch.no_grad():
-        assert torch.equal(direct.predict_eps(direct.unet, z, t, text), teacher["adapter"].predict_eps(teacher["adapter"].unet, z, t, text))
+    with torch.no_grad():  # two model instances of the same weights (above): outputs up to float reordering
+        converted = teacher["adapter"]
+        torch.testing.assert_close(direct.predict_eps(direct.unet, z, t, text),
+                                   converted.predict_eps(converted.unet, z, t, text), atol=1e-5, rtol=1e-5)
 
 
 def test_convert_lora_list_and_back_is_lossless(teacher, tmp_path):
@@ -140,16 +142,17 @@ def test_convert_full_unets(teacher, tmp_path, name, motion, guidance, variant):
     assert all(torch.equal(stored[k], state[k]) for k in state)
 
 
-def test_convert_refuses_a_foreign_unet(teacher, tmp_path):
+def test_convert_refuses_a_foreign_unet(teacher, tmp_path, capsys):
     state = _full_unet(teacher["adapter"], motion=False, guidance=True, seed=0)
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(RuntimeError, match="extra.weight"):
         main(["convert", "t2v-turbo-unet", "--teacher", str(teacher["folder"]), "--unet", str(tmp_path / "bad.pt"),
               "--out", str(tmp_path / "s")])
-    with pytest.raises(FileNotFoundError, match="T2V-Turbo-v2"):
-        main(["convert", "t2v-turbo-unet", "--teacher", str(teacher["folder"]), "--unet", str(tmp_path / "nope.pt"),
-              "--out", str(tmp_path / "s")])
+    # a missing file is a user error: one line naming where to get the released UNets, exit code 2
+    assert main(["convert", "t2v-turbo-unet", "--teacher", str(teacher["folder"]), "--unet", str(tmp_path / "nope.pt"),
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "T2V-Turbo-v2" in capsys.readouterr().err
 
 
 def test_lora_list_on_a_diffusers_modelscope_teacher(tmp_path):

@@ -47,14 +47,33 @@ def test_decode_clip_samples_target_fps(tmp_path):
     assert torch.allclose(means, torch.tensor([0.0, 20.0, 40.0, 60.0]), atol=3)
 
 
-def test_frames_to_pixels_resizes_short_side_and_centre_crops():
-    frames = torch.zeros(2, 20, 40, 3, dtype=torch.uint8)
-    frames[:, :, 6:34] = 255  # a white centre band, wider than the crop
-    pixels = frames_to_pixels(frames, height=10, width=10)
-    assert pixels.shape == (3, 2, 10, 10)
-    # short side 20 -> 10 (x0.5): width 40 -> 20, centre crop keeps columns 5..15 = the white band
-    assert torch.allclose(pixels, torch.ones_like(pixels), atol=1e-5)
-    assert pixels.min() >= -1 and pixels.max() <= 1
+@pytest.mark.parametrize("size,target", [((20, 40), (10, 10)), ((24, 32), (16, 16)), ((30, 20), (12, 18)),
+                                         ((9, 12), (18, 18))])
+def test_frames_to_pixels_resizes_short_side_and_centre_crops(size, target):
+    """Against PIL on random content: scale by max(h / H, w / W) (PIL's bilinear filter, antialiased when
+    shrinking, is the reference), then crop the centre; values / 127.5 - 1."""
+    from PIL import Image
+
+    (height, width), (h, w) = size, target
+    frames = np.random.default_rng(height).integers(0, 256, size=(2, height, width, 3), dtype=np.uint8)
+    pixels = frames_to_pixels(torch.from_numpy(frames), height=h, width=w)
+    assert pixels.shape == (3, 2, h, w) and pixels.dtype == torch.float32
+    scale = max(h / height, w / width)
+    new_h, new_w = max(h, round(height * scale)), max(w, round(width * scale))
+    top, left = (new_h - h) // 2, (new_w - w) // 2
+    expected = np.empty((3, 2, h, w), np.float32)
+    for t in range(2):
+        for c in range(3):
+            channel = Image.fromarray(frames[t, :, :, c].astype(np.float32) / 127.5 - 1.0, mode="F")
+            resized = np.asarray(channel.resize((new_w, new_h), Image.BILINEAR))
+            expected[c, t] = resized[top : top + h, left : left + w]
+    torch.testing.assert_close(pixels, torch.from_numpy(expected).clamp(-1, 1), atol=1e-5, rtol=0)
+
+
+def test_frames_to_pixels_without_resize_keeps_values():
+    frames = torch.arange(2 * 4 * 6 * 3, dtype=torch.uint8).reshape(2, 4, 6, 3)
+    pixels = frames_to_pixels(frames, height=4, width=4)  # same short side: only the centre crop, columns 1..4
+    torch.testing.assert_close(pixels, frames[:, :, 1:5].permute(3, 0, 1, 2).float() / 127.5 - 1.0, atol=0, rtol=0)
 
 
 def test_folder_dataset_skips_and_counts_bad_files(video_dir, caplog):
@@ -62,18 +81,18 @@ def test_folder_dataset_skips_and_counts_bad_files(video_dir, caplog):
     assert [name for name, _ in dataset.items] == ["corrupt.mp4", "good.mp4", "short.mp4"]
     with caplog.at_level(logging.WARNING, logger="distill.data"):
         samples = [dataset[i] for i in range(3)]
-    # item 2 (short) wraps around to item 0 (corrupt) before reaching the good one
-    assert dataset.skipped == 3
-    assert dataset.skip_reasons == {"cannot decode": 2, "too short": 1}
+    # every bad item is replaced by draws from its own stream until the good one comes up
+    assert all(s["caption"] == "a cat running" for s in samples)
+    assert [s["skipped"][:1] for s in samples] == [["corrupt.mp4"], [], ["short.mp4"]]
+    skipped = [name for s in samples for name in s["skipped"]]
+    assert dataset.skipped == len(skipped)
+    assert dataset.skip_reasons == {"cannot decode": skipped.count("corrupt.mp4"), "too short": skipped.count("short.mp4")}
     messages = [r.getMessage() for r in caplog.records]
     assert any("corrupt.mp4" in m and "cannot decode" in m for m in messages)
     assert any("short.mp4" in m and "too short: 2 frames" in m for m in messages)
-    # every bad item is replaced by the next good one (wrapping around)
-    assert all(s["caption"] == "a cat running" for s in samples)
-    assert samples[0]["skipped"] == ["corrupt.mp4"] and samples[2]["skipped"] == ["short.mp4", "corrupt.mp4"]
     assert samples[1]["pixels"].shape == (3, 8, 16, 16)
     batch = collate_samples(samples)
-    assert batch["pixels"].shape == (3, 3, 8, 16, 16) and batch["skipped"] == ["corrupt.mp4", "short.mp4", "corrupt.mp4"]
+    assert batch["pixels"].shape == (3, 3, 8, 16, 16) and batch["skipped"] == skipped
 
 
 def test_csv_dataset_paths_relative_to_csv(video_dir):
@@ -151,5 +170,6 @@ def test_skips_are_reported_from_dataloader_workers(video_dir):
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=1, collate_fn=collate_samples)
     batch = next(iter(loader))
     # the worker's own counter is lost with the worker; the names travel with the batch
-    assert batch["skipped"] == ["corrupt.mp4", "short.mp4", "corrupt.mp4"]
+    in_process = [name for position in range(3) for name in dataset[(position, position)]["skipped"]]
+    assert batch["skipped"] == in_process and in_process[:1] == ["corrupt.mp4"] and "short.mp4" in in_process
     assert batch["positions"] == [0, 1, 2] and batch["pixels"].shape == (3, 3, 8, 16, 16)

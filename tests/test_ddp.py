@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from t2v_turbo.testing import build_tiny_diffusers_t2v
 from t2v_turbo.video_io import write_mp4
@@ -25,16 +26,23 @@ SCRIPT = textwrap.dedent(
         params = sorted((n, p) for n, p in recipe.network.named_parameters() if p.requires_grad)
         return hashlib.sha256(b"".join(p.detach().cpu().numpy().tobytes() for _, p in params)).hexdigest()
     before = digest()
+    batches = []  # what this rank trained on: the recipe's own step, observed
+    train_step = recipe.train_step
+    def observed_step(batch, **kwargs):
+        batches.append({"positions": batch["positions"], "indices": batch["indices"], "captions": batch["captions"]})
+        return train_step(batch, **kwargs)
+    recipe.train_step = observed_step
     recipe.train()
     rank = recipe.accelerator.process_index
     record = {"before": before, "after": digest(), "world": recipe.accelerator.num_processes,
-              "type": str(recipe.accelerator.distributed_type)}
+              "type": str(recipe.accelerator.distributed_type), "batches": batches}
     (recipe.output_dir / f"rank{rank}.json").write_text(json.dumps(record))
     recipe.cleanup()
     """
 )
 
 
+@pytest.mark.slow  # > 10 s on 2 CPU cores
 def test_two_cpu_processes_train_identical_weights(tmp_path):
     teacher = build_tiny_diffusers_t2v(tmp_path / "teacher")
     videos = tmp_path / "videos"
@@ -60,7 +68,15 @@ def test_two_cpu_processes_train_identical_weights(tmp_path):
 
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     assert all(r["world"] == 2 and r["type"] == "DistributedType.MULTI_CPU" for r in ranks)
-    assert ranks[0]["after"] == ranks[1]["after"]  # the ranks saw different samples, gradients were averaged
+    # micro-batch m of rank r holds global position (m * 2 + r) * batch_size: the ranks shard the positions
+    assert [b["positions"] for b in ranks[0]["batches"]] == [[0], [2]]
+    assert [b["positions"] for b in ranks[1]["batches"]] == [[1], [3]]
+    # positions 0..3 are one epoch of the 4 videos: together the ranks saw each video once
+    indices = [i for r in ranks for b in r["batches"] for i in b["indices"]]
+    assert sorted(indices) == [0, 1, 2, 3]
+    captions = {c for r in ranks for b in r["batches"] for c in b["captions"]}
+    assert captions == {"a cat", "a dog", "a red car", "a bird"}
+    assert ranks[0]["after"] == ranks[1]["after"]  # different samples, averaged gradients: identical weights
     assert ranks[0]["after"] != ranks[0]["before"]
     checkpoint = out / "checkpoint-2"
     assert (checkpoint / "rng_state_0.pt").is_file() and (checkpoint / "rng_state_1.pt").is_file()

@@ -10,30 +10,31 @@ import pytest
 from distill.trainer import resolve_run_config
 from t2v_turbo.cli import main
 from t2v_turbo.config import ConfigError, load_config
-from t2v_turbo.schema import Range, schema_defaults, schema_errors
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
-@dataclasses.dataclass
-class Inner:
-    rate: Annotated[float, Range(gt=0, le=1)] = 0.5
-
-
-@dataclasses.dataclass
-class Outer:
-    name: str
-    steps: Annotated[int, Range(ge=1)] = 3
-    mode: Literal["a", "b"] = "a"
-    frames: Annotated[int, Range(ge=1)] | None = None
-    sizes: list[Annotated[int, Range(ge=0)]] = dataclasses.field(default_factory=list)
-    inner: Inner | None = dataclasses.field(default_factory=Inner)
-    flag: bool = False
-
-
 def test_schema_checks_types_ranges_choices_and_nesting():
-    assert schema_defaults(Outer) == {"steps": 3, "mode": "a", "frames": None, "sizes": [], "inner": {"rate": 0.5}, "flag": False}
-    assert schema_errors({"name": "x", "steps": 2, "frames": 4, "sizes": [0, 5], "inner": None, "flag": True}, Outer) == []
+    from t2v_turbo.schema import Range, schema_defaults, schema_errors
+
+    @dataclasses.dataclass
+    class Inner:
+        rate: Annotated[float, Range(gt=0, le=1)] = 0.5
+
+    @dataclasses.dataclass
+    class Outer:
+        name: str
+        steps: Annotated[int, Range(ge=1)] = 3
+        mode: Literal["a", "b"] = "a"
+        frames: Annotated[int, Range(ge=1)] | None = None
+        sizes: list[Annotated[int, Range(ge=0)]] = dataclasses.field(default_factory=list)
+        inner: Inner | None = dataclasses.field(default_factory=Inner)
+        flag: bool = False
+
+    assert schema_defaults(Outer) == {"steps": 3, "mode": "a", "frames": None, "sizes": [], "inner": {"rate": 0.5},
+                                      "flag": False}
+    valid = {"name": "x", "steps": 2, "frames": 4, "sizes": [0, 5], "inner": None, "flag": True}
+    assert schema_errors(valid, Outer) == []
     errors = schema_errors({"steps": 0, "mode": "c", "frames": 0, "sizes": [1, -1], "inner": {"rate": 2.0, "x": 1},
                             "flag": "yes", "extra": 1}, Outer, "sec")
     assert errors == [
@@ -67,7 +68,7 @@ ISSUE_VALUES = {  # the values of the hardening issue, each with what its messag
     "optimizer.lr=abc": "optimizer.lr='abc' must be a finite number > 0",
     "dataloader.batch_size=0": "dataloader.batch_size=0 must be an integer >= 1",
     "seed=abc": "seed='abc' must be an integer >= 0",
-    "objective.ema_decay=1.5": "objective.ema_decay=1.5 must be a finite number >= 0 and < 1",
+    "objective.ema_decay=1.5": "objective.ema_decay=1.5 must be a finite number >= 0 and <= 1",
 }
 
 
@@ -82,7 +83,8 @@ def test_every_bad_value_of_the_issue_is_named_at_once():
                                ("train.max_steps=-5", "train.max_steps=-5 must be an integer >= 1"),
                                ("dataloader.batch_size=-2", "dataloader.batch_size=-2 must be"),
                                ("dataloader.batch_size=two", "dataloader.batch_size='two' must be an integer >= 1"),
-                               ("optimizer.betas=[0.9, 1.5]", "optimizer.betas[1]=1.5 must be a finite number >= 0 and < 1"),
+                               ("optimizer.betas=[0.9, 1.5]",
+                                "optimizer.betas[1]=1.5 must be a finite number >= 0 and < 1"),
                                ("objective.w_min=20", "objective.w_min=20 must not exceed objective.w_max=15.0")]:
         with pytest.raises(ConfigError, match=re.escape(expected)):
             resolve_run_config(load_config(TINY, [override]))

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,10 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
 from distill.trainer import CHECKPOINT_PREFIX, TrainingRecipe, list_checkpoints
 from t2v_turbo.config import load_config
-from t2v_turbo.fileio import FolderInUseError, FolderLock
 from t2v_turbo.testing import build_tiny_diffusers_t2v, write_caption_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +22,8 @@ CAPTIONS = ["a cat running", "a red car on the street", "a bird flying in the sk
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("assets")
-    return {"teacher": build_tiny_diffusers_t2v(root / "teacher"), "videos": write_caption_folder(root / "videos", CAPTIONS)}
+    return {"teacher": build_tiny_diffusers_t2v(root / "teacher"),
+            "videos": write_caption_folder(root / "videos", CAPTIONS)}
 
 
 def tiny_config(assets, output_dir, *overrides):
@@ -31,22 +31,45 @@ def tiny_config(assets, output_dir, *overrides):
                               f"output_dir={output_dir}", "logging.tensorboard=false", *overrides])
 
 
+def run(cfg, resume=None):
+    recipe = TrainingRecipe(cfg)
+    try:
+        recipe.setup(resume=resume)
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    return recipe
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(assets, tmp_path_factory):
+    """An output_dir holding checkpoint-1 and checkpoint-2 of a 2-step run (copy it before changing it)."""
+    out = tmp_path_factory.mktemp("two_checkpoints")
+    run(tiny_config(assets, out, "train.max_steps=2", "train.checkpoint_every=1", "train.keep_checkpoints=2"))
+    return out
+
+
 def trained_state(checkpoint: Path) -> dict:
     return torch.load(checkpoint / "training_state.pt", map_location="cpu", weights_only=True)
 
 
 def test_nonfinite_reason_names_the_first_bad_value():
+    from distill.nonfinite import nonfinite_reason, nonfinite_tensors
+
     finite = torch.nn.Linear(2, 2)
     finite.weight.grad, finite.bias.grad = torch.ones(2, 2), torch.zeros(2)
     assert nonfinite_reason([torch.tensor(1.5), torch.tensor(0.0)], finite.named_parameters()) is None
     assert nonfinite_reason([torch.tensor(1.0), torch.tensor(float("nan"))]) == "loss=nan (micro-batch 2 of 2)"
     assert nonfinite_reason([torch.tensor(float("inf"))]) == "loss=inf"
     finite.bias.grad = torch.tensor([0.0, float("-inf")])
-    assert nonfinite_reason([torch.tensor(1.0)], finite.named_parameters()) == "non-finite gradient in 1 tensor(s), first bias"
+    reason = nonfinite_reason([torch.tensor(1.0)], finite.named_parameters())
+    assert reason == "non-finite gradient in 1 tensor(s), first bias"
     assert nonfinite_tensors([("a", torch.zeros(3)), ("b", None), ("c", torch.tensor([1.0, float("nan")]))]) == ["c"]
 
 
 def test_skipped_steps_stop_after_the_configured_run_of_skips():
+    from distill.nonfinite import NonFiniteError, SkippedSteps
+
     counter = SkippedSteps(max_consecutive=3)
     counter.record(1, "loss=nan")
     counter.record(2, "loss=nan")
@@ -54,7 +77,7 @@ def test_skipped_steps_stop_after_the_configured_run_of_skips():
     counter.record(4, "loss=inf")
     counter.record(5, "loss=inf")
     assert (counter.total, counter.consecutive) == (4, 2)
-    with pytest.raises(NonFiniteError, match=r"step 6: 3 optimizer steps in a row .*last: loss=nan.*max_consecutive_skips=3"):
+    with pytest.raises(NonFiniteError, match=r"step 6: 3 optimizer steps in a row .*last: loss=nan.*skips=3"):
         counter.record(6, "loss=nan")
 
 
@@ -105,6 +128,8 @@ def test_diverging_run_stops_and_writes_only_finite_weights(assets, tmp_path, ca
 
 
 def test_nonfinite_weights_are_never_written_and_rotation_keeps_the_last_finite_checkpoint(assets, tmp_path):
+    from distill.nonfinite import NonFiniteError
+
     recipe = TrainingRecipe(tiny_config(assets, tmp_path, "train.max_steps=1", "train.keep_checkpoints=1"))
     recipe.setup()
     try:
@@ -114,7 +139,8 @@ def test_nonfinite_weights_are_never_written_and_rotation_keeps_the_last_finite_
         with torch.no_grad():
             dict(recipe.network.named_parameters())[name].view(-1)[0] = float("inf")
         recipe.global_step = 2
-        with pytest.raises(NonFiniteError, match=rf"step 2: 1 trained weight tensor\(s\) hold NaN or Inf \(first {name}\); "
+        with pytest.raises(NonFiniteError, match=rf"step 2: 1 trained weight tensor\(s\) hold NaN or Inf "
+                                                 rf"\(first {name}\); "
                                                  rf"{CHECKPOINT_PREFIX}2 is not written.*{finite}"):
             recipe.save_checkpoint(2)
         with pytest.raises(NonFiniteError, match="the final model .* is not written"):
@@ -127,8 +153,8 @@ def test_nonfinite_weights_are_never_written_and_rotation_keeps_the_last_finite_
 
 def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that takes the folder's lock and keeps it until its stdin closes."""
-    script = ("import sys; from t2v_turbo.fileio import FolderLock; lock = FolderLock(sys.argv[1], 'other run').acquire(); "
-              "print('locked', flush=True); sys.stdin.read()")
+    script = ("import sys; from t2v_turbo.fileio import FolderLock; "
+              "lock = FolderLock(sys.argv[1], 'other run').acquire(); print('locked', flush=True); sys.stdin.read()")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.Popen([sys.executable, "-c", script, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             env=env, text=True)
@@ -138,6 +164,7 @@ def hold_lock(folder: Path) -> subprocess.Popen:
 
 def test_a_second_run_into_the_same_output_dir_fails_naming_the_holder(assets, tmp_path, capsys):
     from t2v_turbo.cli import main
+    from t2v_turbo.fileio import FolderLock
 
     holder = hold_lock(tmp_path)
     try:
@@ -148,10 +175,12 @@ def test_a_second_run_into_the_same_output_dir_fails_naming_the_holder(assets, t
         holder.wait()
     assert code == 1
     assert f"is in use by another other run: PID {holder.pid} on " in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == [FolderLock.LOCK_NAME, FolderLock.OWNER_NAME]  # nothing of ours
+    assert sorted(p.name for p in tmp_path.iterdir()) == [FolderLock.LOCK_NAME, FolderLock.OWNER_NAME]  # none of ours
 
 
 def test_a_stale_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, caplog):
+    from t2v_turbo.fileio import FolderInUseError, FolderLock
+
     holder = hold_lock(tmp_path)
     holder.kill()  # SIGKILL: no chance to release
     holder.wait()
@@ -165,3 +194,68 @@ def test_a_stale_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, cap
     assert not lock.owner_path.exists()
     with FolderLock(tmp_path):  # released: free again, and no stale warning
         pass
+
+
+def test_resume_latest_falls_back_past_a_truncated_checkpoint(assets, two_checkpoints, tmp_path, caplog):
+    out = tmp_path / "run"
+    shutil.copytree(two_checkpoints, out)
+    bad = out / f"{CHECKPOINT_PREFIX}2" / "training_state.pt"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    recipe = TrainingRecipe(tiny_config(assets, out, "train.max_steps=2", "train.checkpoint_every=1"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="distill.checkpoints"):
+            recipe.setup(resume="latest")
+        assert (recipe.global_step, recipe.micro_step) == (1, 1)
+    finally:
+        recipe.cleanup()
+    assert f"skipping {CHECKPOINT_PREFIX}2: {bad}: unreadable" in caplog.text
+    assert f"resuming from {out / (CHECKPOINT_PREFIX + '1')}, the newest readable checkpoint" in caplog.text
+
+
+def test_resume_from_a_corrupt_checkpoint_names_the_file_before_loading(assets, two_checkpoints, tmp_path, capsys):
+    from t2v_turbo.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(two_checkpoints, out)
+    empty = out / f"{CHECKPOINT_PREFIX}1" / "rng_state_0.pt"
+    empty.write_bytes(b"")
+    truncated = out / f"{CHECKPOINT_PREFIX}2" / "training_state.pt"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    # the teacher folder does not exist: the checkpoint is read (and refused) before anything loads
+    args = ["train", str(TINY), f"teacher.path={tmp_path / 'no_teacher'}", f"data.folder={assets['videos']}",
+            f"output_dir={out}", "logging.tensorboard=false"]
+    assert main(args + ["--resume", str(out / f"{CHECKPOINT_PREFIX}1")]) == 2
+    assert f"{empty}: unreadable (0 bytes)" in capsys.readouterr().err
+    assert main(args + ["--resume", "latest"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint in" in err and f"{truncated}: unreadable (100 bytes)" in err and f"{empty}: unreadable" in err
+
+
+def files_of(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_exits_nonzero(assets, two_checkpoints, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(two_checkpoints, out)
+    shutil.rmtree(out / f"{CHECKPOINT_PREFIX}2")
+    before = files_of(out / f"{CHECKPOINT_PREFIX}1")
+    # a file-size limit makes the writes of the next checkpoint fail as on a full disk (EFBIG instead of ENOSPC)
+    limit = (out / f"{CHECKPOINT_PREFIX}1" / "student" / "student.safetensors").stat().st_size // 2
+    assert (out / "config.yaml").stat().st_size < limit
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
+              "from t2v_turbo.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(
+        [sys.executable, "-c", script, "train", str(TINY), f"teacher.path={assets['teacher']}",
+         f"data.folder={assets['videos']}", f"output_dir={out}", "logging.tensorboard=false", "train.max_steps=2",
+         "train.checkpoint_every=1", "--resume", "latest"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr[-3000:]
+    final = out / f"{CHECKPOINT_PREFIX}2"
+    assert f"error: {TINY}: writing {final} failed: " in done.stderr
+    assert "bytes are free on that disk" in done.stderr and "It needs about " in done.stderr
+    assert f"The previous checkpoint {out / (CHECKPOINT_PREFIX + '1')} is kept" in done.stderr
+    assert list_checkpoints(out) == [out / f"{CHECKPOINT_PREFIX}1"]
+    assert not (out / f"{CHECKPOINT_PREFIX}2.tmp").exists() and not final.exists()
+    assert files_of(out / f"{CHECKPOINT_PREFIX}1") == before

@@ -130,7 +130,9 @@ def test_frame_selection_modes_and_weights():
     assert FrameSelection("random", num_frames=5).indices(3, seeded(0)) == [0, 1, 2]
     sel = FrameSelection("segmental", segments=4, tar_lambda=1.0)
     idx = sel.indices(16, seeded(0))
-    torch.testing.assert_close(sel.weights(idx, 16), temporal_attenuation_weights(idx, 16, 1.0))
+    # TAR: exp(-lambda |f - F / 2|) with F = 16 frames, lambda = 1
+    torch.testing.assert_close(sel.weights(idx, 16), torch.tensor([math.exp(-abs(f - 8)) for f in idx]))
     assert FrameSelection().weights([0, 1], 16) is None
+    assert len(FrameSelection().indices(16, seeded(0))) == 5  # the public code's m = 5 random frames
     with pytest.raises(ValueError, match="`mode`"):
         FrameSelection("sometimes")

@@ -1,6 +1,8 @@
 """Frame-level image-text rewards against independently computed references, loading tiny models
 saved in the real checkpoints' formats."""
 
+import math
+
 import numpy as np
 import open_clip
 import pytest
@@ -9,7 +11,6 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from rewards import build_reward
-from rewards.frames import temporal_attenuation_weights
 from rewards.image_text import HPS_SOURCE, build_open_clip_model
 from rewards.preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from rewards.testing import (
@@ -159,7 +160,8 @@ def test_temporal_attenuation_weights_the_frame_mean(hps_checkpoint):
     prompts = ["a", "b"]
     idx = tar.frame_indices(16, torch.Generator().manual_seed(0))
     per_frame = plain.score_frames((clip[:, :, idx].transpose(1, 2) / 2 + 0.5).clamp(0, 1), prompts)
-    expected = (per_frame * temporal_attenuation_weights(idx, 16, 0.5)).mean(1)
+    weights = torch.tensor([math.exp(-0.5 * abs(f - 16 / 2)) for f in idx])  # exp(-lambda |f - F / 2|)
+    expected = (per_frame * weights).mean(1)
     torch.testing.assert_close(tar(clip, prompts, torch.Generator().manual_seed(0)), expected)
     assert not torch.allclose(plain(clip, prompts, torch.Generator().manual_seed(0)), expected)
 

@@ -113,3 +113,23 @@ def test_shipped_student_samples_through_the_cli_from_any_directory(tmp_path, mo
     assert main(["sample", "--checkpoint", str(assets.STUDENT), "--prompt", PROMPTS[0], "--num-frames", "8",
                  "--steps", "4", "--guidance", "4.0", "--out", str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+def test_sample_folder_of_the_shipped_student_is_what_minibench_reads(tmp_path):
+    """`sample --out DIR` with the student's own defaults (8 frames, 32x32, w = 4, lossless): MiniBench
+    reads every file, and its scores equal those of the pipeline's videos in memory."""
+    from miniworld import minibench
+    from t2v_turbo.cli import main
+    from t2v_turbo.pipeline import T2VTurboPipeline
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "videos"
+    assert main(["sample", "--checkpoint", str(assets.STUDENT), "--prompts-file", str(prompts), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p}-0.mp4" for p in PROMPTS)
+    from_files = minibench.evaluate_folder(out)
+    assert not from_files["unreadable"] and from_files["overall"]["count"] == 2
+    videos = T2VTurboPipeline.from_pretrained(assets.STUDENT)(PROMPTS, generator=torch.Generator().manual_seed(0))
+    assert videos.shape == (2, 3, 8, 32, 32)
+    in_memory = minibench.evaluate(videos, PROMPTS)
+    assert from_files["overall"] == in_memory["overall"]  # lossless files: the same pixels, the same scores

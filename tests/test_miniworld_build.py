@@ -51,6 +51,7 @@ PHASES = (
 STEPS = {"vae": 2, "vae_decoder": 2, "image_reward": 2, "video_reward": 2}
 
 
+@pytest.mark.slow  # > 10 s on 2 CPU cores
 def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     from miniworld import train_rewards
     from miniworld.assets import load_teacher

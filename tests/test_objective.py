@@ -2,12 +2,14 @@
 frame selection, the public-code weighting and the EMA target."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
 from torch import nn
 
 from distill.ema import EMATarget
+from distill.losses import consistency_distance, pseudo_huber_loss
 from distill.model import TrainedModel
 from distill.objectives import RewardTerm, RunContext, T2VTurboObjective
 from distill.objectives.t2v_turbo import ConsistencySettings, video_only_mask
@@ -75,18 +77,62 @@ def batch(adapter, size=2):
     return latents, text, uncond, prompts
 
 
-def test_cd_loss_follows_algorithm_1(adapter, student):
-    """Recompute L_CD from the formulas of the spec with the objective's own draws."""
+def positions_drawing(objective, latent_shape, seed, wanted):
+    """For each wanted DDIM index, the first global position whose draw picks it (a draw is a pure
+    function of (seed, position), so this chooses which region of the schedule a sample lands in)."""
+    found = {}
+    for p in range(10_000):
+        n = int(objective.draw([p], latent_shape, seed)[0][0])
+        found.setdefault(n, p)
+        if all(i in found for i in wanted):
+            return [found[i] for i in wanted]
+    raise AssertionError(f"no position draws {wanted}")
+
+
+def test_draws_cover_every_ddim_index_and_the_w_interval(adapter, student):
+    """n ~ U{0..N-1} (the last index too), w ~ U[w_min, w_max], eps ~ N(0, I), from (seed, position) alone."""
+    objective = bound(adapter, student, num_ddim_timesteps=50, w_min=2.0, w_max=6.0)
+    positions = list(range(3000))
+    index, w, eps = objective.draw(positions, (1, 1, 2, 2), seed=7)
+    # every one of the 50 indices is drawn, each about 3000 / 50 = 60 times (5 sigma band of a binomial)
+    counts = torch.bincount(index, minlength=50)
+    assert counts.shape == (50,) and int(counts.min()) > 0, counts
+    assert int((counts - 60).abs().max()) < 5 * (3000 * 0.02 * 0.98) ** 0.5
+    assert objective.grid[index].max() == 999 and objective.grid[index].min() == 19
+    # w is uniform on [2, 6]: bounds, both ends reached, mean 4 and variance (6 - 2)^2 / 12
+    assert 2.0 <= float(w.min()) < 2.01 and 5.99 < float(w.max()) <= 6.0
+    assert abs(float(w.mean()) - 4.0) < 5 * (16 / 12 / 3000) ** 0.5
+    assert abs(float(w.var()) - 16 / 12) < 0.1
+    assert abs(float(eps.mean())) < 0.05 and abs(float(eps.std()) - 1.0) < 0.05
+    # a pure function of (seed, position): a sample's draw does not depend on its batch
+    sub_index, sub_w, sub_eps = objective.draw([11, 2999], (1, 1, 2, 2), seed=7)
+    assert sub_index.tolist() == [int(index[11]), int(index[2999])] and torch.equal(sub_w, w[[11, 2999]])
+    assert torch.equal(sub_eps, eps[[11, 2999]])
+    assert not torch.equal(objective.draw([11], (1, 1, 2, 2), seed=8)[2][0], eps[11])
+
+
+def test_cd_loss_and_gradient_follow_algorithm_1(adapter, student):
+    """L_CD and its gradient recomputed from the formulas of the spec, with one sample at the boundary
+    (n = 0: t_n = 0, where c_skip = 1 and the target is the DDIM-solved latent itself) and one at n = N - 1."""
     settings = ConsistencySettings()
     objective = bound(adapter, student, **dataclasses.asdict(settings))
     latents, text, uncond, prompts = batch(adapter)
-    positions = [3, 11]
-    out = objective.loss(student, latents, text, uncond, prompts, positions, seed=5)
+    positions = positions_drawing(objective, latents.shape[1:], 5, [0, 49])
+    grad_modes = []
+    hook = student.register_forward_pre_hook(lambda m, args: grad_modes.append(torch.is_grad_enabled()))
+    try:
+        out = objective.loss(student, latents, text, uncond, prompts, positions, seed=5)
+    finally:
+        hook.remove()
+    # the target runs without gradient, the student's prediction with it (one forward each)
+    assert grad_modes == [False, True]
+    params = [p for p in student.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(out.loss, params)
 
     index, w, eps = objective.draw(positions, latents.shape[1:], seed=5)
-    assert torch.equal(objective.draw(positions, latents.shape[1:], seed=5)[2], eps)  # a pure function of (seed, p)
-    t_nk = (index + 1) * 20 - 1
+    t_nk = (index + 1) * 20 - 1  # k = 1000 // 50
     t_n = (t_nk - 20).clamp(min=0)
+    assert t_nk.tolist() == [19, 999] and t_n.tolist() == [0, 979]
     abar = adapter.alphas_cumprod
     shape = (-1, 1, 1, 1, 1)
     a_nk, a_n = abar[t_nk].view(shape), abar[t_n].view(shape)
@@ -110,11 +156,19 @@ def test_cd_loss_follows_algorithm_1(adapter, student):
         x0_hat = (z - (1 - a_nk).sqrt() * eps_hat) / a_nk.sqrt()
         z_n = a_n.sqrt() * x0_hat + (1 - a_n).sqrt() * eps_hat
         target = f(student, z_n, t_n)
-        pred = f(student, z, t_nk)
-        expected = (torch.sqrt((pred - target) ** 2 + 1e-6) - 1e-3).mean()
+    # at t_n = 0 the consistency function is the identity: the target is z_hat_{t_n} exactly
+    torch.testing.assert_close(target[0], z_n[0], atol=0, rtol=0)
+    pred = f(student, z, t_nk)
+    expected = (torch.sqrt((pred - target) ** 2 + 1e-6) - 1e-3).mean()
     assert out.cd_loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert set(out.terms) == {"cd"} and out.rewards == {} and out.decoded == []
+    # the gradient is d L_CD / d theta through the prediction only (the target is a constant)
+    expected_grads = torch.autograd.grad(expected, params)
+    # (float rounding of pred - target is amplified by the pseudo-Huber curvature 1/c near 0: compare norms)
+    for got, want in zip(grads, expected_grads):
+        assert want.norm() > 0
+        assert (got - want).norm() <= 1e-3 * want.norm(), float((got - want).norm() / want.norm())
 
 
 def test_mixed_objective_is_the_sum_of_its_terms_and_decodes_only_selected_frames(adapter, student):
@@ -223,6 +277,25 @@ def test_ema_update_and_target(adapter, student):
     ema0 = EMATarget(student, decay=0.0)
     assert objective.loss(student, latents, text, uncond, prompts, [0, 1], ema=ema0).cd_loss.item() == pytest.approx(
         online.cd_loss.item(), rel=1e-6)
+
+
+def test_ema_decay_must_lie_in_0_1(student):
+    for decay in (0.0, 1.0):
+        assert EMATarget(student, decay).decay == decay
+    for decay in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f"`ema_decay`={decay} must lie in \\[0, 1\\]"):
+            EMATarget(student, decay)
+
+
+def test_distances_default_to_the_spec_constants():
+    """Pseudo-Huber sqrt((x - y)^2 + c^2) - c with c = 0.001 by default, L2 (x - y)^2, both averaged."""
+    pred, target = torch.tensor([0.0, 0.5, -2.0]), torch.tensor([0.1, 0.5, 1.0])
+    huber = sum(math.sqrt(d * d + 1e-6) - 1e-3 for d in (-0.1, 0.0, -3.0)) / 3
+    assert pseudo_huber_loss(pred, target).item() == pytest.approx(huber, rel=1e-6)
+    assert consistency_distance(pred, target).item() == pytest.approx(huber, rel=1e-6)
+    assert consistency_distance(pred, target, "l2").item() == pytest.approx((0.01 + 0 + 9) / 3, rel=1e-6)
+    with pytest.raises(ValueError, match="`loss_type`='l1' is not one of 'huber', 'l2'"):
+        consistency_distance(pred, target, "l1")
 
 
 def test_settings_errors_name_the_key():

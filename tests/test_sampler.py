@@ -132,3 +132,60 @@ def test_ddim_cfg_loop_equals_diffusers_ddim():
         z_ours = ours.step(fake_eps(z_ours, int(t)), t, z_ours).prev_sample
         z_ref = reference.step(fake_eps(z_ref, int(t)), t, z_ref, eta=0.0).prev_sample
     torch.testing.assert_close(z_ours, z_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_t2v_turbo_scheduler_is_lcm_scheduler_step_on_the_trainers_schedule():
+    """The step is LCMScheduler's; what differs is the schedule: LCMScheduler's float32 cumulative
+    product is off the trainer's float64-computed alpha_bar in 986 of 1000 entries (up to 4.8e-7)."""
+    from diffusers import LCMScheduler
+
+    from t2v_turbo.diffusion.schedule import scaled_linear_alphas_cumprod
+
+    trainer = scaled_linear_alphas_cumprod()
+    ours, reference = T2VTurboScheduler(spacing="lcm"), lcm_scheduler()
+    assert isinstance(ours, LCMScheduler) and torch.equal(ours.alphas_cumprod, trainer)
+    difference = (reference.alphas_cumprod - trainer).abs()
+    assert int((difference > 0).sum()) > 900 and 1e-7 < float(difference.max()) < 1e-6
+    # LCMScheduler on the trainer's table steps exactly as ours
+    reference.alphas_cumprod = trainer.clone()
+    ours.set_timesteps(4)
+    reference.set_timesteps(4)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    z_ours, z_ref = z, z
+    g_ours, g_ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    for t in ours.timesteps:
+        out = ours.step(fake_eps(z_ours, int(t)), t, z_ours, generator=g_ours)
+        ref = reference.step(fake_eps(z_ref, int(t)), t, z_ref, generator=g_ref)
+        assert torch.equal(out.prev_sample, ref.prev_sample) and torch.equal(out.denoised, ref.denoised)
+        z_ours, z_ref = out.prev_sample, ref.prev_sample
+
+
+def test_sigma_data_is_configurable_where_lcm_scheduler_hard_codes_it():
+    ours, reference = T2VTurboScheduler(sigma_data=0.25), lcm_scheduler()
+    c_skip, c_out = ours.get_scalings_for_boundary_condition_discrete(torch.tensor(20))
+    # c_skip = s^2 / ((10 t)^2 + s^2) with s = 0.25 and t = 20
+    assert abs(float(c_skip) - 0.0625 / (200.0**2 + 0.0625)) < 1e-12
+    assert abs(float(c_out) - 200.0 / (200.0**2 + 0.0625) ** 0.5) < 1e-7
+    lcm_skip, _ = reference.get_scalings_for_boundary_condition_discrete(torch.tensor(20))
+    assert abs(float(lcm_skip) - 0.25 / (200.0**2 + 0.25)) < 1e-12  # 0.5 whatever is configured
+
+
+def test_ddim_cfg_scheduler_is_ddim_scheduler_on_the_trainers_schedule():
+    from diffusers import DDIMScheduler
+
+    from t2v_turbo.diffusion.schedule import scaled_linear_alphas_cumprod
+
+    ours = DDIMCFGScheduler(steps_offset=1)
+    reference = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              set_alpha_to_one=False, steps_offset=1, clip_sample=False)
+    assert isinstance(ours, DDIMScheduler) and torch.equal(ours.alphas_cumprod, scaled_linear_alphas_cumprod())
+    assert not torch.equal(reference.alphas_cumprod, ours.alphas_cumprod)
+    reference.alphas_cumprod = ours.alphas_cumprod.clone()
+    reference.final_alpha_cumprod = ours.final_alpha_cumprod
+    ours.set_timesteps(10)
+    reference.set_timesteps(10)
+    z_ours = z_ref = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t in ours.timesteps:
+        z_ours = ours.step(fake_eps(z_ours, int(t)), t, z_ours).prev_sample
+        z_ref = reference.step(fake_eps(z_ref, int(t)), t, z_ref).prev_sample
+        assert torch.equal(z_ours, z_ref)

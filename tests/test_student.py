@@ -101,7 +101,10 @@ def test_save_load_round_trip(adapter, inputs, lora, tmp_path):
     loaded, loaded_meta = load_student(tmp_path, adapter)
     assert loaded_meta.lora == (lora.to_dict() if lora else None)
     unet.eval()
-    torch.testing.assert_close(eps(adapter, loaded, inputs), eps(adapter, unet, inputs), atol=0, rtol=0)
+    saved, reloaded = unet.state_dict(), loaded.state_dict()
+    assert saved.keys() == reloaded.keys() and all(torch.equal(saved[k], reloaded[k]) for k in saved)
+    # two model instances: equal weights (bit for bit, above), outputs up to float reordering
+    torch.testing.assert_close(eps(adapter, loaded, inputs), eps(adapter, unet, inputs), atol=1e-5, rtol=1e-5)
     assert not list(tmp_path.glob("*.tmp*"))
 
 

@@ -1,6 +1,7 @@
 """The distillation recipe end to end on a tiny diffusers teacher and real mp4 files (CPU)."""
 
-import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,6 +9,7 @@ from distill.trainer import CHECKPOINT_PREFIX, TrainingRecipe, enable_gradient_c
 from t2v_turbo.config import load_config
 from t2v_turbo.testing import build_tiny_diffusers_t2v, write_caption_folder
 
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 CAPTIONS = ["a cat running", "a red car on the street", "a bird flying in the sky", "a dog on the beach"]
 
 
@@ -21,7 +23,7 @@ def assets(tmp_path_factory):
 
 def tiny_config(assets, output_dir, *overrides):
     return load_config(
-        "configs/tiny.yaml",
+        TINY_CONFIG,
         [f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}", f"output_dir={output_dir}",
          "logging.tensorboard=false", *overrides],
     )
@@ -63,26 +65,50 @@ def test_a_step_changes_exactly_the_lora_and_guidance_parameters(assets, tmp_pat
     assert (tmp_path / "student" / "student.safetensors").is_file()
 
 
-def test_cd_loss_falls_on_a_fixed_batch(assets, tmp_path):
-    recipe = TrainingRecipe(tiny_config(assets, tmp_path, "optimizer.lr=3e-3", "train.max_steps=1"))
+def test_a_step_descends_the_cd_loss_as_its_gradient_predicts(assets, tmp_path):
+    """With the target frozen (EMA decay 1: theta^- = theta_0) the CD loss on a fixed batch is a function of
+    the student alone, so one SGD step of size lr must lower it by lr * |g|^2 to first order, and a few
+    small steps must lower it every time. Deterministic: fixed batch, per-position draws, seeded dropout."""
+    recipe = TrainingRecipe(tiny_config(assets, tmp_path, "objective.target=ema", "objective.ema_decay=1.0",
+                                        "optimizer._component_=torch.optim.SGD", "~optimizer.betas",
+                                        "optimizer.lr=1.0", "train.max_steps=1"))
     recipe.setup()
+    params = [p for p in recipe.network.parameters() if p.requires_grad]
+
+    def loss(backward=False):
+        torch.manual_seed(0)  # the same dropout masks (UNet3D's temporal convs) at every evaluation
+        out = recipe.compute_loss(batch)
+        if backward:
+            recipe.accelerator.backward(out.loss)
+        return out.cd_loss.item()
+
     try:
         batch = next(iter(recipe.dataloader))
-        losses = []
-        for _ in range(20):
-            out = recipe.compute_loss(batch)
-            recipe.accelerator.backward(out.loss)
+        losses = [loss(backward=True)]
+        g2 = sum(float((p.grad**2).sum()) for p in params)
+        lr = 0.01 * losses[0] / g2  # a step predicted to lower the loss by 1 %
+        for group in recipe.optimizer.param_groups:
+            group["lr"] = lr
+        recipe.optimizer.step()
+        recipe.optimizer.zero_grad(set_to_none=True)
+        losses.append(loss(backward=True))
+        predicted = lr * g2
+        assert (losses[0] - losses[1]) / predicted == pytest.approx(1.0, abs=0.1), (losses, predicted)
+        for _ in range(3):
             recipe.optimizer.step()
-            recipe.optimizer.zero_grad()
-            losses.append(out.cd_loss.item())
+            recipe.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss(backward=True))
     finally:
         recipe.cleanup()
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_weights(assets, tmp_path):
-    # LoRA dropout draws from the global RNG, the data order and the per-sample noise from positions
-    common = ["train.checkpoint_every=2", "model.lora.dropout=0.1", "train.keep_checkpoints=5"]
+    # LoRA dropout draws from the global RNG, the data order and the per-sample noise from positions; the EMA
+    # target and the LR warmup (4 steps, longer than the cut run) are state a resume must restore too
+    common = ["train.checkpoint_every=2", "model.lora.dropout=0.1", "train.keep_checkpoints=5",
+              "objective.target=ema", "objective.ema_decay=0.5", "lr_scheduler.name=constant_with_warmup",
+              "lr_scheduler.warmup_steps=4"]
     full = run(tiny_config(assets, tmp_path / "full", "train.max_steps=4", *common))
     # the "crashed" run stops after step 3; its last checkpoint is step 2
     run(tiny_config(assets, tmp_path / "cut", "train.max_steps=3", *common))
@@ -94,6 +120,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(assets, tmp_path):
     full_params = dict(full.network.named_parameters())
     for name, param in resumed.network.named_parameters():
         assert torch.equal(param, full_params[name]), name
+    resumed_ema, full_ema = resumed.objective.ema.shadow, full.objective.ema.shadow
+    assert full_ema and all(torch.equal(resumed_ema[n], full_ema[n]) for n in full_ema)
+    assert resumed.lr_scheduler.get_last_lr() == full.lr_scheduler.get_last_lr()
     checkpoint = tmp_path / "cut" / f"{CHECKPOINT_PREFIX}4"
     assert {p.name for p in checkpoint.iterdir()} >= {"student", "training_state.pt", "rng_state_0.pt", "config.yaml"}
 
@@ -184,9 +213,22 @@ def test_gradient_checkpointing_gives_the_same_gradients(assets, tmp_path):
         assert torch.allclose(grads[1][name], grad, rtol=1e-4, atol=1e-7), name
 
 
-def test_bf16_mixed_precision_step(assets, tmp_path):
-    recipe = run(tiny_config(assets, tmp_path, "train.max_steps=1", "train.mixed_precision=bf16",
-                             "train.device=cpu", "train.checkpoint_every=0"))
+@pytest.mark.parametrize("precision,compute_dtype", [("bf16", torch.bfloat16), ("no", torch.float32)])
+def test_mixed_precision_runs_the_student_in_the_configured_dtype(assets, tmp_path, precision, compute_dtype):
+    """The dtype the student's layers compute in, observed inside a training step; weights stay float32."""
+    recipe = TrainingRecipe(tiny_config(assets, tmp_path, "train.max_steps=1", f"train.mixed_precision={precision}",
+                                        "train.device=cpu", "train.checkpoint_every=0"))
+    recipe.setup()
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+             for m in recipe.network.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        recipe.train()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        recipe.cleanup()
+    assert seen and set(seen) == {compute_dtype}, set(seen)
     assert all(p.dtype == torch.float32 for p in recipe.network.parameters() if p.requires_grad)
     assert torch.isfinite(torch.stack([p.detach().abs().sum() for p in recipe.network.parameters()])).all()
 
@@ -194,7 +236,7 @@ def test_bf16_mixed_precision_step(assets, tmp_path):
 def test_train_command_runs_and_resumes(assets, tmp_path, capsys):
     from t2v_turbo.cli import main
 
-    args = ["train", "configs/tiny.yaml", f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}",
+    args = ["train", str(TINY_CONFIG), f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}",
             f"output_dir={tmp_path}", "logging.tensorboard=false", "train.checkpoint_every=1"]
     assert main(args + ["train.max_steps=1"]) == 0
     assert (tmp_path / "student" / "student.json").is_file() and (tmp_path / "config.yaml").is_file()

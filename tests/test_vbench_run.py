@@ -90,6 +90,7 @@ def test_generate_and_score_temporal_flickering(tmp_path):
     (tmp_path / "report_md_for_docs.md").write_text(md)
 
 
+@pytest.mark.slow  # > 10 s on 2 CPU cores
 def test_separate_interpreter_driver_gives_the_same_scores(tmp_path):
     """--vbench-python: the driver script in another interpreter (here the same python) scores the same videos."""
     _vbench_or_skip()

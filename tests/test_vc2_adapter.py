@@ -88,14 +88,18 @@ def test_ckpt_round_trip_identical_outputs(tiny):
         assert list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa), name
     prompts = ["a red car on the street", ""]
     ta, tb = a.encode_prompts(prompts), b.encode_prompts(prompts)
-    assert ta.shape == (2, 77, 32) and torch.equal(ta, tb)
+    assert ta.shape == (2, 77, 32)
+    torch.testing.assert_close(ta, tb, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(a.empty_prompt_embedding(3), ta[1:].expand(3, -1, -1))
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(1, 4, 4, 8, 8, generator=gen)
     t = torch.tensor([500])
     with torch.no_grad():
-        assert torch.equal(a.predict_eps(a.unet, z, t, ta[:1]), b.predict_eps(b.unet, z, t, tb[:1]))
-        assert torch.equal(a.decode_latents(z), b.decode_latents(z))
+        # equal weights (above, bit for bit); outputs of two model instances only up to float reordering,
+        # which depends on the thread count and the memory layout
+        torch.testing.assert_close(a.predict_eps(a.unet, z, t, ta[:1]), b.predict_eps(b.unet, z, t, tb[:1]),
+                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.decode_latents(z), b.decode_latents(z), atol=1e-5, rtol=1e-5)
         # fps is an input (default 8 for the tiny config, 16 for VC2)
         assert not torch.equal(a.predict_eps(a.unet, z, t, ta[:1], fps=24), a.predict_eps(a.unet, z, t, ta[:1]))
     assert a.decode_latents(z).shape == (1, 3, 4, 16, 16)
@@ -149,8 +153,15 @@ def test_student_unet_starts_as_teacher(tiny):
     student = a.build_student_unet(256)
     assert torch.count_nonzero(student.time_cond_proj.weight) == 0
     assert student.motion_cond_proj is None
+    teacher_params = dict(a.unet.named_parameters())
+    student_params = dict(student.named_parameters())
+    assert set(student_params) - set(teacher_params) == {"time_cond_proj.weight"}
     assert set(student.state_dict()) - set(a.unet.state_dict()) == {"time_cond_proj.weight"}
-    assert student.time_cond_proj.weight.data_ptr() != 0
+    # every teacher weight, matched by name: the same values in storage of the student's own
+    for name, teacher_param in teacher_params.items():
+        student_param = student_params[name]
+        assert torch.equal(student_param, teacher_param), name
+        assert student_param.untyped_storage().data_ptr() != teacher_param.untyped_storage().data_ptr(), name
     z = torch.randn(1, 4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     text = a.encode_prompts(["a cat"])
     w = guidance_scale_embedding(torch.tensor([9.0]), 256)
@@ -158,7 +169,10 @@ def test_student_unet_starts_as_teacher(tiny):
         torch.testing.assert_close(a.predict_eps(student, z, torch.tensor([300]), text, w),
                                    a.predict_eps(a.unet, z, torch.tensor([300]), text), atol=1e-5, rtol=1e-5)
     # the student owns its weights: training it never changes the teacher
-    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(student.parameters(), a.unet.parameters()))
+    name = next(iter(teacher_params))
+    with torch.no_grad():
+        student_params[name].add_(1.0)
+    assert not torch.equal(student_params[name], teacher_params[name])
 
 
 def test_errors_say_where_to_get_the_checkpoint(tmp_path, tiny):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -28,7 +30,7 @@ def assets(tmp_path_factory):
 def test_train_then_sample_tiny_vc2_through_the_cli(assets, tmp_path):
     run_dir = tmp_path / "run"
     code = main([
-        "train", "configs/t2v_turbo_vc2.yaml",
+        "train", str(Path(__file__).resolve().parents[1] / "configs" / "t2v_turbo_vc2.yaml"),
         f"teacher.path={assets['teacher']}", f"output_dir={run_dir}",
         "data._component_=distill.data.VideoCaptionFolder", "~data.csv", f"+data.folder={assets['videos']}",
         "data.num_frames=4", "data.fps=8", "data.height=16", "data.width=16",

@@ -242,3 +242,46 @@ def test_real_size_parameter_counts_on_the_meta_device():
     """diffusers 0.42.1's WanTransformer3DModel at Wan2.1's 1.3B and 14B configs (flow.md)."""
     counts = {size: sum(p.numel() for p in wan21_transformer(size).parameters()) for size in ("1.3B", "14B")}
     assert counts == {"1.3B": 1_418_996_800, "14B": 14_288_491_584}
+
+
+@pytest.mark.parametrize("size, dim, layers", [("1.3B", 1536, 30), ("14B", 5120, 40)])
+def test_real_size_student_adds_lora_and_guidance_parameters(size, dim, layers):
+    """What the student adds at real size: LoRA rank r on the 4 projections of both attentions of every
+    block adds layers * 2 * 4 * 2 r dim; the guidance layer 256 x freq_dim (256)."""
+    from types import SimpleNamespace
+
+    from t2v_turbo.student import LoraSettings, build_student
+
+    teacher = SimpleNamespace(unet=wan21_transformer(size))
+    adapter = SimpleNamespace(build_student_unet=lambda dim_: WanAdapter.build_student_unet(teacher, dim_))
+    student = build_student(adapter, 256, lora=LoraSettings(rank=64, alpha=64.0, target_modules="attention"))
+    lora = sum(p.numel() for n, p in student.named_parameters() if ".lora_" in n)
+    guidance = sum(p.numel() for n, p in student.named_parameters() if "cond_proj" in n)
+    assert lora == layers * 2 * 4 * 2 * 64 * dim and guidance == 256 * 256
+    assert sum(p.numel() for p in student.parameters() if p.requires_grad) == lora + guidance
+
+
+def test_wan22_ti2v_layout_loads_with_per_token_timesteps(tmp_path):
+    """Wan2.2 TI2V-5B's differences: a patchified residual VAE (16x in space) and one timestep per
+    latent token (``expand_timesteps``), which for text-to-video equals one timestep per sample."""
+    folder = build_tiny_wan(tmp_path / "wan22", seed=2, vae="wan22")
+    adapter = WanAdapter.from_pretrained(folder, num_frames=9, height=64, width=64)
+    assert adapter.expand_timesteps and adapter.vae_spatial_factor == 16
+    pixels = torch.rand(1, 3, 9, 64, 64) * 2 - 1
+    latents = adapter.encode_video(pixels, generator=torch.Generator().manual_seed(0))
+    assert latents.shape == (1, 4, 3, 4, 4)
+    text = adapter.encode_prompts(PROMPTS[:1])
+    index = torch.tensor([600])
+    per_token = adapter.predict(adapter.unet, latents, index, text)
+    t = 1000 * flow_training_sigmas(1000, 3.0)[index]
+    per_sample = adapter.unet(hidden_states=latents, timestep=t, encoder_hidden_states=text).sample
+    torch.testing.assert_close(per_token, per_sample, atol=1e-5, rtol=1e-5)
+    full = adapter.decode_latents(latents)
+    torch.testing.assert_close(adapter.decode_frames(latents, [0, 3], checkpointing=True), full[:, :, [0, 3]],
+                               atol=1e-5, rtol=0)
+    index_file = json.loads((folder / "model_index.json").read_text())
+    index_file["transformer_2"] = ["diffusers", "WanTransformer3DModel"]
+    index_file["boundary_ratio"] = 0.875
+    (folder / "model_index.json").write_text(json.dumps(index_file))
+    with pytest.raises(ValueError, match="transformer_2"):
+        WanAdapter.from_pretrained(folder)

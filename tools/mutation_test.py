@@ -464,6 +464,8 @@ if os.environ.get("MUTATION_TEST_TRACE"):
 class Coverage:
     outcomes: dict[str, dict]
     lines: dict[str, dict[str, list[int]]]
+    #: module -> its test files (the fallback for lines that run only at import)
+    test_files: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     def passing(self) -> set[str]:
         return {t for t, o in self.outcomes.items() if o["passed"]}
@@ -482,23 +484,24 @@ class Coverage:
             elif key in passing:
                 chosen.add(key)
         if not chosen and any(lo <= line <= hi for line in self.lines.get("<import>", {}).get(mutant.module, ())):
-            files = set(TARGETS[mutant.module])
+            files = set(self.test_files.get(mutant.module, ()))
             chosen = {t for t in passing if t.split("::")[0] in files}
         return sorted(chosen, key=lambda t: (self.outcomes[t]["seconds"], t))
 
 
-def coverage_pass(work: Path, modules: list[str], test_files: list[str], log: Path) -> Coverage:
+def coverage_pass(work: Path, test_files: dict[str, list[str]], log: Path) -> Coverage:
     trace = work.parent / "coverage.json"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(work), str(Path(__file__).resolve().parent)]),
-               MUTATION_TEST_TRACE=str(trace), MUTATION_TEST_ROOT=str(work), MUTATION_TEST_MODULES=",".join(modules),
+               MUTATION_TEST_TRACE=str(trace), MUTATION_TEST_ROOT=str(work), MUTATION_TEST_MODULES=",".join(test_files),
                PYTHONDONTWRITEBYTECODE="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "mutation_test", *test_files]
+    files = sorted({f for fs in test_files.values() for f in fs})
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "mutation_test", *files]
     with open(log, "w") as out:
         subprocess.run(cmd, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     if not trace.is_file():
         raise SystemExit(f"the coverage pass wrote no {trace}; see {log}")
     data = json.loads(trace.read_text())
-    return Coverage(data["outcomes"], data["lines"])
+    return Coverage(data["outcomes"], data["lines"], test_files)
 
 
 # ---- running mutants ------------------------------------------------------------------------
@@ -540,6 +543,11 @@ class _Child:
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             os.chdir(work)
+            import threading
+
+            from tqdm import tqdm
+
+            tqdm.set_lock(threading.RLock())  # never share the parent's progress-bar lock
             sys.path.insert(0, str(work))
             os.environ["PYTHONPATH"] = str(work)
             sys.dont_write_bytecode = True
@@ -657,7 +665,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1],
                         help="the checkout to test (default: the one holding this tool)")
-    parser.add_argument("--modules", nargs="+", choices=sorted(TARGETS), default=list(TARGETS))
+    parser.add_argument("--modules", nargs="+", default=list(TARGETS),
+                        help="modules to mutate, relative to the repository (default: every one of TARGETS)")
+    parser.add_argument("--test-files", nargs="+", default=None,
+                        help="the test files for every module (default: each module's files in TARGETS)")
     parser.add_argument("--max-per-module", type=int, default=None, help="sample at most N mutants per module")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample")
     parser.add_argument("--timeout", type=float, default=60.0, help="minimum seconds per mutant (default 60)")
@@ -668,6 +679,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-scratch", action="store_true", help="keep the scratch copy and the logs")
     args = parser.parse_args(argv)
     repo = args.repo.resolve()
+    unknown = [m for m in args.modules if m not in TARGETS and not args.test_files]
+    if unknown:
+        parser.error(f"no test files known for {unknown}: pass --test-files, or add them to TARGETS")
+    missing = [m for m in args.modules if not (repo / m).is_file()]
+    if missing:
+        print(f"not in {repo}, left out: {missing}", file=sys.stderr)
+        args.modules = [m for m in args.modules if m not in missing]
 
     mutants = [m for module in args.modules for m in find_mutants(repo, module)]
     chosen = sample_mutants(mutants, args.max_per_module, args.seed)
@@ -686,10 +704,11 @@ def main(argv: list[str] | None = None) -> int:
         workers.append(work)
     originals = {module: (workers[0] / module).read_text(encoding="utf-8") for module in args.modules}
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    test_files = sorted({f for module in args.modules for f in TARGETS[module] if (repo / f).is_file()})
+    test_files = {module: [f for f in (args.test_files or TARGETS[module]) if (repo / f).is_file()]
+                  for module in args.modules}
     started = time.monotonic()
-    print(f"coverage pass over {len(test_files)} test files ({scratch / 'logs' / 'coverage.log'}) ...", file=sys.stderr)
-    coverage = coverage_pass(workers[0], args.modules, test_files, scratch / "logs" / "coverage.log")
+    print(f"coverage pass ({scratch / 'logs' / 'coverage.log'}) ...", file=sys.stderr)
+    coverage = coverage_pass(workers[0], test_files, scratch / "logs" / "coverage.log")
     failing = sorted(t for t, o in coverage.outcomes.items() if not o["passed"])
     if failing:
         print(f"{len(failing)} tests fail on the unmutated code and are not used: {failing}", file=sys.stderr)
@@ -706,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
                     getattr(module, attr, None)
     from tqdm.auto import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread: this process forks
     bar = tqdm(total=len(chosen), desc="mutants", unit="mutant")
     killed = [0]
 

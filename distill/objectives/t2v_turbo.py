@@ -71,7 +71,7 @@ class ConsistencySettings:
     sigma_data: Annotated[float, Range(gt=0)] = 0.5
     timestep_scaling: Annotated[float, Range(gt=0)] = 10.0
     target: Literal["online", "ema"] = "online"
-    ema_decay: Annotated[float, Range(ge=0, lt=1)] = 0.95
+    ema_decay: Annotated[float, Range(ge=0, le=1)] = 0.95  # 1: theta^- stays at theta_0 (a frozen target)
 
     def __post_init__(self):
         if self.target not in ("online", "ema"):

@@ -32,6 +32,7 @@ import numpy as np
 
 from eval.vbench.naming import check_case_collisions, video_filename
 from eval.vbench.suite import Suite, samples_per_prompt
+from t2v_turbo.fileio import atomic_write
 from t2v_turbo.video_io import count_frames, to_uint8_videos, write_mp4
 
 VideoFn = Callable[[list[str], list[int]], Sequence[np.ndarray]]
@@ -170,10 +171,9 @@ def write_manifest(out: Path, suite: Suite, jobs: Sequence[VideoJob], settings: 
             for j in jobs
         ],
     }
-    tmp = out / PARTIAL_DIR / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(manifest, indent=1, ensure_ascii=False)
+    # a temporary name of its own per write: two writers never move each other's file
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------------------- driver

@@ -194,6 +194,12 @@ class TeacherAdapter(abc.ABC):
     def modules(self) -> dict[str, nn.Module]:
         return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
 
+    def cast_network(self, network: nn.Module, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> nn.Module:
+        """Move a network of this family (the teacher's or a student's) to ``device`` / ``dtype``,
+        keeping whatever the family needs in higher precision."""
+        return move_module(network, device=device, dtype=dtype)
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "TeacherAdapter":
         """Move the frozen teacher modules (and the schedule) to ``device``/``dtype``."""
         for module in self.modules().values():

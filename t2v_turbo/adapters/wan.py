@@ -100,6 +100,17 @@ def rotary_tables_in_float32(transformer: nn.Module) -> nn.Module:
     return transformer
 
 
+def keep_in_float32(transformer: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast ``transformer`` to ``dtype`` except the parameters and buffers of its class's
+    ``_keep_in_fp32_modules`` (matched against the parts of each dotted name, as diffusers does)."""
+    keep = set(getattr(type(transformer), "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*transformer.named_parameters(), *transformer.named_buffers()]:
+        if tensor.is_floating_point():
+            target = torch.float32 if keep & set(name.split(".")) else dtype
+            tensor.data = tensor.data.to(target)
+    return transformer
+
+
 @contextlib.contextmanager
 def guidance_condition(transformer: nn.Module, timestep_cond: torch.Tensor | None):
     """While active, ``transformer``'s time embedder receives ``condition=timestep_cond``, so its
@@ -150,6 +161,10 @@ def read_model_index(location: str, local_files_only: bool = True, revision: str
         raise ValueError(
             f"{location}/model_index.json: unsupported component(s) for the wan adapter: {'; '.join(errors)}"
         )
+    if index.get("transformer_2") not in (None, [None, None]):
+        raise ValueError(f"{location}/model_index.json has a transformer_2 (Wan2.2 A14B's two noise-level experts, "
+                         f"boundary_ratio={index.get('boundary_ratio')}); the wan adapter distils one transformer "
+                         "(see docs/wan.md, Wan2.2)")
     return index
 
 
@@ -269,10 +284,25 @@ class WanAdapter(TeacherAdapter):
         return adapter.freeze()
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "WanAdapter":
-        super().to(device=device, dtype=dtype)
-        if self.rotary_float32:
-            rotary_tables_in_float32(self.unet)
+        """Move the frozen modules; a dtype cast keeps the transformer's ``_keep_in_fp32_modules``
+        (time embedder, norms, modulation tables, rotary tables) in float32, as diffusers'
+        ``from_pretrained(torch_dtype=...)`` loads them."""
+        super().to(device=device)
+        if dtype is not None:
+            for module in (self.vae, self.text_encoder):
+                keep_in_float32(module, dtype)
+        self.cast_network(self.unet, dtype=dtype)
         return self
+
+    def cast_network(self, network: nn.Module, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> nn.Module:
+        """``to(device)``, then the dtype cast of ``keep_in_float32`` and float32 rotary tables."""
+        network.to(device=device)
+        if dtype is not None:
+            keep_in_float32(network, dtype)
+        if self.rotary_float32:
+            rotary_tables_in_float32(network)
+        return network
 
     # ---- frames -----------------------------------------------------------------------
     def latent_frames(self, num_frames: int) -> int:
@@ -421,12 +451,14 @@ class WanAdapter(TeacherAdapter):
         return student.eval()
 
 
-def save_flow_teacher(folder: str | os.PathLike, transformer, vae, text_encoder, tokenizer, scheduler) -> Path:
+def save_flow_teacher(folder: str | os.PathLike, transformer, vae, text_encoder, tokenizer, scheduler,
+                      expand_timesteps: bool = False) -> Path:
     """Write a teacher folder the ``wan`` adapter loads: every component with ``save_pretrained``
     (safetensors) and ``model_index.json``. Stock Wan components (``AutoencoderKLWan`` and a T5
     encoder) are written by ``WanPipeline.save_pretrained``, so stock diffusers loads the folder too;
     other combinations (the mini world's per-frame VAE and CLIP) get a ``model_index.json`` of the
-    same form with ``_class_name`` ``FlowTeacher``, which only this adapter reads."""
+    same form with ``_class_name`` ``FlowTeacher``, which only this adapter reads. ``expand_timesteps``
+    is Wan2.2 TI2V's per-token timestep flag (written into ``model_index.json``)."""
     import json
 
     import diffusers
@@ -434,12 +466,14 @@ def save_flow_teacher(folder: str | os.PathLike, transformer, vae, text_encoder,
 
     folder = Path(folder)
     if isinstance(vae, AutoencoderKLWan) and type(text_encoder).__name__ in T5_ENCODERS:
-        WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
-                    transformer=transformer).save_pretrained(folder, safe_serialization=True)
+        pipeline = WanPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler,
+                               transformer=transformer, expand_timesteps=expand_timesteps)
+        pipeline.save_pretrained(folder, safe_serialization=True)
         return folder
     components = {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
                   "scheduler": scheduler}
-    index = {"_class_name": "FlowTeacher", "_diffusers_version": diffusers.__version__}
+    index = {"_class_name": "FlowTeacher", "_diffusers_version": diffusers.__version__,
+             "expand_timesteps": expand_timesteps}
     for name, component in components.items():
         kwargs = {} if name in ("tokenizer", "scheduler") else {"safe_serialization": True}
         component.save_pretrained(folder / name, **kwargs)

@@ -82,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from eval.vbench.generate import VIDEOS_DIR, GenerationSettings, generate_suite, load_model_video_fn, process_layout
-    from eval.vbench.runner import VBenchSetupError, format_missing_weights, missing_weights, run_vbench, vbench_cache_dir
+    from eval.vbench.runner import (
+        VBenchSetupError,
+        format_missing_weights,
+        missing_weights,
+        run_vbench,
+        vbench_cache_dir,
+    )
     from eval.vbench.suite import load_suite, locate_full_info_json
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -27,9 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty, unless --overwrite)")
     parser.add_argument(
         "--guidance-scale", type=finite_float, default=None,
-        help="guidance scale folded into the weights for --format lora/diffusers (default: the student's)",
+        help="guidance scale folded into the weights for --format lora/diffusers, and for every format of a Wan student "
+        "(default: the student's)",
     )
-    parser.add_argument("--metrics", nargs="+", default=[], metavar="JSON",
+    parser.add_argument("--metrics", nargs="+", default=None, metavar="JSON",
                         help="result files quoted in the model card, e.g. a MiniBench or VBench report (default: none)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder (swapped in once written)")
 
@@ -37,13 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from t2v_turbo.export import export_student
 
-    if args.guidance_scale is not None and args.format == "merged":
-        raise CommandError("--guidance-scale applies to --format lora and diffusers (merged keeps the guidance layer)")
     out = Path(args.out)
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise CommandError(f"--out {out} already exists and is not empty; pass --overwrite to replace it")
-    check_writable(out.parent if not out.is_dir() else out)
-    out = export_student(args.student_dir, out, args.format, guidance_scale=args.guidance_scale,
-                         overwrite=args.overwrite, metrics=args.metrics)
+    check_writable(out.parent)  # the export is written beside --out, then moved into place
+    try:
+        out = export_student(args.student_dir, out, args.format, guidance_scale=args.guidance_scale,
+                             overwrite=args.overwrite, metrics=args.metrics or [])
+    except ValueError as err:
+        raise CommandError(str(err)) from err
     print(f"exported {args.student_dir} as {args.format} to {out}")
     return 0

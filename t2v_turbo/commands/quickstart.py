@@ -25,7 +25,8 @@ DEFAULT_CONFIG = REPO / "configs" / "miniworld.yaml"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="output folder")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="run config (default: configs/miniworld.yaml)")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG),
+                        help="run config (default: %(default)s, the shipped mini-world recipe)")
     parser.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the config's train.max_steps)")
     parser.add_argument("--sample-teacher", action="store_true",
                         help="sample the 50-step teacher in this run instead of using its cached MiniBench scores")

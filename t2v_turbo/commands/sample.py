@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", metavar="STUDENT_DIR", help="trained model folder (student.json + student.safetensors): "
                         "a student (consistency sampler) or a fine-tuned full-step model (DDIM + CFG)")
-    source.add_argument("--teacher", metavar="PATH", help="teacher model folder or hub id (diffusers layout): DDIM + CFG sampling")
+    source.add_argument("--teacher", metavar="PATH", help="teacher model folder or hub id (diffusers layout: ModelScope with DDIM + CFG, "
+                        "Wan with its own flow scheduler + CFG)")
     prompts = parser.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--prompt", help="one prompt")
     prompts.add_argument("--prompts-file", metavar="FILE", help="text file with one prompt per line (blank lines skipped)")
@@ -122,9 +123,12 @@ def run(args: argparse.Namespace) -> int:
         fps = args.fps or meta.fps or pipe.adapter.default_fps
         lossless = meta.lossless_video if args.lossless is None else args.lossless
     else:
-        from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+        from t2v_turbo.adapters import teacher_adapter_class
 
-        adapter = DiffusersT2VAdapter.from_pretrained(args.teacher, torch_dtype=dtype, device=device)
+        adapter_cls = teacher_adapter_class(args.teacher)
+        given = {k: getattr(args, k) for k in ("num_frames", "height", "width", "fps") if getattr(args, k)}
+        extra = given if adapter_cls.family == "wan" else {}  # the Wan adapter validates them (1 + 4k frames)
+        adapter = adapter_cls.from_pretrained(args.teacher, torch_dtype=dtype, device=device, **extra)
         pipe = TeacherPipeline(adapter)
         steps = args.steps or TEACHER_STEPS
         guidance = TEACHER_GUIDANCE if args.guidance is None else args.guidance

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from t2v_turbo.diffusion.boundary import consistency_output
-from t2v_turbo.diffusion.flow import eps_from_velocity, x0_from_velocity
+from t2v_turbo.diffusion.flow import eps_from_velocity, flow_velocity, x0_from_velocity
 
 PREDICTION_TYPES = ("epsilon", "flow")
 
@@ -122,6 +122,14 @@ def x0_eps_from_output(
     if check_prediction_type(prediction_type) == "epsilon":
         return (z_t - sigma * output) / alpha, output
     return x0_from_velocity(z_t, output, sigma), eps_from_velocity(z_t, output, sigma)
+
+
+def training_target(prediction_type: str, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """What the network is trained to output at z_t = alpha x0 + sigma eps: ``"epsilon"``: eps;
+    ``"flow"``: the velocity v = eps - x0 (the targets of Diffusion-DPO and Flow-DPO, of eps and flow matching)."""
+    if check_prediction_type(prediction_type) == "epsilon":
+        return eps
+    return flow_velocity(x0, eps)
 
 
 def consistency_function(

@@ -5,6 +5,8 @@ Pure tensor functions: no I/O, no globals, no rank logic.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 
@@ -78,3 +80,23 @@ def multistep_timesteps(
     else:
         raise ValueError(f"`spacing`={spacing!r} is not one of 't2v_turbo', 'lcm'")
     return [int(t) for t in picked]
+
+
+def check_sampling_timesteps(
+    timesteps: list[int], num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50
+) -> list[int]:
+    """Explicit sampling timesteps as ints: strictly decreasing grid indices in [0, T - 1] (else
+    ``ValueError``), with a warning for points off the ``num_ddim_timesteps``-point DDIM grid."""
+    timesteps = [int(t) for t in timesteps]
+    if any(a <= b for a, b in zip(timesteps, timesteps[1:])):
+        raise ValueError(f"`timesteps`={timesteps} must be strictly decreasing")
+    if not timesteps or timesteps[0] >= num_train_timesteps or timesteps[-1] < 0:
+        raise ValueError(f"`timesteps`={timesteps} must lie in [0, {num_train_timesteps - 1}]")
+    grid = set(ddim_timesteps(num_train_timesteps, num_ddim_timesteps).tolist())
+    off_grid = [t for t in timesteps if t not in grid]
+    if off_grid:
+        warnings.warn(
+            f"timesteps {off_grid} are not on the {num_ddim_timesteps}-point DDIM grid the student "
+            "was distilled on; results may degrade"
+        )
+    return timesteps

@@ -17,30 +17,16 @@ guidance embedding, so each step is one UNet call.
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
-
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_lcm import LCMScheduler, LCMSchedulerOutput
 
-from t2v_turbo.diffusion.boundary import consistency_output
-from t2v_turbo.diffusion.schedule import ddim_timesteps, multistep_timesteps, scaled_linear_alphas_cumprod
-from t2v_turbo.diffusion.solver import add_noise, x0_from_eps
+from t2v_turbo.diffusion.boundary import consistency_scalings
+from t2v_turbo.diffusion.schedule import check_sampling_timesteps, multistep_timesteps, scaled_linear_alphas_cumprod
 
-
-@dataclasses.dataclass
-class T2VTurboSchedulerOutput(BaseOutput):
-    """Output of ``T2VTurboScheduler.step``.
-
-    Args:
-        prev_sample (`torch.Tensor`): z at the next timestep (the denoised sample after the last step).
-        denoised (`torch.Tensor`): the consistency function's clean estimate f_theta(z, t).
-    """
-
-    prev_sample: torch.Tensor
-    denoised: torch.Tensor
+#: ``step()``'s output: diffusers' ``LCMSchedulerOutput`` (``prev_sample``: z at the next timestep, the
+#: denoised sample after the last step; ``denoised``: the consistency function's estimate f_theta(z, t))
+T2VTurboSchedulerOutput = LCMSchedulerOutput
 
 
 def alphas_cumprod_from_config(
@@ -80,8 +66,18 @@ def noise_schedule_kwargs(adapter) -> dict:
     return kwargs
 
 
-class T2VTurboScheduler(SchedulerMixin, ConfigMixin):
-    """Multistep consistency sampler of T2V-Turbo.
+class T2VTurboScheduler(LCMScheduler):
+    """Multistep consistency sampler of T2V-Turbo: diffusers' ``LCMScheduler`` where it computes the
+    same thing (``step``: x0 from eps, f = c_skip z + c_out x0, re-noising with the same draws), and
+    ours where it differs (each difference is shown by tests/test_sampler.py):
+
+    - the noise schedule is the trainer's alpha_bar (``scaled_linear_alphas_cumprod``, computed in
+      float64 and rounded once, or an explicit ``alphas_cumprod``), not LCMScheduler's float32 cumulative
+      product (they differ by up to about 1e-6), so sampling uses the exact schedule of distillation;
+    - ``sigma_data`` is a constructor argument (LCMScheduler hard-codes 0.5 inside a method);
+    - ``set_timesteps`` offers T2V-Turbo's spacing ([999, 759, 519, 279] for 4 steps) besides
+      LCMScheduler's ([999, 759, 499, 259]), and explicit timesteps with one warning for off-grid points;
+    - ``step`` names a timestep that is not scheduled instead of failing with an index error.
 
     Args:
         num_train_timesteps (`int`, defaults to 1000): length of the teacher's training grid.
@@ -89,15 +85,14 @@ class T2VTurboScheduler(SchedulerMixin, ConfigMixin):
         beta_schedule (`str`, defaults to "scaled_linear"): the teacher's noise schedule.
         alphas_cumprod (`list[float]`, *optional*): explicit alpha_bar_t, overriding the betas
             (for teachers whose schedule is not a named beta schedule).
-        num_ddim_timesteps (`int`, defaults to 50): N, the DDIM grid the student was distilled on.
+        num_ddim_timesteps (`int`, defaults to 50): N, the DDIM grid the student was distilled on
+            (LCMScheduler's ``original_inference_steps``).
         sigma_data (`float`, defaults to 0.5), timestep_scaling (`float`, defaults to 10.0): the
             boundary-condition scalings c_skip = s^2 / ((a t)^2 + s^2), c_out = a t / sqrt((a t)^2 + s^2).
         spacing (`str`, defaults to "t2v_turbo"): how ``set_timesteps(n)`` picks n of the N grid
             points. "t2v_turbo": [999, 759, 519, 279] for 4 steps (the released sampler);
             "lcm": diffusers' LCMScheduler rule, [999, 759, 499, 259].
     """
-
-    order = 1
 
     @register_to_config
     def __init__(
@@ -114,21 +109,25 @@ class T2VTurboScheduler(SchedulerMixin, ConfigMixin):
     ):
         if spacing not in ("t2v_turbo", "lcm"):
             raise ValueError(f"`spacing`={spacing!r} is not one of 't2v_turbo', 'lcm'")
-        self.alphas_cumprod = alphas_cumprod_from_config(
-            num_train_timesteps, beta_start, beta_end, beta_schedule, alphas_cumprod
+        schedule = alphas_cumprod_from_config(num_train_timesteps, beta_start, beta_end, beta_schedule, alphas_cumprod)
+        super().__init__(
+            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+            beta_schedule="linear" if beta_schedule not in ("linear", "scaled_linear") else beta_schedule,
+            original_inference_steps=num_ddim_timesteps, clip_sample=False, set_alpha_to_one=False,
+            prediction_type="epsilon", timestep_scaling=timestep_scaling,
         )
-        self.init_noise_sigma = 1.0
-        self.timesteps: torch.Tensor | None = None
-        self.num_inference_steps: int | None = None
+        # the one table that differs from LCMScheduler's: the trainer's schedule
+        self.alphas_cumprod = schedule
+        self.final_alpha_cumprod = schedule[0]
 
     @classmethod
     def from_adapter(cls, adapter, **kwargs) -> "T2VTurboScheduler":
         """A scheduler on ``adapter``'s noise schedule; ``kwargs`` set the other options."""
         return cls(**{**noise_schedule_kwargs(adapter), **kwargs})
 
-    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
-        """Identity: the consistency model takes z_t unscaled (kept for diffusers' scheduler API)."""
-        return sample
+    def get_scalings_for_boundary_condition_discrete(self, timestep):
+        """(c_skip, c_out) at ``timestep`` with the configured ``sigma_data`` (``consistency_scalings``)."""
+        return consistency_scalings(torch.as_tensor(timestep), self.config.sigma_data, self.config.timestep_scaling)
 
     def set_timesteps(
         self,
@@ -145,20 +144,12 @@ class T2VTurboScheduler(SchedulerMixin, ConfigMixin):
             timesteps = multistep_timesteps(
                 num_inference_steps, config.num_train_timesteps, config.num_ddim_timesteps, config.spacing
             )
-        timesteps = [int(t) for t in timesteps]
-        if any(a <= b for a, b in zip(timesteps, timesteps[1:])):
-            raise ValueError(f"`timesteps`={timesteps} must be strictly decreasing")
-        if timesteps[0] >= config.num_train_timesteps or timesteps[-1] < 0:
-            raise ValueError(f"`timesteps`={timesteps} must lie in [0, {config.num_train_timesteps - 1}]")
-        grid = set(ddim_timesteps(config.num_train_timesteps, config.num_ddim_timesteps).tolist())
-        off_grid = [t for t in timesteps if t not in grid]
-        if off_grid:
-            warnings.warn(
-                f"timesteps {off_grid} are not on the {config.num_ddim_timesteps}-point DDIM grid the student "
-                "was distilled on; results may degrade"
-            )
+        timesteps = check_sampling_timesteps(timesteps, config.num_train_timesteps, config.num_ddim_timesteps)
         self.timesteps = torch.tensor(timesteps, dtype=torch.long, device=device)
         self.num_inference_steps = len(timesteps)
+        self.custom_timesteps = True
+        self._step_index = None
+        self._begin_index = None
 
     def step(
         self,
@@ -167,45 +158,21 @@ class T2VTurboScheduler(SchedulerMixin, ConfigMixin):
         sample: torch.Tensor,
         generator: torch.Generator | None = None,
         return_dict: bool = True,
-    ) -> T2VTurboSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
-        """One consistency step from ``timestep``.
+    ) -> LCMSchedulerOutput | tuple[torch.Tensor, torch.Tensor]:
+        """One consistency step from ``timestep`` (``LCMScheduler.step``).
 
         Args:
             model_output (`torch.Tensor`): the student's eps prediction at (sample, timestep).
             timestep (`int`): the current timestep; must be one of ``self.timesteps``.
             sample (`torch.Tensor`): z at ``timestep``.
             generator (`torch.Generator`, *optional*): source of the re-noising draw
-                ``torch.randn(sample.shape, generator=generator)``, taken only before a non-final
-                step, exactly as diffusers' ``LCMScheduler`` draws it.
+                ``torch.randn(sample.shape, generator=generator)``, taken only before a non-final step.
         """
-        if self.timesteps is None:
+        if self.timesteps is None or self.num_inference_steps is None:
             raise ValueError("`timesteps` is not set: run `set_timesteps(num_inference_steps)` first")
         t = int(timestep)
         positions = (self.timesteps == t).nonzero()
         if len(positions) != 1:
             raise ValueError(f"`timestep`={t} is not one of the scheduled timesteps {self.timesteps.tolist()}")
-        index = int(positions[0])
-        alphas_cumprod = self.alphas_cumprod.to(sample.device)
-        t_batch = torch.full((sample.shape[0],), t, dtype=torch.long, device=sample.device)
-
-        # 1. x0 from the eps prediction (z_t = sqrt(abar) x0 + sqrt(1 - abar) eps)
-        abar_t = alphas_cumprod[t].to(sample.dtype)
-        x0 = x0_from_eps(sample, model_output, abar_t)
-        # 2. consistency function f = c_skip(t) z + c_out(t) x0
-        denoised = consistency_output(
-            sample, x0, t_batch, sigma_data=self.config.sigma_data, timestep_scaling=self.config.timestep_scaling
-        )
-        # 3. re-noise to the next timestep, except after the last one
-        if index + 1 < len(self.timesteps):
-            t_next = int(self.timesteps[index + 1])
-            noise_device = generator.device if generator is not None else sample.device
-            noise = torch.randn(sample.shape, generator=generator, device=noise_device, dtype=denoised.dtype)
-            prev_sample = add_noise(denoised, noise.to(sample.device), alphas_cumprod[t_next].to(sample.dtype))
-        else:
-            prev_sample = denoised
-        if not return_dict:
-            return prev_sample, denoised
-        return T2VTurboSchedulerOutput(prev_sample=prev_sample, denoised=denoised)
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
+        self._step_index = int(positions[0])  # steps may be taken in any order, as each names its timestep
+        return super().step(model_output, self.timesteps[self._step_index], sample, generator, return_dict)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from t2v_turbo.fileio import torch_load
 from t2v_turbo.models.vc2.unet import VC2_UNET_CONFIG, VC2UNet
 
 UNET_PREFIX = "model.diffusion_model."
@@ -249,24 +250,6 @@ def tokenize(prompts: list[str], context_length: int = 77) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # model.ckpt and converted folders
 # ---------------------------------------------------------------------------------------------
-def torch_load(path: str | Path, allow_pickle: bool = False) -> Any:
-    """``torch.load`` on CPU, memory-mapped when possible, without arbitrary unpickling unless allowed."""
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as err:
-        if "mmap" not in str(err) and "zip" not in str(err).lower():
-            raise
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle.UnpicklingError for objects outside the safe list
-        if not allow_pickle:
-            raise RuntimeError(
-                f"{path} holds Python objects that a weights-only load refuses ({err}). If you trust the file, "
-                "pass allow_pickle=True (CLI: --allow-pickle)"
-            ) from err
-        return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def split_vc2_state_dict(state: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """Split a ``model.ckpt`` state dict into unet / vae (LDM names) / text_encoder / schedule.
 
