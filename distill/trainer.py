@@ -532,11 +532,9 @@ class TrainingRecipe:
         objective's grid and guidance range) and the validation sampling settings as sampling defaults."""
         geometry = {key: getattr(self.dataset, key) for key in ("num_frames", "height", "width", "fps")
                     if getattr(self.dataset, key, None) is not None}
-        return dataclasses.replace(
-            self.trained.meta, **geometry, **self.objective.model_meta(),
-            guidance_scale=self.cfg["validation"]["guidance_scale"],
-            num_inference_steps=self.cfg["validation"]["num_inference_steps"],
-        )
+        sampling = {"guidance_scale": self.cfg["validation"]["guidance_scale"],
+                    "num_inference_steps": self.cfg["validation"]["num_inference_steps"]}
+        return dataclasses.replace(self.trained.meta, **{**geometry, **self.objective.model_meta(), **sampling})
 
     def training_state(self) -> dict:
         """What ``training_state.pt`` holds: plain data only (tensors, numbers, strings, lists, dicts)."""

@@ -51,6 +51,23 @@ def training_dataset(folder: str | Path = "runs/miniworld-data", num_videos: int
     return VideoCaptionCSV(csv=csv_path, **{**defaults, **kwargs})
 
 
+def training_prompts():
+    """The world's training-split captions (225 compositions, held-out pairs excluded) as a
+    ``distill.data.PromptDataset``, for recipes that sample their own videos (VADER)."""
+    from distill.data import PromptDataset
+    from miniworld.world import caption_of, train_attributes
+
+    return PromptDataset(prompts=[caption_of(attrs) for attrs in train_attributes()])
+
+
+def shipped_student_model(adapter, train_guidance_layer: bool = True, seed: int = 0):
+    """The shipped quick-start student as the ``model:`` of a run (``distill.model.from_student``):
+    VADER / InstructVideo starting from the distilled student instead of the teacher."""
+    from distill.model import from_student
+
+    return from_student(adapter, STUDENT, train_guidance_layer=train_guidance_layer, seed=seed)
+
+
 def evaluation_prompts() -> list[str]:
     """The shipped evaluation prompt set (90 captions: 45 held-out, 45 seen)."""
     return [line for line in EVAL_PROMPTS.read_text().splitlines() if line.strip()]

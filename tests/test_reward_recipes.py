@@ -265,3 +265,39 @@ def test_temporal_offset_noise_adds_one_offset_per_frame_and_channel():
     g = torch.Generator().manual_seed(5)
     expected = torch.randn(2, 3, 4, 4, generator=g) + 0.1 * torch.randn(2, 3, 1, 1, generator=g)
     torch.testing.assert_close(noise[0], expected)
+
+
+@pytest.fixture(scope="module")
+def flow_adapter(tmp_path_factory):
+    from t2v_turbo.adapters.wan import WanAdapter
+    from t2v_turbo.testing import build_tiny_wan
+
+    folder = build_tiny_wan(tmp_path_factory.mktemp("wan") / "tiny", vae="per_frame", text_encoder="clip")
+    return WanAdapter.from_pretrained(folder, num_frames=3, height=32, width=32)
+
+
+def test_flow_teacher_chain_is_the_euler_sampler_and_vader_trains_its_lora(flow_adapter):
+    """A rectified-flow teacher runs the same chain: with eta = 0 each step is Euler's
+    x' = x + (sigma' - sigma) v on the CFG velocity, the last one landing at sigma = 0."""
+    adapter = flow_adapter
+    model = from_teacher(adapter, time_cond_proj_dim=None, lora={"rank": 4, "alpha": 4.0, "target_modules": "attention"})
+    timesteps = sampler_timesteps(adapter, model.meta, 3)
+    batch = text_batch(adapter)
+    z = torch.randn(adapter.latent_shape(2, 3, 32, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = ddim_cfg_chain(adapter, model.unet, model.unet, z, timesteps, batch.text_embedding,
+                              batch.uncond_embedding, 3.0, 0.0, first_grad=3)
+        x = z
+        sigmas = [float(adapter.flow_sigmas[t]) for t in timesteps] + [0.0]
+        for i, t in enumerate(timesteps):
+            t_batch = torch.full((2,), t)
+            v_c = adapter.predict(adapter.unet, x, t_batch, batch.text_embedding)
+            v_u = adapter.predict(adapter.unet, x, t_batch, batch.uncond_embedding)
+            x = x + (sigmas[i + 1] - sigmas[i]) * (v_u + 3.0 * (v_c - v_u))
+    torch.testing.assert_close(ours, x, atol=1e-5, rtol=1e-5)
+    objective = bind(VADERObjective(num_inference_steps=3, guidance_scale=3.0, decode_frames="first"), adapter, model,
+                     [RewardTerm("colour", MeanColourReward(), 1.0)])
+    objective(model.unet, batch).loss.backward()
+    grads = [p.grad for n, p in model.unet.named_parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    assert all(p.grad is None for p in adapter.unet.parameters())

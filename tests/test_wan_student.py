@@ -168,7 +168,7 @@ def _train_config(assets, tmp_path, output, *overrides):
     cfg = load_config(ROOT / "configs" / "tiny_wan.yaml", [
         f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}", f"output_dir={output}",
         "logging.tensorboard=false", "train.checkpoint_every=1", "train.keep_checkpoints=5", "train.log_every=1",
-        "student.lora.dropout=0.1", *overrides])
+        "model.lora.dropout=0.1", *overrides])
     cfg["rewards"] = [
         {"name": "hpsv2.1", "weight": 1.0, "args": {**hps, "frame_selection": {"num_frames": 2}}},
         {"name": "viclip", "weight": 2.0, "args": {"config": "tiny", "checkpoint": None, "stride": 1}},
