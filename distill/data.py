@@ -348,8 +348,8 @@ class PromptDataset(torch.utils.data.Dataset):
 
 #: per-sample tensors a dataset may provide, stacked into the batch under the same name: decoded clips
 #: (C, T, H, W), or precomputed VAE latents (c, T, h, w) and text embeddings (L, D) that the trainer
-#: then uses instead of encoding
-TENSOR_FIELDS = ("pixels", "latents", "text_embedding", "uncond_embedding")
+#: then uses instead of encoding; a preference pair's rejected clip as ``pixels_loser`` / ``latents_loser``
+TENSOR_FIELDS = ("pixels", "latents", "text_embedding", "uncond_embedding", "pixels_loser", "latents_loser")
 
 
 def collate_samples(samples: list[dict]) -> dict:

@@ -69,7 +69,14 @@ from distill.checkpoints import (
 from distill.config_schema import OptimizerArgs, RunConfig, upgrade_legacy_layout
 from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples, count_reasons
 from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
-from distill.objectives.base import VAE_STREAM, Objective, RunContext, TrainingBatch, sample_generator
+from distill.objectives.base import (
+    LOSER_VAE_STREAM,
+    VAE_STREAM,
+    Objective,
+    RunContext,
+    TrainingBatch,
+    sample_generator,
+)
 from distill.objectives.rewarding import RewardTerm
 from t2v_turbo.config import (
     COMPONENT_KEY,
@@ -326,6 +333,10 @@ class TrainingRecipe:
             raise ConfigError(f"data: {self.cfg['data'][COMPONENT_KEY]} gives prompts only, but "
                               f"{type(self.objective).__name__} trains on video clips; use a video dataset "
                               "(distill.data.VideoCaptionCSV / VideoCaptionFolder / VideoCaptionShards)")
+        if self.objective.batch_inputs == "pairs" and not getattr(self.dataset, "has_pairs", False):
+            raise ConfigError(f"data: {self.cfg['data'][COMPONENT_KEY]} gives no preference pairs, but "
+                              f"{type(self.objective).__name__} trains on them; use "
+                              "distill.preference_data.PreferencePairs")
 
     @property
     def model_folder_name(self) -> str:
@@ -355,17 +366,16 @@ class TrainingRecipe:
     # ---- one step -----------------------------------------------------------------------
     def prepare_batch(self, batch: dict) -> TrainingBatch:
         """A collated batch as the objective takes it, without gradient: VAE latents of the clips (unless the
-        objective uses prompts only, or the batch already carries ``latents``) and the text embeddings of the
-        captions and of the empty prompt (unless it carries ``text_embedding`` / ``uncond_embedding``)."""
+        objective uses prompts only, or the batch already carries ``latents``), of a pair's rejected clips for
+        an objective on pairs, and the text embeddings of the captions and of the empty prompt (unless it
+        carries ``text_embedding`` / ``uncond_embedding``)."""
         device, positions = self.accelerator.device, batch["positions"]
         with torch.no_grad():
-            latents = None
+            latents = loser_latents = None
             if self.objective.batch_inputs != "prompts":
-                if "latents" in batch:
-                    latents = batch["latents"].to(device).float()
-                elif "pixels" in batch:
-                    generator = sample_generator(self.cfg["seed"], positions[0], VAE_STREAM)
-                    latents = self.adapter.encode_video(batch["pixels"].to(device), generator=generator).float()
+                latents = self._batch_latents(batch, "latents", "pixels", VAE_STREAM)
+            if self.objective.batch_inputs == "pairs":
+                loser_latents = self._batch_latents(batch, "latents_loser", "pixels_loser", LOSER_VAE_STREAM)
             if "text_embedding" in batch:
                 text = batch["text_embedding"].to(device)
             else:
@@ -374,7 +384,19 @@ class TrainingRecipe:
                 uncond = batch["uncond_embedding"].to(device)
             else:
                 uncond = self.adapter.empty_prompt_embedding(len(positions))
-        return TrainingBatch(list(batch["captions"]), list(positions), text.float(), uncond.float(), latents)
+        return TrainingBatch(list(batch["captions"]), list(positions), text.float(), uncond.float(), latents,
+                             loser_latents)
+
+    def _batch_latents(self, batch: dict, latents_key: str, pixels_key: str, stream: int) -> torch.Tensor | None:
+        """The batch's ``latents_key`` tensor, or its ``pixels_key`` clips VAE-encoded (a posterior sample drawn
+        from ``stream`` of the batch's first position); None when it has neither."""
+        device = self.accelerator.device
+        if latents_key in batch:
+            return batch[latents_key].to(device).float()
+        if pixels_key not in batch:
+            return None
+        generator = sample_generator(self.cfg["seed"], batch["positions"][0], stream)
+        return self.adapter.encode_video(batch[pixels_key].to(device), generator=generator).float()
 
     def compute_loss(self, batch: dict, grad_norms: bool = False):
         """Prepare the batch (no grad) and evaluate the objective on it."""
