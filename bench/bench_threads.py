@@ -61,8 +61,10 @@ def main() -> None:
                     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if competing == "busy" else None
                     try:
                         load.append(os.getloadavg()[0])
-                        samples[f"{setting}/{competing}"] += train_seconds_per_step(
-                            setting, args.steps, tmp / "data", tmp / f"run-{round_index}-{competing}-{setting}")
+                        measured = train_seconds_per_step(setting, args.steps, tmp / "data",
+                                                          tmp / f"run-{round_index}-{competing}-{setting}")
+                        samples[f"{setting}/{competing}"] += measured
+                        print(f"round {round_index} {competing} threads {setting}: s/step {measured}", file=sys.stderr)
                     finally:
                         if busy is not None:
                             busy.kill()

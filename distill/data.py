@@ -346,25 +346,23 @@ class PromptDataset(torch.utils.data.Dataset):
         return {"caption": self.prompts[index], "index": index, "skipped": []}
 
 
-#: per-sample tensors a dataset may provide, stacked into the batch under the same name: decoded clips
-#: (C, T, H, W), or precomputed VAE latents (c, T, h, w) and text embeddings (L, D) that the trainer
-#: then uses instead of encoding; a preference pair's rejected clip as ``pixels_loser`` / ``latents_loser``
-TENSOR_FIELDS = ("pixels", "latents", "text_embedding", "uncond_embedding", "pixels_loser", "latents_loser")
+#: per-sample bookkeeping fields, collated under their plural names
+LIST_FIELDS = {"caption": "captions", "index": "indices", "position": "positions"}
 
 
 def collate_samples(samples: list[dict]) -> dict:
-    """Stack the tensor fields the samples carry (``TENSOR_FIELDS``; pixels to (B, C, T, H, W)); keep
-    captions, indices, global positions (when the samples carry them) and skipped names as lists."""
-    batch = {
-        "captions": [s["caption"] for s in samples],
-        "indices": [s["index"] for s in samples],
-        "skipped": [name for s in samples for name in s["skipped"]],
-    }
-    for field in TENSOR_FIELDS:
-        if field in samples[0]:
-            batch[field] = torch.stack([s[field] for s in samples])
-    if all("position" in s for s in samples):
-        batch["positions"] = [s["position"] for s in samples]
+    """A batch of samples: captions, indices and global positions (when the samples carry them) as lists,
+    the skipped names of all samples as one list, and every other field stacked when it is a tensor
+    (``pixels`` to (B, C, T, H, W); precomputed ``latents`` (c, T, h, w), ``text_embedding`` /
+    ``uncond_embedding`` (L, D), which the trainer then uses instead of encoding; or an objective's own
+    fields such as a preference pair's second clip) or listed otherwise."""
+    batch = {"skipped": [name for s in samples for name in s["skipped"]]}
+    for field in samples[0]:
+        if field == "skipped" or not all(field in s for s in samples):
+            continue
+        values = [s[field] for s in samples]
+        name = LIST_FIELDS.get(field, field)
+        batch[name] = torch.stack(values) if all(isinstance(v, torch.Tensor) for v in values) else values
     return batch
 
 

@@ -27,8 +27,9 @@ def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor | None]]) -> list[
     named = [(name, t) for name, t in named if t is not None]
     if not named:
         return []
-    finite = torch.stack([torch.isfinite(t.detach()).all().cpu() for _, t in named])
-    return [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
+    device = named[0][1].device  # one host sync for all tensors, not one per tensor
+    finite = torch.stack([torch.isfinite(t.detach()).all().to(device) for _, t in named]).tolist()
+    return [name for (name, _), ok in zip(named, finite) if not ok]
 
 
 def nonfinite_reason(losses: Sequence[torch.Tensor],

@@ -69,14 +69,7 @@ from distill.checkpoints import (
 from distill.config_schema import OptimizerArgs, RunConfig, upgrade_legacy_layout
 from distill.data import GlobalPositionSampler, PositionedDataset, collate_samples, count_reasons
 from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
-from distill.objectives.base import (
-    LOSER_VAE_STREAM,
-    VAE_STREAM,
-    Objective,
-    RunContext,
-    TrainingBatch,
-    sample_generator,
-)
+from distill.objectives.base import VAE_STREAM, Objective, RunContext, TrainingBatch, sample_generator
 from distill.objectives.rewarding import RewardTerm
 from t2v_turbo.config import (
     COMPONENT_KEY,
@@ -101,6 +94,9 @@ DEFAULTS: dict[str, Any] = schema_defaults(RunConfig)
 COMPONENT_SECTIONS = ("teacher", "data")
 #: keyword arguments the trainer passes when it builds the ``model`` node
 MODEL_BUILD_ARGS = ("adapter", "seed")
+#: batch fields ``prepare_batch`` turns into ``TrainingBatch`` fields (the rest go to ``TrainingBatch.extras``)
+CONSUMED_BATCH_FIELDS = ("captions", "indices", "positions", "skipped", "pixels", "latents", "text_embedding",
+                         "uncond_embedding")
 
 
 def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
@@ -120,6 +116,12 @@ def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
         else:
             errors += validate_component(cfg[name], name)
     errors += _model_errors(cfg.get("model"))
+    model, train = cfg.get("model"), cfg.get("train")
+    if (isinstance(model, dict) and isinstance(train, dict) and model_kind(model) == "teacher" and model.get("lora") is not None and train.get("mixed_precision") == "no"
+            and train.get("teacher_dtype", "float32") != "float32"):
+        errors.append(f"model: a LoRA full-step model shares the teacher's frozen weights, which "
+                      f"train.teacher_dtype={train['teacher_dtype']} keeps in that dtype; float32 LoRA layers on them "
+                      "need train.mixed_precision bf16 or fp16 (or train.teacher_dtype float32)")
     objective, found = build_objective(cfg.get("objective"))
     errors += found
     if objective is not None and not any(e.startswith(("model", "rewards")) for e in errors):
@@ -328,12 +330,13 @@ class TrainingRecipe:
         logger.info("trainable parameters: %d tensors, %d values", len(params), sum(p.numel() for p in params))
 
     def _check_data(self) -> None:
-        """The dataset gives clips when the objective needs them (``Objective.batch_inputs``)."""
+        """The dataset gives clips when the objective needs them (``Objective.batch_inputs``), and preference
+        pairs when it trains on pairs (``Objective.needs_pairs``)."""
         if self.objective.batch_inputs == "videos" and not getattr(self.dataset, "has_videos", True):
             raise ConfigError(f"data: {self.cfg['data'][COMPONENT_KEY]} gives prompts only, but "
                               f"{type(self.objective).__name__} trains on video clips; use a video dataset "
                               "(distill.data.VideoCaptionCSV / VideoCaptionFolder / VideoCaptionShards)")
-        if self.objective.batch_inputs == "pairs" and not getattr(self.dataset, "has_pairs", False):
+        if self.objective.needs_pairs and not getattr(self.dataset, "has_pairs", False):
             raise ConfigError(f"data: {self.cfg['data'][COMPONENT_KEY]} gives no preference pairs, but "
                               f"{type(self.objective).__name__} trains on them; use "
                               "distill.preference_data.PreferencePairs")
@@ -366,16 +369,18 @@ class TrainingRecipe:
     # ---- one step -----------------------------------------------------------------------
     def prepare_batch(self, batch: dict) -> TrainingBatch:
         """A collated batch as the objective takes it, without gradient: VAE latents of the clips (unless the
-        objective uses prompts only, or the batch already carries ``latents``), of a pair's rejected clips for
-        an objective on pairs, and the text embeddings of the captions and of the empty prompt (unless it
-        carries ``text_embedding`` / ``uncond_embedding``)."""
+        objective uses prompts only, or the batch already carries ``latents``), the text embeddings of the
+        captions and of the empty prompt (unless it carries ``text_embedding`` / ``uncond_embedding``), and the
+        dataset's other fields as ``extras``."""
         device, positions = self.accelerator.device, batch["positions"]
         with torch.no_grad():
-            latents = loser_latents = None
+            latents = None
             if self.objective.batch_inputs != "prompts":
-                latents = self._batch_latents(batch, "latents", "pixels", VAE_STREAM)
-            if self.objective.batch_inputs == "pairs":
-                loser_latents = self._batch_latents(batch, "latents_loser", "pixels_loser", LOSER_VAE_STREAM)
+                if "latents" in batch:
+                    latents = batch["latents"].to(device).float()
+                elif "pixels" in batch:
+                    generator = sample_generator(self.cfg["seed"], positions[0], VAE_STREAM)
+                    latents = self.adapter.encode_video(batch["pixels"].to(device), generator=generator).float()
             if "text_embedding" in batch:
                 text = batch["text_embedding"].to(device)
             else:
@@ -384,19 +389,9 @@ class TrainingRecipe:
                 uncond = batch["uncond_embedding"].to(device)
             else:
                 uncond = self.adapter.empty_prompt_embedding(len(positions))
-        return TrainingBatch(list(batch["captions"]), list(positions), text.float(), uncond.float(), latents,
-                             loser_latents)
-
-    def _batch_latents(self, batch: dict, latents_key: str, pixels_key: str, stream: int) -> torch.Tensor | None:
-        """The batch's ``latents_key`` tensor, or its ``pixels_key`` clips VAE-encoded (a posterior sample drawn
-        from ``stream`` of the batch's first position); None when it has neither."""
-        device = self.accelerator.device
-        if latents_key in batch:
-            return batch[latents_key].to(device).float()
-        if pixels_key not in batch:
-            return None
-        generator = sample_generator(self.cfg["seed"], batch["positions"][0], stream)
-        return self.adapter.encode_video(batch[pixels_key].to(device), generator=generator).float()
+        extras = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()
+                  if key not in CONSUMED_BATCH_FIELDS}
+        return TrainingBatch(list(batch["captions"]), list(positions), text.float(), uncond.float(), latents, extras)
 
     def compute_loss(self, batch: dict, grad_norms: bool = False):
         """Prepare the batch (no grad) and evaluate the objective on it."""

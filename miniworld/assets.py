@@ -36,6 +36,14 @@ def load_teacher(path: str | Path | None = None, **kwargs):
     return adapter
 
 
+def student_model(adapter, path: str | Path | None = None, train_guidance_layer: bool = False, seed: int = 0):
+    """The shipped student (or the one in ``path``) as the ``model:`` of a run that trains it further
+    (``distill.model.from_student``: its LoRA trainable again)."""
+    from distill.model import from_student
+
+    return from_student(adapter, str(asset_path(path, STUDENT)), train_guidance_layer=train_guidance_layer, seed=seed)
+
+
 def training_dataset(folder: str | Path = "runs/miniworld-data", num_videos: int = 2000, seed: int = 0, **kwargs):
     """The world's training split written once as mp4 + CSV under ``folder`` (reused when present),
     read back by the trainer's normal ``distill.data.VideoCaptionCSV``."""
@@ -49,6 +57,15 @@ def training_dataset(folder: str | Path = "runs/miniworld-data", num_videos: int
         (folder / (csv_path.name + ".tmp")).rename(csv_path)
     defaults = dict(num_frames=8, fps=8, height=32, width=32, seed=seed)
     return VideoCaptionCSV(csv=csv_path, **{**defaults, **kwargs})
+
+
+def prompt_dataset(split: str = "train", num_prompts: int = 1000, seed: int = 0):
+    """Captions of the world's ``split`` stream (``miniworld.world.sample_at``) as a ``distill.data.PromptDataset``:
+    prompts for objectives that sample their own clips (online DPO)."""
+    from distill.data import PromptDataset
+    from miniworld.world import sample_at
+
+    return PromptDataset(prompts=[sample_at(i, seed, split).caption for i in range(num_prompts)])
 
 
 def evaluation_prompts() -> list[str]:

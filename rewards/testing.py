@@ -221,6 +221,43 @@ def save_tiny_xclip(
     return Path(folder)
 
 
+#: Class names of the tiny detector and action classifier: the objects and actions of the registry tests'
+#: prompts ("a red ball", "a dog running on grass", "a cat", "a car", "... riding a horse ...").
+TINY_TASK_LABELS = ("ball", "book", "car", "cat", "dog", "horse")
+
+
+def save_tiny_yolos(folder: str | Path, target: str = "book", seed: int = 0) -> Path:
+    """A random tiny ``YolosForObjectDetection`` + ``YolosImageProcessor`` folder in the layout of
+    ``hustvl/yolos-base`` (classes ``TINY_TASK_LABELS``). The class head's bias favours ``target`` so that
+    its detections pass the 0.2 threshold and the reward has a gradient, as a detector that sees the
+    object does."""
+    from transformers import YolosConfig, YolosForObjectDetection, YolosImageProcessor
+
+    torch.manual_seed(seed)
+    config = YolosConfig(image_size=[32, 32], patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32, num_detection_tokens=4, id2label=dict(enumerate(TINY_TASK_LABELS)))
+    model = YolosForObjectDetection(config)
+    with torch.no_grad():
+        model.class_labels_classifier.layers[-1].bias[TINY_TASK_LABELS.index(target)] += 4.0
+    model.save_pretrained(str(folder))
+    YolosImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}).save_pretrained(str(folder))
+    return Path(folder)
+
+
+def save_tiny_videomae(folder: str | Path, seed: int = 0) -> Path:
+    """A random tiny ``VideoMAEForVideoClassification`` + ``VideoMAEImageProcessor`` folder in the layout of
+    ``MCG-NJU/videomae-base-finetuned-kinetics``: 4 frames of 32x32, classes ``TINY_TASK_LABELS``."""
+    from transformers import VideoMAEConfig, VideoMAEForVideoClassification, VideoMAEImageProcessor
+
+    torch.manual_seed(seed)
+    config = VideoMAEConfig(image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=16,
+                            num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                            id2label=dict(enumerate(TINY_TASK_LABELS)))
+    VideoMAEForVideoClassification(config).save_pretrained(str(folder))
+    VideoMAEImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
+    return Path(folder)
+
+
 def reference_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a reference fixture (``.safetensors``), cloned so a test may change them."""
     from safetensors.torch import load_file
@@ -380,6 +417,14 @@ def _videoreward_kwargs(folder: Path) -> dict:
     return {"checkpoint": save_tiny_videoreward(Path(folder) / "VideoReward", base), "base_model": base}
 
 
+def _object_removal_kwargs(folder: Path) -> dict:
+    return {"model": save_tiny_yolos(Path(folder) / "yolos-base"), "target_object": "book"}
+
+
+def _action_kwargs(folder: Path) -> dict:
+    return {"model": save_tiny_videomae(Path(folder) / "videomae-base-finetuned-kinetics")}
+
+
 def save_tiny_preference_model(folder: str | Path, teacher: str | Path, space: str = "pixels", seed: int = 0) -> Path:
     """A random ``PreferenceRewardModel`` (width 8, depth 2) on the tiny diffusers teacher folder ``teacher``,
     saved with z-normalisation statistics."""
@@ -411,6 +456,8 @@ TINY_REWARD_KWARGS: dict[str, Callable[[Path], dict]] = {
     "xclip": _xclip_kwargs,
     "videoreward": _videoreward_kwargs,
     "preference-model": _preference_model_kwargs,
+    "object-removal": _object_removal_kwargs,
+    "action-classification": _action_kwargs,
 }
 
 #: Rewards whose defaults load the mini world's small assets shipped in the package

@@ -229,8 +229,9 @@ class InternVideo2Reward(ClipRewardBase):
         return self.model.encode_text(input_ids, normalize=True)
 
 
-def _xclip_preprocess(folder: Path | None, image_size: int, crop: str) -> ImagePreprocess:
-    """The folder's ``preprocessor_config.json`` mean/std if present, else ImageNet's (X-CLIP's)."""
+def folder_preprocess(folder: Path | None, image_size: int, crop: str) -> ImagePreprocess:
+    """Short side to ``image_size`` and a square crop, normalised with the mean/std of the model folder's
+    ``preprocessor_config.json`` when present, else ImageNet's (X-CLIP's, VideoMAE's)."""
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if folder is not None and (folder / "preprocessor_config.json").is_file():
         processor = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
@@ -272,7 +273,7 @@ class XCLIPReward(ClipRewardBase):
             ) from err
         vision = xclip.config.vision_config
         num_frames = num_frames or vision.num_frames
-        super().__init__(num_frames, stride, _xclip_preprocess(folder, image_size or vision.image_size, crop),
+        super().__init__(num_frames, stride, folder_preprocess(folder, image_size or vision.image_size, crop),
                          as_dtype(dtype), text_cache_size=0)
         self.model = xclip
         if tokenizer is None:

@@ -72,11 +72,13 @@ def test_run_config_reports_every_unknown_key_at_once():
 def test_run_config_checks_values_and_reward_names():
     errors = validate_run_config(resolve_run_config(load_config(TINY)) | {
         "objective": {"_component_": "distill.objectives.T2VTurboObjective", "target": "teacher"},
-        "train": dict(DEFAULTS["train"], mixed_precision="fp8"),
+        "train": dict(DEFAULTS["train"], mixed_precision="fp8", device="gpu"),
+        "validation": dict(DEFAULTS["validation"], format="avi"),
         "rewards": [{"name": "hpsv3", "weight": 1.0}, {"name": "viclip", "weight": 1.0, "args": {"strid": 2}}],
     })
     text = "\n".join(errors)
     assert "objective.target='teacher'" in text and "train.mixed_precision='fp8'" in text
+    assert "train.device='gpu'" in text and "validation.format='avi'" in text
     assert "rewards[0].name: unknown reward 'hpsv3'" in text
     assert "rewards[1].args.strid: reward 'viclip' takes no argument 'strid'" in text
     missing = {k: v for k, v in load_yaml(TINY).items() if k != "data"}

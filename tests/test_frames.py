@@ -133,5 +133,6 @@ def test_frame_selection_modes_and_weights():
     # TAR: exp(-lambda |f - F / 2|) with F = 16 frames, lambda = 1
     torch.testing.assert_close(sel.weights(idx, 16), torch.tensor([math.exp(-abs(f - 8)) for f in idx]))
     assert FrameSelection().weights([0, 1], 16) is None
+    assert len(FrameSelection().indices(16, seeded(0))) == 5  # the public code's m = 5 random frames
     with pytest.raises(ValueError, match="`mode`"):
         FrameSelection("sometimes")

@@ -2,12 +2,14 @@
 frame selection, the public-code weighting and the EMA target."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
 from torch import nn
 
 from distill.ema import EMATarget
+from distill.losses import consistency_distance, pseudo_huber_loss
 from distill.model import TrainedModel
 from distill.objectives import RewardTerm, RunContext, T2VTurboObjective
 from distill.objectives.t2v_turbo import ConsistencySettings, video_only_mask
@@ -275,6 +277,25 @@ def test_ema_update_and_target(adapter, student):
     ema0 = EMATarget(student, decay=0.0)
     assert objective.loss(student, latents, text, uncond, prompts, [0, 1], ema=ema0).cd_loss.item() == pytest.approx(
         online.cd_loss.item(), rel=1e-6)
+
+
+def test_ema_decay_must_lie_in_0_1(student):
+    for decay in (0.0, 1.0):
+        assert EMATarget(student, decay).decay == decay
+    for decay in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=f"`ema_decay`={decay} must lie in \\[0, 1\\]"):
+            EMATarget(student, decay)
+
+
+def test_distances_default_to_the_spec_constants():
+    """Pseudo-Huber sqrt((x - y)^2 + c^2) - c with c = 0.001 by default, L2 (x - y)^2, both averaged."""
+    pred, target = torch.tensor([0.0, 0.5, -2.0]), torch.tensor([0.1, 0.5, 1.0])
+    huber = sum(math.sqrt(d * d + 1e-6) - 1e-3 for d in (-0.1, 0.0, -3.0)) / 3
+    assert pseudo_huber_loss(pred, target).item() == pytest.approx(huber, rel=1e-6)
+    assert consistency_distance(pred, target).item() == pytest.approx(huber, rel=1e-6)
+    assert consistency_distance(pred, target, "l2").item() == pytest.approx((0.01 + 0 + 9) / 3, rel=1e-6)
+    with pytest.raises(ValueError, match="`loss_type`='l1' is not one of 'huber', 'l2'"):
+        consistency_distance(pred, target, "l1")
 
 
 def test_settings_errors_name_the_key():

@@ -69,6 +69,8 @@ def test_lcm_spacing_equals_diffusers_lcm_scheduler(steps):
 def test_bad_spacing_arguments_are_named():
     with pytest.raises(ValueError, match="`num_inference_steps`=51"):
         multistep_timesteps(51)
+    with pytest.raises(ValueError, match=r"`num_inference_steps`=0 must be in \[1, 50\]"):
+        multistep_timesteps(0)
     with pytest.raises(ValueError, match="`spacing`='karras'"):
         multistep_timesteps(4, spacing="karras")
 
@@ -124,6 +126,9 @@ def test_consistency_output_is_identity_at_t0_and_x0_far_away():
     f = consistency_output(z, x0, torch.tensor([0, 999]))
     torch.testing.assert_close(f[0], z[0])
     torch.testing.assert_close(f[1], x0[1], atol=1e-6 * 10, rtol=1e-4)
+    # in between, the defaults are sigma_data = 0.5 and timestep scaling 10: at t = 1, c_skip = 0.25 / 100.25
+    mixed = consistency_output(z, x0, torch.tensor([1, 1]))
+    torch.testing.assert_close(mixed, (0.25 * z + 10.0 * math.sqrt(100.25) * x0) / 100.25)
 
 
 def test_guidance_embedding_shape_values_and_diffusers_equivalence():

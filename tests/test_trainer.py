@@ -104,8 +104,11 @@ def test_a_step_descends_the_cd_loss_as_its_gradient_predicts(assets, tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_weights(assets, tmp_path):
-    # LoRA dropout draws from the global RNG, the data order and the per-sample noise from positions
-    common = ["train.checkpoint_every=2", "model.lora.dropout=0.1", "train.keep_checkpoints=5"]
+    # LoRA dropout draws from the global RNG, the data order and the per-sample noise from positions; the EMA
+    # target and the LR warmup (4 steps, longer than the cut run) are state a resume must restore too
+    common = ["train.checkpoint_every=2", "model.lora.dropout=0.1", "train.keep_checkpoints=5",
+              "objective.target=ema", "objective.ema_decay=0.5", "lr_scheduler.name=constant_with_warmup",
+              "lr_scheduler.warmup_steps=4"]
     full = run(tiny_config(assets, tmp_path / "full", "train.max_steps=4", *common))
     # the "crashed" run stops after step 3; its last checkpoint is step 2
     run(tiny_config(assets, tmp_path / "cut", "train.max_steps=3", *common))
@@ -117,6 +120,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(assets, tmp_path):
     full_params = dict(full.network.named_parameters())
     for name, param in resumed.network.named_parameters():
         assert torch.equal(param, full_params[name]), name
+    resumed_ema, full_ema = resumed.objective.ema.shadow, full.objective.ema.shadow
+    assert full_ema and all(torch.equal(resumed_ema[n], full_ema[n]) for n in full_ema)
+    assert resumed.lr_scheduler.get_last_lr() == full.lr_scheduler.get_last_lr()
     checkpoint = tmp_path / "cut" / f"{CHECKPOINT_PREFIX}4"
     assert {p.name for p in checkpoint.iterdir()} >= {"student", "training_state.pt", "rng_state_0.pt", "config.yaml"}
 

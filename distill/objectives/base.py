@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 #: independent random streams keyed by a global sample position
 SAMPLE_STREAM, FRAME_STREAM, VAE_STREAM, CHAIN_STREAM, LOSER_VAE_STREAM = 0, 1, 2, 3, 4
 #: what a batch must hold for an objective (``Objective.batch_inputs``)
-BATCH_INPUTS = ("videos", "prompts", "videos_or_prompts", "pairs")
+BATCH_INPUTS = ("videos", "prompts", "videos_or_prompts")
 
 
 def sample_generator(seed: int, position: int, stream: int = SAMPLE_STREAM) -> torch.Generator:
@@ -57,8 +57,9 @@ class TrainingBatch:
 
     ``latents`` (B, c, T, h, w) are the clips' VAE latents, ``None`` for a prompt-only batch (or when the
     objective does not use videos); ``text_embedding`` and ``uncond_embedding`` (B, L, D) encode the
-    prompts and the empty prompt; ``positions`` are the samples' global positions. For preference pairs
-    (``batch_inputs = "pairs"``) ``latents`` are the preferred clips and ``loser_latents`` the others.
+    prompts and the empty prompt; ``positions`` are the samples' global positions; ``extras`` holds the
+    dataset's other per-sample fields, tensors on the device (e.g. a preference pair's second clip, which
+    the objective encodes with ``run.adapter``).
     """
 
     prompts: list[str]
@@ -66,17 +67,15 @@ class TrainingBatch:
     text_embedding: torch.Tensor
     uncond_embedding: torch.Tensor
     latents: torch.Tensor | None = None
-    loser_latents: torch.Tensor | None = None
+    extras: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         size = len(self.prompts)
         if len(self.positions) != size or self.text_embedding.shape[0] != size:
             raise ValueError(f"{len(self.positions)} positions and {self.text_embedding.shape[0]} text embeddings "
                              f"for {size} prompts")
-        for name in ("latents", "loser_latents"):
-            value = getattr(self, name)
-            if value is not None and value.shape[0] != size:
-                raise ValueError(f"{name} hold {value.shape[0]} clips for {size} prompts")
+        if self.latents is not None and self.latents.shape[0] != size:
+            raise ValueError(f"latents hold {self.latents.shape[0]} clips for {size} prompts")
 
 
 @dataclasses.dataclass
@@ -116,8 +115,7 @@ class Objective(abc.ABC):
     """A training objective: the loss of one micro-batch (see the module docstring for the life cycle)."""
 
     #: what a batch must hold: "videos" (clips + captions), "prompts" (captions; clips are ignored and
-    #: never encoded), "videos_or_prompts" (clips when the dataset has them, else prompts) or "pairs"
-    #: (a preferred and a rejected clip per caption: ``latents`` and ``loser_latents``)
+    #: never encoded) or "videos_or_prompts" (clips when the dataset has them, else prompts)
     batch_inputs: ClassVar[str] = "videos"
     #: which trained models it can train: "student" (with a guidance layer), "teacher" (full-step)
     model_kinds: ClassVar[tuple[str, ...]] = ("student", "teacher")
@@ -125,6 +123,9 @@ class Objective(abc.ABC):
     uses_rewards: ClassVar[bool] = True
     #: whether at least one reward is required
     needs_rewards: ClassVar[bool] = False
+    #: whether the data must be preference pairs (a dataset with ``has_pairs``: each sample's clip is the
+    #: preferred one, ``pixels_loser`` in ``TrainingBatch.extras`` the rejected one)
+    needs_pairs: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Check every field against its annotation, all problems at once."""

@@ -46,6 +46,7 @@ from distill.losses import dpo_loss, reward_weights
 from distill.objectives.base import (
     CHAIN_STREAM,
     FRAME_STREAM,
+    LOSER_VAE_STREAM,
     Objective,
     ObjectiveOutput,
     RunContext,
@@ -122,7 +123,8 @@ class DPOObjective(DenoisingLoss):
     (``uniform`` | ``logit_normal``), ``reference_refresh_every`` (0: the initial reference throughout).
     """
 
-    batch_inputs: ClassVar[str] = "pairs"
+    batch_inputs: ClassVar[str] = "videos"
+    needs_pairs: ClassVar[bool] = True
     uses_rewards: ClassVar[bool] = False
 
     beta: Annotated[float, Range(gt=0)] = 5000.0
@@ -160,7 +162,16 @@ class DPOObjective(DenoisingLoss):
         return [(f"reference.{name}", value) for name, value in self.reference.shadow.items()]
 
     def __call__(self, model: nn.Module, batch: TrainingBatch, grad_norms: bool = False) -> ObjectiveOutput:
-        return self.dpo(model, batch.latents, batch.loser_latents, batch.text_embedding, batch.positions)
+        return self.dpo(model, batch.latents, self.loser_latents(batch), batch.text_embedding, batch.positions)
+
+    @torch.no_grad()
+    def loser_latents(self, batch: TrainingBatch) -> torch.Tensor:
+        """The rejected clips' latents: ``latents_loser`` of the batch, or its ``pixels_loser`` VAE-encoded (a
+        posterior sample from the generator of (seed, the batch's first position, LOSER_VAE_STREAM))."""
+        if "latents_loser" in batch.extras:
+            return batch.extras["latents_loser"].float()
+        generator = sample_generator(self.run.seed, batch.positions[0], LOSER_VAE_STREAM)
+        return self.adapter.encode_video(batch.extras["pixels_loser"], generator=generator).float()
 
     def dpo(self, model: nn.Module, winners: torch.Tensor, losers: torch.Tensor, text: torch.Tensor,
             positions: Sequence[int]) -> ObjectiveOutput:

@@ -175,7 +175,7 @@ class T2VTurboObjective(ConsistencySettings, Objective):
     def model_meta(self) -> dict:
         s = self.settings
         return {"num_ddim_timesteps": s.num_ddim_timesteps, "timestep_scaling": s.timestep_scaling,
-                "sigma_data": s.sigma_data}
+                "sigma_data": s.sigma_data, "guidance_range": [float(s.w_min), float(s.w_max)]}
 
     # ---- per-sample draws ---------------------------------------------------------------
     def draw(self, positions: Sequence[int], latent_shape: Sequence[int], seed: int):

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise CommandError(f"--out {out} already exists and is not empty; pass --overwrite to replace it")
-    check_writable(out.parent if not out.is_dir() else out)
+    check_writable(out.parent)  # the export is written beside --out, then moved into place
     try:
         out = export_student(args.student_dir, out, args.format, guidance_scale=args.guidance_scale,
                              overwrite=args.overwrite, metrics=args.metrics or [])

@@ -60,6 +60,57 @@ def interpolate(x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma:
     return alpha * x0 + sigma * eps
 
 
+def previous_coefficients(
+    prediction_type: str, alpha: torch.Tensor, sigma: torch.Tensor, prev_t: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, sigma) a sampling step lands on: the grid's at ``prev_t``, or, below the grid (prev_t < 0),
+    the grid's first point for ``"epsilon"`` (DDIM's ``set_alpha_to_one=False``, as ModelScope and
+    VideoCrafter sample) and the clean end sigma = 0 for ``"flow"`` (where diffusers' flow schedulers end)."""
+    if prev_t >= 0:
+        return alpha[prev_t], sigma[prev_t]
+    if check_prediction_type(prediction_type) == "epsilon":
+        return alpha[0], sigma[0]
+    return torch.ones_like(alpha[0]), torch.zeros_like(sigma[0])
+
+
+def ddim_noise_std(
+    alpha_t: torch.Tensor, sigma_t: torch.Tensor, alpha_prev: torch.Tensor, sigma_prev: torch.Tensor, eta: float
+) -> torch.Tensor:
+    """The standard deviation s of the fresh noise of a stochastic DDIM step t -> prev (Song et al. 2021, eq. 16):
+
+        s = eta * (sigma_prev / sigma_t) * sqrt(sigma_t^2 - (alpha_t / alpha_prev)^2 sigma_prev^2),
+
+    eta times the std of the posterior q(z_prev | z_t, x0) of the Gaussian process z = alpha x0 + sigma eps.
+    For epsilon teachers this is DDIM's eta sqrt((1 - abar_prev) / (1 - abar_t)) sqrt(1 - abar_t / abar_prev);
+    eta = 0 is the deterministic step, eta = 1 the ancestral (DDPM) one.
+    """
+    if eta == 0:
+        return torch.zeros_like(sigma_t)
+    variance = (sigma_t**2 - (alpha_t / alpha_prev) ** 2 * sigma_prev**2).clamp(min=0)
+    return eta * sigma_prev / sigma_t * variance.sqrt()
+
+
+def ddim_step(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    alpha_prev: torch.Tensor,
+    sigma_prev: torch.Tensor,
+    noise_std: torch.Tensor,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """z_prev = alpha_prev x0 + sqrt(sigma_prev^2 - s^2) eps + s noise (DDIM eq. 12 with s = ``ddim_noise_std``).
+
+    With s = 0 it is ``interpolate(x0, eps, alpha_prev, sigma_prev)``; ``noise`` is needed only when s > 0.
+    """
+    direction = (sigma_prev**2 - noise_std**2).clamp(min=0).sqrt()
+    z = alpha_prev * x0 + direction * eps
+    if noise is None:
+        if bool((noise_std > 0).any()):
+            raise ValueError("`noise` is required for a stochastic DDIM step (`noise_std` > 0)")
+        return z
+    return z + noise_std * noise
+
+
 def x0_eps_from_output(
     prediction_type: str, z_t: torch.Tensor, output: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

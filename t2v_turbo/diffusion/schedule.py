@@ -35,6 +35,18 @@ def ddim_timesteps(num_train_timesteps: int = 1000, num_ddim_timesteps: int = 50
     return torch.arange(1, num_ddim_timesteps + 1, dtype=torch.long) * step - 1
 
 
+def leading_timesteps(num_inference_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 0) -> list[int]:
+    """The DDIM sampler's "leading" timesteps, high to low: t_i = i * (T // n) + steps_offset, i = n-1..0.
+
+    ModelScope's and VideoCrafter's samplers use steps_offset 1: 50 steps give 981, 961, ..., 1; 25 steps
+    961, 921, ..., 1.
+    """
+    if not 1 <= num_inference_steps <= num_train_timesteps:
+        raise ValueError(f"`num_inference_steps`={num_inference_steps} must be in [1, {num_train_timesteps}]")
+    step_ratio = num_train_timesteps // num_inference_steps
+    return [i * step_ratio + steps_offset for i in range(num_inference_steps - 1, -1, -1)]
+
+
 def previous_timestep(timestep: torch.Tensor, skip: int) -> torch.Tensor:
     """t_n = t_{n+k} - skip, floored at 0 (the solver's target timestep)."""
     return (timestep - skip).clamp(min=0)
