@@ -18,7 +18,7 @@ from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
 from t2v_turbo.adapters.wan import WanAdapter
 from t2v_turbo.cli import main
 from t2v_turbo.config import ConfigError, load_config
-from t2v_turbo.testing import build_tiny_diffusers_t2v, build_tiny_wan, write_preference_pairs
+from t2v_turbo.testing import build_tiny_diffusers_t2v, build_tiny_wan, write_caption_folder, write_preference_pairs
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 CAPTIONS = ["a cat running", "a red car on the street", "a bird flying in the sky", "a dog on the beach",
@@ -281,7 +281,9 @@ def test_dpo_command_trains_and_resumes(assets, tmp_path):
 
 def test_objectives_refuse_data_they_cannot_train_on(assets, tmp_path):
     cfg = config(assets, "epsilon", "tiny_dpo.yaml", tmp_path / "a")
-    cfg["data"] = {"_component_": "distill.data.PromptDataset", "prompts": CAPTIONS}
+    videos = write_caption_folder(tmp_path / "videos", CAPTIONS[:2])
+    cfg["data"] = {"_component_": "distill.data.VideoCaptionFolder", "folder": str(videos), "num_frames": 4,
+                   "height": 16, "width": 16}
     recipe = TrainingRecipe(cfg)
     with pytest.raises(ConfigError, match="gives no preference pairs.*PreferencePairs"):
         recipe.setup()
