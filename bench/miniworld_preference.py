@@ -51,20 +51,14 @@ def train_reward_model(out: Path, seed: int, loss: str, steps: int, pairs: Path,
 
 def train_policy(out: Path, config: str, seed: int, steps: int, pairs: Path, overrides: list[str]) -> Path:
     """A student trained by ``TrainingRecipe`` from ``config``; returns its folder (reused when present)."""
-    from distill.trainer import TrainingRecipe
+    from distill.trainer import run_training
     from t2v_turbo.config import load_config
 
     folder = out / "student"
     if not (folder / "student.json").is_file():
         data_folder = [] if "online" in config else [f"data.folder={pairs}"]
-        cfg = load_config(CONFIGS / config, [f"output_dir={out}", f"seed={seed}", f"train.max_steps={steps}",
-                                             "train.log_every=10", *data_folder, *overrides])
-        recipe = TrainingRecipe(cfg)
-        recipe.setup()
-        try:
-            recipe.train()
-        finally:
-            recipe.cleanup()
+        run_training(load_config(CONFIGS / config, [f"output_dir={out}", f"seed={seed}", f"train.max_steps={steps}",
+                                                    "train.log_every=10", *data_folder, *overrides]))
     return folder
 
 
@@ -201,6 +195,8 @@ def main() -> int:
 
 def write_results_section(results: dict, accuracy: str, held_out: str, overall: str) -> None:
     """Replace this bench's section of bench/RESULTS.md (between its markers), or append it."""
+    from miniworld.report import write_marked_section
+
     seeds = ", ".join(str(s) for s in results["seeds"])
     body = "\n".join([
         BEGIN,
@@ -230,13 +226,7 @@ def write_results_section(results: dict, accuracy: str, held_out: str, overall: 
         overall,
         END,
     ])
-    path = REPO / "bench" / "RESULTS.md"
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + body + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    path.write_text(text)
+    write_marked_section(REPO / "bench" / "RESULTS.md", BEGIN, END, body)
 
 
 if __name__ == "__main__":

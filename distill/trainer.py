@@ -674,6 +674,18 @@ class TrainingRecipe:
         GradientState._reset_state()
 
 
+def run_training(cfg: dict, resume: str | None = None) -> TrainingRecipe:
+    """A recipe built from ``cfg``, set up (resumed from ``resume``), trained and cleaned up; returns it (the trained
+    weights in ``.network``)."""
+    recipe = TrainingRecipe(cfg)
+    try:
+        recipe.setup(resume=resume)
+        recipe.train()
+    finally:
+        recipe.cleanup()  # also after a failed setup: the output folder's lock is released
+    return recipe
+
+
 def enable_gradient_checkpointing(unet: torch.nn.Module) -> None:
     """Recompute activations in backward instead of storing them.
 

@@ -148,3 +148,16 @@ def save_json(path: str | Path, data) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def write_marked_section(path: str | Path, begin: str, end: str, body: str) -> Path:
+    """Replace the text from ``begin`` to ``end`` (the markers included; ``body`` carries its own) in the file at
+    ``path``, or append ``body`` when the markers are absent (a new file starts with a title)."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else "# Benchmark results\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + body + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + body + "\n"
+    path.write_text(text)
+    return path

@@ -12,7 +12,7 @@ from distill.model import from_teacher
 from distill.objectives import DPOObjective, OnlineDPOObjective, RunContext, RWRObjective
 from distill.objectives.rewarding import RewardTerm
 from distill.preference_data import PreferencePairs
-from distill.trainer import CHECKPOINT_PREFIX, TrainingRecipe
+from distill.trainer import CHECKPOINT_PREFIX, TrainingRecipe, run_training
 from rewards import build_reward
 from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
 from t2v_turbo.adapters.wan import WanAdapter
@@ -232,16 +232,6 @@ def config(assets, kind, objective_config, output_dir, *overrides):
     return cfg
 
 
-def run(cfg, resume=None):
-    recipe = TrainingRecipe(cfg)
-    recipe.setup(resume=resume)
-    try:
-        recipe.train()
-    finally:
-        recipe.cleanup()
-    return recipe
-
-
 def trained(recipe):
     return {n: p.detach().clone() for n, p in recipe.network.named_parameters() if p.requires_grad}
 
@@ -253,9 +243,9 @@ OBJECTIVE_CONFIGS = [("tiny_dpo.yaml", []), ("tiny_online_dpo.yaml", []), ("tiny
 @pytest.mark.parametrize("kind", ["epsilon", "flow"])
 @pytest.mark.parametrize("objective_config, extra", OBJECTIVE_CONFIGS)
 def test_trains_and_resumes_to_the_uninterrupted_weights(assets, tmp_path, kind, objective_config, extra):
-    full = run(config(assets, kind, objective_config, tmp_path / "full", "train.max_steps=3", *extra))
-    run(config(assets, kind, objective_config, tmp_path / "cut", "train.max_steps=2", *extra))
-    resumed = run(config(assets, kind, objective_config, tmp_path / "cut", "train.max_steps=3", *extra),
+    full = run_training(config(assets, kind, objective_config, tmp_path / "full", "train.max_steps=3", *extra))
+    run_training(config(assets, kind, objective_config, tmp_path / "cut", "train.max_steps=2", *extra))
+    resumed = run_training(config(assets, kind, objective_config, tmp_path / "cut", "train.max_steps=3", *extra),
                   resume="latest")
     a, b = trained(full), trained(resumed)
     assert all(torch.equal(a[n], b[n]) for n in a)
