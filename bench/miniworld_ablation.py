@@ -168,13 +168,9 @@ def write_results_section(table: str, result: dict) -> None:
         "",
         END,
     ])
-    path = REPO / "bench" / "RESULTS.md"
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + body + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + body + "\n"
-    path.write_text(text)
+    from miniworld.report import write_marked_section
+
+    write_marked_section(REPO / "bench" / "RESULTS.md", BEGIN, END, body)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,13 @@ class EMATarget:
             if name in self.shadow:
                 self.shadow[name].mul_(self.decay).add_(param.detach(), alpha=1.0 - self.decay)
 
+    @torch.no_grad()
+    def reset(self, module: nn.Module) -> None:
+        """theta^- <- theta: copy the current weights (a reference model's refresh)."""
+        for name, param in module.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].copy_(param.detach())
+
     @contextlib.contextmanager
     def swapped_into(self, module: nn.Module) -> Iterator[nn.Module]:
         """Temporarily load theta^- into ``module`` (use only outside any autograd graph of it)."""

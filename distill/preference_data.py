@@ -119,3 +119,58 @@ def collate_pairs(samples: list[dict]) -> dict:
     if all("position" in s for s in samples):
         batch["positions"] = [s["position"] for s in samples]
     return batch
+
+
+class PreferencePairs(torch.utils.data.Dataset):
+    """The pairs of a preference CSV as (preferred, rejected) clips by one label column, for DPO.
+
+    ``preferred`` names the column that decides (a dimension such as ``TA``, or ``Overall``); pairs it labels
+    a tie carry no preference and are left out when the CSV is read (listed in ``invalid_items``, counted in
+    the run's skip report). A sample is ``{"pixels": preferred (C, T, H, W), "pixels_loser": rejected,
+    "caption", "index", "skipped"}``; the other arguments are ``PreferencePairsCSV``'s.
+    """
+
+    has_videos = True
+    has_pairs = True
+
+    def __init__(self, csv_path: str | Path, preferred: str = "TA", **kwargs):
+        self.pairs = PreferencePairsCSV(csv_path, dimensions=(preferred,) if preferred != OVERALL else (), **kwargs)
+        if preferred == OVERALL and not self.pairs.has_overall:
+            raise ValueError(f"{self.pairs.path}: preferred={OVERALL!r} but the CSV has no {OVERALL} column")
+        column = "overall" if preferred == OVERALL else "labels"
+        code = (lambda row: row[column]) if preferred == OVERALL else (lambda row: row[column][0])
+        self.items = [i for i, row in enumerate(self.pairs.rows) if code(row) != 0]
+        self.winner_is_a = [code(self.pairs.rows[i]) > 0 for i in self.items]
+        self.invalid_items = [(f"{self.pairs.path} row {i + 2}", f"a tie on {preferred}")
+                              for i, row in enumerate(self.pairs.rows) if code(row) == 0]
+        if self.invalid_items:
+            logger.warning("%s: %d of %d pairs are ties on %s and are left out", self.pairs.path,
+                           len(self.invalid_items), len(self.pairs), preferred)
+        if not self.items:
+            raise ValueError(f"{self.pairs.path}: every pair is a tie on {preferred}; no preference to learn")
+        self.preferred = preferred
+        self.num_frames, self.fps = self.pairs.num_frames, self.pairs.fps
+        self.height, self.width = self.pairs.height, self.pairs.width
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Clips always start at frame 0: nothing depends on the epoch."""
+
+    def __getitem__(self, index: int) -> dict:
+        skipped: list[str] = []
+        for attempt in range(min(self.pairs.max_skips, len(self)) + 1):
+            current = (index + attempt) % len(self)
+            row = self.pairs.rows[self.items[current]]
+            winner, loser = ("video_a", "video_b") if self.winner_is_a[current] else ("video_b", "video_a")
+            try:
+                pixels = self.pairs.pixels(row[winner]), self.pairs.pixels(row[loser])
+            except (VideoDecodeError, OSError) as err:
+                self.pairs.skipped += 1
+                skipped.append(f"{row['video_a']} | {row['video_b']}")
+                logger.warning("skipping pair row %d of %s: %s", self.items[current] + 2, self.pairs.path, err)
+                continue
+            return {"pixels": pixels[0], "pixels_loser": pixels[1], "caption": row["prompt"], "index": current,
+                    "skipped": skipped}
+        raise RuntimeError(f"{self.pairs.path}: {len(skipped)} pairs in a row could not be decoded")

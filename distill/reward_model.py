@@ -5,10 +5,11 @@
 entry point (``t2v-turbo train-reward CONFIG key=value ...``).
 
 The model is a ``_component_`` returning a multi-dimensional reward model: an ``nn.Module`` with
-``dimensions`` (names, one score each), ``score_pair(pixels_a, pixels_b, prompts, video_fps, seed,
-positions) -> (r_A, r_B)`` (each (B, D)) and ``save_pretrained(folder, step, inference_config)``:
-``rewards.videoreward.VideoRewardModel`` (Qwen2-VL with one reward token per dimension) or
-``distill.latent_reward.LatentRewardModel`` (noisy latents, for reward guidance). Its trainable
+``dimensions`` (names, one score each), ``score_pair(pixels_a, pixels_b, prompts, video_fps, generators)
+-> (r_A, r_B)`` (each (B, D); ``generators``: one per pair for any random draw) and
+``save_pretrained(folder, step, inference_config)``: ``rewards.videoreward.VideoRewardModel`` (Qwen2-VL
+with one reward token per dimension) or ``rewards.preference_model.PreferenceRewardModel`` (a small
+convolutional model on decoded videos, or on noisy latents for reward guidance). Its trainable
 parameters are those with ``requires_grad``.
 
 Per step, every dimension k contributes the configured loss (``rewards.preference``: ``btt`` with
@@ -42,6 +43,7 @@ import torch
 
 from distill.config_schema import DataloaderSection, LrSchedulerSection, OptimizerArgs
 from distill.data import GlobalPositionSampler, PositionedDataset
+from distill.objectives.base import sample_generator
 from distill.preference_data import collate_pairs
 from rewards.preference import accuracy_with_ties, accuracy_without_ties, preference_loss
 from t2v_turbo.config import COMPONENT_KEY, ConfigError, instantiate, merge, save_config, validate_component
@@ -213,9 +215,12 @@ class RewardModelRecipe:
                     sum(p.numel() for p in self.trainable.values()))
 
     def scores(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r_A, r_B) of a batch; a model's random draws per pair (a latent model's t and noise) come from the
+        generator of (seed, the pair's global position; its index when evaluating)."""
         positions = batch.get("positions", batch["indices"])
+        generators = [sample_generator(self.cfg["seed"], p) for p in positions]
         return self.model.score_pair(batch["pixels_a"].to(self.device), batch["pixels_b"].to(self.device),
-                                     batch["prompts"], self.cfg["train"]["video_fps"], self.cfg["seed"], positions)
+                                     batch["prompts"], self.cfg["train"]["video_fps"], generators)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         r_a, r_b = self.scores(batch)

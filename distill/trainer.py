@@ -330,11 +330,16 @@ class TrainingRecipe:
         logger.info("trainable parameters: %d tensors, %d values", len(params), sum(p.numel() for p in params))
 
     def _check_data(self) -> None:
-        """The dataset gives clips when the objective needs them (``Objective.batch_inputs``)."""
+        """The dataset gives clips when the objective needs them (``Objective.batch_inputs``), and preference
+        pairs when it trains on pairs (``Objective.needs_pairs``)."""
         if self.objective.batch_inputs == "videos" and not getattr(self.dataset, "has_videos", True):
             raise ConfigError(f"data: {self.cfg['data'][COMPONENT_KEY]} gives prompts only, but "
                               f"{type(self.objective).__name__} trains on video clips; use a video dataset "
                               "(distill.data.VideoCaptionCSV / VideoCaptionFolder / VideoCaptionShards)")
+        if self.objective.needs_pairs and not getattr(self.dataset, "has_pairs", False):
+            raise ConfigError(f"data: {self.cfg['data'][COMPONENT_KEY]} gives no preference pairs, but "
+                              f"{type(self.objective).__name__} trains on them; use "
+                              "distill.preference_data.PreferencePairs")
 
     @property
     def model_folder_name(self) -> str:
@@ -665,6 +670,18 @@ class TrainingRecipe:
             self.output_lock.release()
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+def run_training(cfg: dict, resume: str | None = None) -> TrainingRecipe:
+    """A recipe built from ``cfg``, set up (resumed from ``resume``), trained and cleaned up; returns it (the trained
+    weights in ``.network``)."""
+    recipe = TrainingRecipe(cfg)
+    try:
+        recipe.setup(resume=resume)
+        recipe.train()
+    finally:
+        recipe.cleanup()  # also after a failed setup: the output folder's lock is released
+    return recipe
 
 
 def enable_gradient_checkpointing(unet: torch.nn.Module) -> None:

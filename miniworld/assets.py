@@ -36,6 +36,14 @@ def load_teacher(path: str | Path | None = None, **kwargs):
     return adapter
 
 
+def student_model(adapter, path: str | Path | None = None, train_guidance_layer: bool = False, seed: int = 0):
+    """The shipped student (or the one in ``path``) as the ``model:`` of a run that trains it further
+    (``distill.model.from_student``: its LoRA trainable again)."""
+    from distill.model import from_student
+
+    return from_student(adapter, str(asset_path(path, STUDENT)), train_guidance_layer=train_guidance_layer, seed=seed)
+
+
 def training_dataset(folder: str | Path = "runs/miniworld-data", num_videos: int = 2000, seed: int = 0, **kwargs):
     """The world's training split written once as mp4 + CSV under ``folder`` (reused when present),
     read back by the trainer's normal ``distill.data.VideoCaptionCSV``."""
@@ -51,13 +59,20 @@ def training_dataset(folder: str | Path = "runs/miniworld-data", num_videos: int
     return VideoCaptionCSV(csv=csv_path, **{**defaults, **kwargs})
 
 
-def training_prompts():
-    """The world's training-split captions (225 compositions, held-out pairs excluded) as a
-    ``distill.data.PromptDataset``, for recipes that sample their own videos (VADER)."""
+def training_prompts(split: str = "train", num_prompts: int | None = None, seed: int = 0):
+    """Captions of the world's ``split`` as a ``distill.data.PromptDataset``, for recipes that sample their
+    own videos (VADER, online DPO): every caption of the split once (``num_prompts`` None; the training
+    split has 225 compositions, held-out pairs excluded), or the first ``num_prompts`` captions of the
+    split's sample stream (``miniworld.world.sample_at``: compositions in their sampling frequency)."""
     from distill.data import PromptDataset
-    from miniworld.world import caption_of, train_attributes
+    from miniworld.world import caption_of, sample_at, train_attributes
 
-    return PromptDataset(prompts=[caption_of(attrs) for attrs in train_attributes()])
+    if num_prompts is None:
+        if split != "train":
+            raise ValueError(f"miniworld prompts: every caption of split {split!r} needs `num_prompts` (only 'train' "
+                             "lists its compositions)")
+        return PromptDataset(prompts=[caption_of(attrs) for attrs in train_attributes()])
+    return PromptDataset(prompts=[sample_at(i, seed, split).caption for i in range(num_prompts)])
 
 
 def shipped_student_model(adapter, train_guidance_layer: bool = True, seed: int = 0):

@@ -150,18 +150,54 @@ def write_pairs(folder: str | Path, num_pairs: int, seed: int = 0, split: str = 
     return path
 
 
-def preference_pairs(folder: str | Path = "runs/miniworld-preferences", num_pairs: int = 3000, seed: int = 0,
-                     split: str = "train", cache: bool = True, **kwargs):
-    """The mini world's pairs written once under ``folder`` (reused when present), read back by the
-    recipe's ``distill.preference_data.PreferencePairsCSV`` (8 frames of 32x32 at 8 fps; decoded clips kept
-    in memory with ``cache``)."""
-    from distill.preference_data import PreferencePairsCSV
-
+def pairs_csv(folder: str | Path = "runs/miniworld-preferences", num_pairs: int = 3000, seed: int = 0,
+              split: str = "train") -> Path:
+    """The CSV of ``num_pairs`` pairs of (seed, split) under ``folder``, written once (reused when present)."""
     folder = Path(folder)
     path = folder / f"{split}_seed{seed}_n{num_pairs}.csv"
     if not path.is_file():
         write_pairs(folder, num_pairs, seed=seed, split=split, csv_name=path.name + ".tmp")
         (folder / (path.name + ".tmp")).rename(path)
-    defaults = dict(dimensions=DIMENSIONS, num_frames=world.NUM_FRAMES, fps=world.FPS, height=world.HEIGHT,
-                    width=world.WIDTH, cache=cache)
-    return PreferencePairsCSV(path, **{**defaults, **kwargs})
+    return path
+
+
+#: how the recipes read the world's clips: all 8 frames of 32x32 at 8 fps
+CLIP_GEOMETRY = {"num_frames": world.NUM_FRAMES, "fps": world.FPS, "height": world.HEIGHT, "width": world.WIDTH}
+
+
+def preference_pairs(folder: str | Path = "runs/miniworld-preferences", num_pairs: int = 3000, seed: int = 0,
+                     split: str = "train", cache: bool = True, **kwargs):
+    """The pairs as the reward-model recipe reads them (``distill.preference_data.PreferencePairsCSV``; decoded
+    clips kept in memory with ``cache``)."""
+    from distill.preference_data import PreferencePairsCSV
+
+    defaults = dict(dimensions=DIMENSIONS, cache=cache, **CLIP_GEOMETRY)
+    return PreferencePairsCSV(pairs_csv(folder, num_pairs, seed, split), **{**defaults, **kwargs})
+
+
+def dpo_pairs(folder: str | Path = "runs/miniworld-preferences", num_pairs: int = 3000, seed: int = 0,
+              preferred: str = "TA", cache: bool = True):
+    """(preferred, rejected) clips by the ``preferred`` dimension's ground truth, for DPO
+    (``distill.preference_data.PreferencePairs``; ties left out)."""
+    from distill.preference_data import PreferencePairs
+
+    return PreferencePairs(pairs_csv(folder, num_pairs, seed), preferred=preferred, cache=cache, **CLIP_GEOMETRY)
+
+
+def pair_videos(folder: str | Path = "runs/miniworld-preferences", num_pairs: int = 3000, seed: int = 0):
+    """Every clip of the pairs (both sides, with their caption) as a ``distill.data.VideoCaptionCSV``: RWR's data,
+    good and bad clips for its reward weights to tell apart."""
+    from distill.data import VideoCaptionCSV
+
+    source = pairs_csv(folder, num_pairs, seed)
+    path = source.with_name(source.stem + "_videos.csv")
+    if not path.is_file():
+        with open(source, newline="", encoding="utf-8") as f:
+            rows = [(r[f"video_{side}"], r["prompt"]) for r in csv.DictReader(f) for side in "ab"]
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["video", "caption"])
+            writer.writerows(rows)
+        tmp.rename(path)
+    return VideoCaptionCSV(csv=path, random_start=False, seed=seed, **CLIP_GEOMETRY)

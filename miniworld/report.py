@@ -15,14 +15,18 @@ from t2v_turbo.video_io import to_uint8_videos, write_mp4
 
 
 def sample_videos(pipeline, prompts: Sequence[str], seed: int = 0, steps: int = 4, guidance_scale: float = 4.0,
-                  batch_size: int = 30) -> np.ndarray:
+                  batch_size: int = 30, reward_guidance=None, reward_guidance_scale: float = 1.0) -> np.ndarray:
     """uint8 videos (N, T, H, W, 3) of a pipeline (student or teacher) at the world's geometry;
-    one fixed generator per run, prompts sampled ``batch_size`` at a time."""
+    one fixed generator per run, prompts sampled ``batch_size`` at a time. ``reward_guidance``: prompts ->
+    the pipeline's ``reward_guidance`` for them (``PreferenceRewardModel.guidance``), at ``reward_guidance_scale``."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(0, len(prompts), batch_size):
-        v = pipeline(list(prompts[i : i + batch_size]), num_inference_steps=steps, guidance_scale=guidance_scale,
-                     num_frames=world.NUM_FRAMES, height=world.HEIGHT, width=world.WIDTH, generator=g)
+        batch = list(prompts[i : i + batch_size])
+        guided = {"reward_guidance": reward_guidance(batch), "reward_guidance_scale": reward_guidance_scale} \
+            if reward_guidance is not None else {}
+        v = pipeline(batch, num_inference_steps=steps, guidance_scale=guidance_scale,
+                     num_frames=world.NUM_FRAMES, height=world.HEIGHT, width=world.WIDTH, generator=g, **guided)
         out.extend(to_uint8_videos(v))
     return np.stack(out)
 
@@ -143,4 +147,17 @@ def save_json(path: str | Path, data) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def write_marked_section(path: str | Path, begin: str, end: str, body: str) -> Path:
+    """Replace the text from ``begin`` to ``end`` (the markers included; ``body`` carries its own) in the file at
+    ``path``, or append ``body`` when the markers are absent (a new file starts with a title)."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else "# Benchmark results\n"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + body + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip() + "\n\n" + body + "\n"
+    path.write_text(text)
     return path

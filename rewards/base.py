@@ -103,7 +103,8 @@ def _load_builtin_rewards() -> None:
     import importlib
     from importlib.metadata import entry_points
 
-    modules = ["rewards.image_text", "rewards.video_text", "rewards.videoreward", "rewards.task"]
+    modules = ["rewards.image_text", "rewards.video_text", "rewards.videoreward", "rewards.task",
+               "rewards.preference_model"]
     modules += [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
     for module in modules:
         importlib.import_module(module)

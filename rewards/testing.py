@@ -415,12 +415,33 @@ def _xclip_kwargs(folder: Path) -> dict:
 def _videoreward_kwargs(folder: Path) -> dict:
     base = save_tiny_qwen2_vl(Path(folder) / "Qwen2-VL-2B-Instruct")
     return {"checkpoint": save_tiny_videoreward(Path(folder) / "VideoReward", base), "base_model": base}
+
+
 def _object_removal_kwargs(folder: Path) -> dict:
     return {"model": save_tiny_yolos(Path(folder) / "yolos-base"), "target_object": "book"}
 
 
 def _action_kwargs(folder: Path) -> dict:
     return {"model": save_tiny_videomae(Path(folder) / "videomae-base-finetuned-kinetics")}
+
+
+def save_tiny_preference_model(folder: str | Path, teacher: str | Path, space: str = "pixels", seed: int = 0) -> Path:
+    """A random ``PreferenceRewardModel`` (width 8, depth 2) on the tiny diffusers teacher folder ``teacher``,
+    saved with z-normalisation statistics."""
+    from rewards.preference_model import PreferenceRewardModel
+    from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+
+    model = PreferenceRewardModel(DiffusersT2VAdapter.from_pretrained(teacher).freeze(), space=space, width=8,
+                                  depth=2, seed=seed)
+    stats = {"VQ_mean": 0.1, "VQ_std": 2.0, "MQ_mean": -0.2, "MQ_std": 0.5, "TA_mean": 0.0, "TA_std": 1.0}
+    return model.save_pretrained(folder, inference_config=stats)
+
+
+def _preference_model_kwargs(folder: Path) -> dict:
+    from t2v_turbo.testing import build_tiny_diffusers_t2v
+
+    teacher = build_tiny_diffusers_t2v(Path(folder) / "teacher")
+    return {"checkpoint": save_tiny_preference_model(Path(folder) / "model", teacher)}
 
 
 TINY_REWARD_KWARGS: dict[str, Callable[[Path], dict]] = {
@@ -434,6 +455,7 @@ TINY_REWARD_KWARGS: dict[str, Callable[[Path], dict]] = {
     "internvideo2": _internvideo2_kwargs,
     "xclip": _xclip_kwargs,
     "videoreward": _videoreward_kwargs,
+    "preference-model": _preference_model_kwargs,
     "object-removal": _object_removal_kwargs,
     "action-classification": _action_kwargs,
 }

@@ -254,9 +254,9 @@ class VideoRewardModel(nn.Module):
         return sample_frame_indices(total_frames, video_fps, v.sample_fps, v.num_frames, v.temporal_patch_size)
 
     def score_pair(self, pixels_a: torch.Tensor, pixels_b: torch.Tensor, prompts: Sequence[str], video_fps: float,
-                   seed: int = 0, positions: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+                   generators: Sequence[torch.Generator] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw scores (B, D) of two clips per prompt in one forward (the reward-model recipe's interface;
-        nothing here is random, so ``seed`` and ``positions`` are unused)."""
+        nothing here is random: ``generators`` are unused)."""
         idx = self.frame_indices(pixels_a.shape[2], video_fps)
         scores = self(torch.cat([pixels_a[:, :, idx], pixels_b[:, :, idx]]), list(prompts) * 2)
         return scores[: len(prompts)], scores[len(prompts):]

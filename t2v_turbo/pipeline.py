@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from diffusers.utils import BaseOutput
@@ -79,6 +79,14 @@ class _VideoPipelineBase:
         flow = self.adapter.prediction_type == "flow"
         t = torch.full((latents.shape[0],), float(timestep) if flow else int(timestep), device=latents.device)
         return self.adapter.predict(self.unet, latents, t, text, timestep_cond=timestep_cond, fps=fps)
+
+    def _reward_guided(self, output, z, timestep, reward, scale):
+        """``reward_guidance``: output - w grad_z r(z_t, t) (``reward_guided_output``); the output as is without it."""
+        if reward is None or scale == 0:
+            return output
+        flow = self.adapter.prediction_type == "flow"
+        t = torch.full((z.shape[0],), float(timestep) if flow else int(timestep), device=z.device)
+        return reward_guided_output(output, z, t, reward, scale)
 
     def _initial_latents(self, batch_size, num_frames, height, width, generator, latents, device, dtype):
         shape = self.adapter.latent_shape(batch_size, num_frames, height, width)
@@ -153,12 +161,15 @@ class T2VTurboPipeline(_VideoPipelineBase):
         timesteps: list[int] | None = None,
         frame_chunk_size: int = 8,
         return_dict: bool = False,
+        reward_guidance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        reward_guidance_scale: float = 1.0,
     ):
         """Sample videos (B, 3, T, H, W) in [-1, 1] (or latents with ``output_type="latent"``, or
         diffusers' output with ``return_dict=True``, see the module docstring).
 
         ``timesteps`` overrides ``num_inference_steps`` with an explicit descending list. Steps and
-        guidance scale default to the student's (``meta``), else 4 and 7.5.
+        guidance scale default to the student's (``meta``), else 4 and 7.5. ``reward_guidance`` r(z_t, t)
+        -> (B,) steers every step by ``reward_guidance_scale`` w (``reward_guided_output``).
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         num_inference_steps = num_inference_steps or (self.meta.num_inference_steps if self.meta else 4)
@@ -179,6 +190,7 @@ class T2VTurboPipeline(_VideoPipelineBase):
             set_flow_timesteps(self.scheduler, steps, self.spacing, self.num_ddim_timesteps, timesteps, device)
             for t in self.scheduler.timesteps:
                 velocity = self._predict(z, t, text, w_embedding, fps)
+                velocity = self._reward_guided(velocity, z, t, reward_guidance, reward_guidance_scale)
                 z = self.scheduler.step(velocity.float(), t, z.float(), generator=generator).prev_sample.to(dtype)
             return self._finish(z, output_type, frame_chunk_size, return_dict)
         z = z * self.scheduler.init_noise_sigma
@@ -188,6 +200,7 @@ class T2VTurboPipeline(_VideoPipelineBase):
             self.scheduler.set_timesteps(num_inference_steps, device=device)
         for t in self.scheduler.timesteps:
             eps = self._predict(z, t, text, w_embedding, fps)
+            eps = self._reward_guided(eps, z, t, reward_guidance, reward_guidance_scale)
             step = self.scheduler.step(frames_as_batch(eps), t, frames_as_batch(z), generator=generator)
             z = frames_from_batch(step.prev_sample, batch)
         return self._finish(z, output_type, frame_chunk_size, return_dict)
@@ -221,10 +234,12 @@ class TeacherPipeline(_VideoPipelineBase):
         negative_prompts: Sequence[str] | None = None,
         frame_chunk_size: int = 8,
         return_dict: bool = False,
+        reward_guidance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        reward_guidance_scale: float = 1.0,
     ):
         """Sample videos (B, 3, T, H, W) in [-1, 1]; ``guidance_scale`` 1 disables guidance. Steps and scale
-        default to a fine-tuned model's ``meta``, else 50 and 7.5. ``output_type`` and ``return_dict`` as for
-        ``T2VTurboPipeline``."""
+        default to a fine-tuned model's ``meta``, else 50 and 7.5. ``output_type``, ``return_dict`` and
+        ``reward_guidance`` (applied after classifier-free guidance) as for ``T2VTurboPipeline``."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         num_inference_steps = num_inference_steps or (self.meta.num_inference_steps if self.meta else 50)
         if guidance_scale is None:
@@ -246,8 +261,32 @@ class TeacherPipeline(_VideoPipelineBase):
             if use_cfg:
                 output_uncond, output_cond = output.chunk(2)
                 output = classifier_free_guidance(output_cond, output_uncond, guidance_scale)
+            output = self._reward_guided(output, z, t, reward_guidance, reward_guidance_scale)
             z = self.scheduler.step(output.to(z.dtype), t, z).prev_sample
         return self._finish(z, output_type, frame_chunk_size, return_dict)
+
+
+def reward_guided_output(output: torch.Tensor, z: torch.Tensor, timesteps: torch.Tensor,
+                         reward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scale: float) -> torch.Tensor:
+    """Reward guidance at sampling time (VideoAlign): the network output minus w grad_z r(z_t, t).
+
+    For a flow model that is v_hat = v - w grad_z sum_k lambda_k r_k(z_t, t); the same shift of eps for an
+    epsilon model. Both move the step's x0 estimate up the reward gradient: x0 = z - sigma v gains
+    sigma w grad r, x0 = (z - sigma eps) / alpha gains (sigma / alpha) w grad r. ``reward`` (a reward model on
+    noisy latents, weighted per dimension) takes the latents and the sampler's timesteps.
+    """
+    with torch.enable_grad():
+        latents = z.detach().float().requires_grad_(True)
+        (grad,) = torch.autograd.grad(reward(latents, timesteps).sum(), latents)
+    return output - scale * grad.to(output.dtype)
+
+
+def sampler_noise_level(adapter, timesteps: torch.Tensor) -> torch.Tensor:
+    """sigma_t (the noise std of z_t = alpha_t x0 + sigma_t eps) at the samplers' timesteps: grid indices for
+    epsilon families (sqrt(1 - abar_t)), the flow model timestep T sigma for flow families."""
+    if adapter.prediction_type == "flow":
+        return timesteps.float() / adapter.num_train_timesteps
+    return adapter.noise_coefficients()[1].to(timesteps.device)[timesteps.long()]
 
 
 def teacher_flow_scheduler(adapter):

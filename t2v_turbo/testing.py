@@ -185,6 +185,44 @@ def write_caption_folder(folder: str | Path, captions: Sequence[str], seed: int 
     return folder
 
 
+def write_preference_pairs(folder: str | Path, captions: Sequence[str], seed: int = 0,
+                           dimensions: Sequence[str] = ("VQ", "MQ", "TA")) -> Path:
+    """A preference CSV (``pairs.csv``: ``prompt``, ``video_a``, ``video_b``, a label per dimension, ``Overall``
+    and the scores ``{dim}_a`` / ``{dim}_b``) of two small mp4 clips per caption (10 frames, 20x24, one
+    brightening, one darkening over time); scores are drawn from ``seed`` (0..2) and the labels follow them.
+    Returns the CSV's path."""
+    import csv
+
+    import numpy as np
+
+    from t2v_turbo.video_io import write_mp4
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def label(a: float, b: float) -> str:
+        return "A" if a > b else "B" if b > a else "tie"
+
+    path = folder / "pairs.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        columns = ["prompt", "video_a", "video_b", *dimensions, "Overall"]
+        writer = csv.DictWriter(f, fieldnames=columns + [f"{d}_{s}" for d in dimensions for s in "ab"])
+        writer.writeheader()
+        for i, caption in enumerate(captions):
+            row = {"prompt": caption}
+            for side, direction in (("a", 1), ("b", -1)):
+                base = rng.integers(60, 196, size=(1, 20, 24, 3))
+                frames = np.clip(base + direction * 8 * np.arange(10)[:, None, None, None], 0, 255).astype(np.uint8)
+                write_mp4(folder / f"pair{i}_{side}.mp4", frames, fps=8)
+                row[f"video_{side}"] = f"pair{i}_{side}.mp4"
+                row.update({f"{d}_{side}": int(rng.integers(0, 3)) for d in dimensions})
+            row.update({d: label(row[f"{d}_a"], row[f"{d}_b"]) for d in dimensions})
+            row["Overall"] = label(sum(row[f"{d}_a"] for d in dimensions), sum(row[f"{d}_b"] for d in dimensions))
+            writer.writerow(row)
+    return path
+
+
 def tiny_wan_transformer_config(in_channels: int = 4, text_dim: int = 32) -> dict:
     """Constructor kwargs of a tiny ``WanTransformer3DModel``: 2 blocks of 2 heads x 12 channels
     (rotary split 4/4/4 over frames/height/width), patch (1, 2, 2), 32 sinusoidal timestep features."""

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from distill.trainer import CHECKPOINT_PREFIX, TrainingRecipe, list_checkpoints
+from distill.trainer import run_training as run
 from t2v_turbo.config import load_config
 from t2v_turbo.testing import build_tiny_diffusers_t2v, write_caption_folder
 
@@ -29,16 +30,6 @@ def assets(tmp_path_factory):
 def tiny_config(assets, output_dir, *overrides):
     return load_config(TINY, [f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}",
                               f"output_dir={output_dir}", "logging.tensorboard=false", *overrides])
-
-
-def run(cfg, resume=None):
-    recipe = TrainingRecipe(cfg)
-    try:
-        recipe.setup(resume=resume)
-        recipe.train()
-    finally:
-        recipe.cleanup()
-    return recipe
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,16 @@ def pairs(tmp_path_factory):
     return folder
 
 
-def overrides(pairs, out, loss="btt", steps=4):
+def overrides(pairs, out, loss="btt", steps=4, space="pixels"):
     return [f"output_dir={out}", f"data.folder={pairs}", "data.num_pairs=12", f"eval_data.folder={pairs}",
-            "eval_data.num_pairs=6", f"model.folder={pairs / 'base'}", "model.hidden_size=16", "model.num_layers=1",
-            "model.vision_depth=1", "dataloader.batch_size=3", f"train.max_steps={steps}", "train.checkpoint_every=2",
-            "train.log_every=1", "train.eval_every=0", "train.device=cpu", f"loss.name={loss}",
-            "lr_scheduler.warmup_steps=1"]
+            "eval_data.num_pairs=6", "model.width=8", "model.depth=2", f"model.space={space}",
+            "dataloader.batch_size=3", f"train.max_steps={steps}", "train.checkpoint_every=2", "train.log_every=1",
+            "train.eval_every=0", "train.device=cpu", f"loss.name={loss}", "lr_scheduler.warmup_steps=1"]
+
+
+VIDEOREWARD_MODEL = ["model._component_=miniworld.reward_model.videoreward_model", "~model.space", "~model.width",
+                     "~model.depth", "~model.teacher", "+model.hidden_size=16", "+model.num_layers=1",
+                     "+model.vision_depth=1"]
 
 
 def trained_state(folder):
@@ -39,11 +43,12 @@ def trained_state(folder):
 
 
 @pytest.mark.slow
-def test_trains_resumes_bit_exactly_and_loads_as_videoreward(pairs, tmp_path):
+@pytest.mark.parametrize("space", ["pixels", "latents"])
+def test_trains_resumes_bit_exactly_and_evaluates(pairs, tmp_path, space):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    assert main(["train-reward", str(CONFIG), *overrides(pairs, full)]) == 0
-    assert main(["train-reward", str(CONFIG), *overrides(pairs, resumed, steps=2)]) == 0
-    assert main(["train-reward", str(CONFIG), *overrides(pairs, resumed), "--resume", "latest"]) == 0
+    assert main(["train-reward", str(CONFIG), *overrides(pairs, full, space=space)]) == 0
+    assert main(["train-reward", str(CONFIG), *overrides(pairs, resumed, steps=2, space=space)]) == 0
+    assert main(["train-reward", str(CONFIG), *overrides(pairs, resumed, space=space), "--resume", "latest"]) == 0
     a, b = trained_state(full), trained_state(resumed)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -54,10 +59,26 @@ def test_trains_resumes_bit_exactly_and_loads_as_videoreward(pairs, tmp_path):
         assert math.isnan(values["without_ties"]) or 0 <= values["without_ties"] <= 1
     lines = [json.loads(x) for x in (full / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2, 3, 4]
-
-    # the final model is a videoreward checkpoint whose inference_config z-normalises its own eval scores
+    if space == "latents":
+        with pytest.raises(ValueError, match="noisy latents scores no decoded videos"):
+            build_reward("preference-model", checkpoint=full / "model")
+        return
+    # the final model is a `preference-model` reward whose inference_config z-normalises its own eval scores
     stats = summary["inference_config"]
-    reward = build_reward("videoreward", checkpoint=full / "model", weights={"TA": 1.0})
+    reward = build_reward("preference-model", checkpoint=full / "model", weights={"TA": 1.0})
+    sample = preferences.preference_pairs(pairs, num_pairs=6, seed=1, split="all")[0]
+    frames, prompt = sample["pixels_a"][None], [sample["prompt"]]
+    torch.testing.assert_close(reward.score(frames, prompt), (reward.model(frames, prompt)[:, 2] - stats["TA_mean"])
+                               / stats["TA_std"])
+
+
+@pytest.mark.slow
+def test_videoreward_architecture_trains_and_loads_as_videoreward(pairs, tmp_path):
+    out = tmp_path / "qwen"
+    args = [*overrides(pairs, out, steps=2), f"+model.folder={pairs / 'base'}", *VIDEOREWARD_MODEL]
+    assert main(["train-reward", str(CONFIG), *args]) == 0
+    stats = json.loads((out / "eval.json").read_text())["inference_config"]
+    reward = build_reward("videoreward", checkpoint=out / "model", weights={"TA": 1.0})
     sample = preferences.preference_pairs(pairs, num_pairs=6, seed=1, split="all")[0]
     frames = sample["pixels_a"][None][:, :, reward.frame_indices(8)]
     raw = reward.model(frames, [sample["prompt"]])

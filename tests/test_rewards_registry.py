@@ -8,7 +8,7 @@ from rewards import VideoReward, build_reward, list_rewards, register_reward
 from rewards.testing import SHIPPED_ASSET_REWARDS, rewards_without_tiny_builder, tiny_reward_kwargs
 
 FRAME_LEVEL = ["aesthetic", "clip", "hpsv2", "hpsv2.1", "object-removal", "open_clip", "pickscore"]
-CLIP_LEVEL = ["action-classification", "internvideo2", "videoreward", "viclip", "xclip"]
+CLIP_LEVEL = ["action-classification", "internvideo2", "preference-model", "videoreward", "viclip", "xclip"]
 TEXT_INDEPENDENT = {"aesthetic", "object-removal"}
 
 

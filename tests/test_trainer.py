@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from distill.trainer import CHECKPOINT_PREFIX, TrainingRecipe, enable_gradient_checkpointing, list_checkpoints
+from distill.trainer import run_training as run
 from t2v_turbo.config import load_config
 from t2v_turbo.testing import build_tiny_diffusers_t2v, write_caption_folder
 
@@ -27,16 +28,6 @@ def tiny_config(assets, output_dir, *overrides):
         [f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}", f"output_dir={output_dir}",
          "logging.tensorboard=false", *overrides],
     )
-
-
-def run(cfg, resume=None):
-    recipe = TrainingRecipe(cfg)
-    recipe.setup(resume=resume)
-    try:
-        recipe.train()
-    finally:
-        recipe.cleanup()
-    return recipe
 
 
 def snapshot(module):

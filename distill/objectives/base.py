@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from distill.objectives.rewarding import RewardTerm
 
 #: independent random streams keyed by a global sample position
-SAMPLE_STREAM, FRAME_STREAM, VAE_STREAM, CHAIN_STREAM = 0, 1, 2, 3
+SAMPLE_STREAM, FRAME_STREAM, VAE_STREAM, CHAIN_STREAM, LOSER_VAE_STREAM = 0, 1, 2, 3, 4
 #: what a batch must hold for an objective (``Objective.batch_inputs``)
 BATCH_INPUTS = ("videos", "prompts", "videos_or_prompts")
 
@@ -123,6 +123,9 @@ class Objective(abc.ABC):
     uses_rewards: ClassVar[bool] = True
     #: whether at least one reward is required
     needs_rewards: ClassVar[bool] = False
+    #: whether the data must be preference pairs (a dataset with ``has_pairs``: each sample's clip is the
+    #: preferred one, ``pixels_loser`` in ``TrainingBatch.extras`` the rejected one)
+    needs_pairs: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         """Check every field against its annotation, all problems at once."""

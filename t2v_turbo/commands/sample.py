@@ -3,6 +3,7 @@
     t2v-turbo sample --checkpoint runs/tiny/student --prompt "a cat" --out a.mp4
     t2v-turbo sample --checkpoint STUDENT --prompts-file prompts.txt --num-samples 5 --out videos/
     t2v-turbo sample --teacher path/or/hub-id --prompt "a cat" --steps 50 --guidance 7.5 --out teacher.gif
+    t2v-turbo sample --checkpoint STUDENT --prompt "a cat" --reward-guidance LATENT_RM --reward-weights TA=1 --out b.mp4
 
 ``--out`` ending in ``.mp4``/``.gif`` writes one file (one prompt, one sample); any other path is
 a folder receiving ``{prompt}-{i}.mp4`` (``i`` = 0, 1, ... per prompt), the names MiniBench and
@@ -59,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="weights and sampling dtype")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files (each written atomically)")
+    parser.add_argument("--reward-guidance", metavar="MODEL_DIR", default=None,
+                        help="reward guidance: a reward model on noisy latents (t2v-turbo train-reward ... "
+                        "model.space=latents) steers every step, output - w grad_z sum_k lambda_k r_k(z_t, t)")
+    parser.add_argument("--reward-weights", default=None, metavar="DIM=L,...",
+                        help="the lambda_k of --reward-guidance per dimension, e.g. TA=1,VQ=0.5 (default: 1 each)")
+    parser.add_argument("--reward-scale", type=finite_float, default=1.0, help="w of --reward-guidance")
 
 
 def read_prompts(args: argparse.Namespace) -> list[str]:
@@ -98,10 +105,44 @@ def output_paths(out: str, prompts: list[str], num_samples: int, file_format: st
     return jobs, paths
 
 
+def reward_weights(text: str | None) -> dict[str, float] | None:
+    """``DIM=L,...`` -> {dim: lambda}; None stays None (every dimension weighs 1)."""
+    if text is None:
+        return None
+    weights = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise CommandError(f"--reward-weights: {item!r} is not DIM=NUMBER (e.g. TA=1,VQ=0.5)")
+    return weights
+
+
+def reward_guidance(args: argparse.Namespace, adapter):
+    """``prompts -> r(z_t, t)`` of --reward-guidance (the reward model loaded once), or None."""
+    if args.reward_guidance is None:
+        return None
+    from rewards.preference_model import load_preference_model
+    from t2v_turbo.pipeline import sampler_noise_level
+
+    model, _ = load_preference_model(args.reward_guidance, teacher=adapter)
+    model.to(adapter.device)
+    weights = reward_weights(args.reward_weights) or {d: 1.0 for d in model.dimensions}
+    model.guidance([], weights, lambda t: t)  # the weights' dimensions are checked once, here
+    return lambda prompts: model.guidance(prompts, weights, lambda t: sampler_noise_level(adapter, t))
+
+
 def run(args: argparse.Namespace) -> int:
     prompts, paths = output_paths(args.out, read_prompts(args), args.num_samples, args.format)
     refuse_existing(paths, args.overwrite)
     check_writable(paths[0].parent)
+    reward_weights(args.reward_weights)  # a malformed value is named before any model loads
+    if args.reward_guidance is not None and not (Path(args.reward_guidance) / "preference_model.json").is_file():
+        raise CommandError(f"--reward-guidance: no reward model at {Path(args.reward_guidance).resolve()} "
+                           "(preference_model.json not found)")
 
     import warnings
 
@@ -134,13 +175,16 @@ def run(args: argparse.Namespace) -> int:
         guidance = TEACHER_GUIDANCE if args.guidance is None else args.guidance
         fps = args.fps or adapter.default_fps
         lossless = bool(args.lossless)
+    guided = reward_guidance(args, pipe.adapter)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     geometry = dict(num_frames=args.num_frames, height=args.height, width=args.width, fps=args.fps)
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start:start + args.batch_size]
         with warnings.catch_warnings():  # printed once above
             warnings.simplefilter("ignore", GuidanceRangeWarning)
-            videos = pipe(batch, num_inference_steps=steps, guidance_scale=guidance, generator=generator, **geometry)
+            videos = pipe(batch, num_inference_steps=steps, guidance_scale=guidance, generator=generator, **geometry,
+                          reward_guidance=guided(batch) if guided else None,
+                          reward_guidance_scale=args.reward_scale)
         for video, path in zip(videos, paths[start:start + args.batch_size]):
             if path.suffix.lower() == ".mp4":
                 write_mp4(path, video, fps=fps, lossless=lossless)
