@@ -347,9 +347,10 @@ class PromptDataset(torch.utils.data.Dataset):
 
 
 #: per-sample tensors a dataset may provide, stacked into the batch under the same name: decoded clips
-#: (C, T, H, W), or precomputed VAE latents (c, T, h, w) and text embeddings (L, D) that the trainer
-#: then uses instead of encoding
-TENSOR_FIELDS = ("pixels", "latents", "text_embedding", "uncond_embedding")
+#: (C, T, H, W), or precomputed VAE latents (c, T, h, w) or the VAE posterior they are drawn from
+#: (``posterior_mean``, ``posterior_std``: ``distill.latent_cache``), and text embeddings (L, D) that the
+#: trainer then uses instead of encoding
+TENSOR_FIELDS = ("pixels", "latents", "posterior_mean", "posterior_std", "text_embedding", "uncond_embedding")
 
 
 def collate_samples(samples: list[dict]) -> dict:
