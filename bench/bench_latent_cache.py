@@ -1,19 +1,20 @@
 """Training from cached latents vs from videos (``t2v-turbo cache``): step time and memory, tiny config and mini world.
 
-For each config the same run is measured twice, reading videos (PyAV decode, VAE encode, text encode every step)
-and reading the cache the same config wrote (``distill.latent_cache.CachedLatents``: the text encoder and the VAE
-encoder are released; the mini world's rewards keep the VAE decoder). Each variant runs alone in a subprocess:
+For each config the same run is measured reading videos (PyAV decode, VAE encode, text encode every step) and
+reading the cache the same config wrote (``distill.latent_cache.CachedLatents``: the text encoder and the VAE
+encoder are released; the mini world's rewards keep the VAE decoder).
 
-- ``step_s``: median wall time of one training step including fetching its batch (``next(dataloader)``, where
-  the video path decodes its clips, with ``num_workers: 0``) and ``train_step`` (batch preparation, loss,
-  backward, optimizer step), over ``--steps`` steps after one warm-up step;
-- ``train_step_s``: the same without the fetch;
-- ``frozen_param_mib``: bytes of the frozen teacher modules the adapter holds after setup (exact);
-- ``max_rss_mib``: the process's peak resident set size (includes about 1 GiB of libraries);
-- ``loss_first_step``: the first step's loss (the two paths see the same samples and draws).
+- time: both recipes are set up in one subprocess and their steps alternate (video, latent, video, ...), so the
+  load of a shared machine hits both alike. ``step_s``: median wall time of a step including the fetch of its
+  batch (``next(dataloader)``, where the video path decodes its clips, ``num_workers: 0``) and ``train_step``
+  (batch preparation, loss, backward, optimizer step), over ``--steps`` steps after one warm-up step each;
+  ``step_ratio_median``: the median over steps of latent / video of neighbouring steps;
+- memory: each path alone in a subprocess (setup and 2 steps). ``frozen_param_mib``: bytes of the frozen teacher
+  modules the adapter holds after setup (exact); ``max_rss_mib``: the process's peak resident set size (includes
+  about 1 GiB of libraries); ``loss_first_step``: the first step's loss (both paths see the same samples and draws).
 
 The cache is written beforehand in its own subprocess (``write_cache``), so its encoders never count in the
-latent variant's memory. Ratios are latent / video of the same run.
+latent path's memory.
 
     OMP_NUM_THREADS=1 python bench/bench_latent_cache.py --steps 10 > latent_cache.json
 """
@@ -66,9 +67,7 @@ def prepare(name: str, root: Path) -> None:
     write_cache(cfg, root / "cache", shard_size=16, batch_size=4, device="cpu", progress=False)
 
 
-def run_variant(name: str, path: str, root: Path, steps: int) -> dict:
-    import torch
-
+def build_recipe(name: str, path: str, root: Path):
     from distill.trainer import TrainingRecipe
 
     cfg = config_for(name, root)
@@ -77,24 +76,39 @@ def run_variant(name: str, path: str, root: Path, steps: int) -> dict:
         cfg["data"] = {"_component_": "distill.latent_cache.CachedLatents", "path": str(root / "cache")}
     recipe = TrainingRecipe(cfg)
     recipe.setup()
+    return recipe
+
+
+def memory_variant(name: str, path: str, root: Path) -> dict:
+    recipe = build_recipe(name, path, root)
     frozen = sum(p.numel() * p.element_size() for m in recipe.adapter.modules().values() for p in m.parameters())
     data = iter(recipe.dataloader)
-    first = recipe.train_step(next(data))[0].loss.item()  # warm-up
-    totals, steps_only = [], []
-    for _ in range(steps):
-        start = time.perf_counter()
-        batch = next(data)
-        fetched = time.perf_counter()
-        recipe.train_step(batch)
-        done = time.perf_counter()
-        totals.append(done - start)
-        steps_only.append(done - fetched)
+    first = recipe.train_step(next(data))[0].loss.item()
+    recipe.train_step(next(data))
     recipe.cleanup()
-    return {"config": name, "path": path, "step_s": statistics.median(totals), "train_step_s": statistics.median(steps_only),
-            "step_s_min": min(totals), "steps": steps, "batch_size": cfg["dataloader"]["batch_size"],
-            "num_frames": recipe.dataset.num_frames, "frozen_modules": sorted(recipe.adapter.modules()),
-            "frozen_param_mib": frozen / 2**20, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "loss_first_step": first, "torch_threads": torch.get_num_threads()}
+    return {"path": path, "frozen_modules": sorted(recipe.adapter.modules()), "frozen_param_mib": frozen / 2**20,
+            "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "loss_first_step": first}
+
+
+def timing(name: str, root: Path, steps: int) -> dict:
+    import torch
+
+    recipes = {path: build_recipe(name, path, root) for path in ("video", "latent")}
+    data = {path: iter(recipe.dataloader) for path, recipe in recipes.items()}
+    for path, recipe in recipes.items():
+        recipe.train_step(next(data[path]))  # warm-up
+    times = {"video": [], "latent": []}
+    for _ in range(steps):
+        for path, recipe in recipes.items():
+            start = time.perf_counter()
+            recipe.train_step(next(data[path]))
+            times[path].append(time.perf_counter() - start)
+    recipes["video"].cleanup()
+    ratios = [latent / video for video, latent in zip(times["video"], times["latent"])]
+    return {"step_s": {path: statistics.median(t) for path, t in times.items()},
+            "step_s_min": {path: min(t) for path, t in times.items()}, "step_ratio_median": statistics.median(ratios),
+            "steps": steps, "batch_size": recipes["video"].cfg["dataloader"]["batch_size"],
+            "num_frames": recipes["video"].dataset.num_frames, "torch_threads": torch.get_num_threads()}
 
 
 def subprocess_json(args: list[str]) -> dict | None:
@@ -111,25 +125,32 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
     parser.add_argument("--prepare", choices=CONFIGS, help="(internal) build assets and the cache")
-    parser.add_argument("--variant", nargs=2, metavar=("CONFIG", "PATH"), help="(internal) run one variant")
+    parser.add_argument("--memory", nargs=2, metavar=("CONFIG", "PATH"), help="(internal) one path's memory")
+    parser.add_argument("--timing", choices=CONFIGS, help="(internal) both paths' step times, interleaved")
     parser.add_argument("--root", type=Path, help="(internal) assets folder")
     args = parser.parse_args()
     if args.prepare:
         prepare(args.prepare, args.root)
         return
-    if args.variant:
-        print(json.dumps(run_variant(*args.variant, args.root, args.steps)))
+    if args.memory:
+        print(json.dumps(memory_variant(*args.memory, args.root)))
+        return
+    if args.timing:
+        print(json.dumps(timing(args.timing, args.root, args.steps)))
         return
     results = []
     for name in args.configs:
         with tempfile.TemporaryDirectory() as tmp:
             subprocess_json(["--prepare", name, "--root", tmp])
-            pair = {path: subprocess_json(["--variant", name, path, "--root", tmp, "--steps", str(args.steps)])
-                    for path in ("video", "latent")}
-        ratios = {f"{key}_ratio": pair["latent"][key] / pair["video"][key]
-                  for key in ("step_s", "train_step_s", "frozen_param_mib", "max_rss_mib")}
-        ratios["loss_first_step_abs_diff"] = abs(pair["latent"]["loss_first_step"] - pair["video"]["loss_first_step"])
-        results.append({"config": name, "video": pair["video"], "latent": pair["latent"], "latent_over_video": ratios})
+            memory = {path: subprocess_json(["--memory", name, path, "--root", tmp]) for path in ("video", "latent")}
+            times = subprocess_json(["--timing", name, "--root", tmp, "--steps", str(args.steps)])
+        ratios = {"step_s_ratio": times["step_s"]["latent"] / times["step_s"]["video"],
+                  "step_ratio_median": times["step_ratio_median"],
+                  **{f"{key}_ratio": memory["latent"][key] / memory["video"][key]
+                     for key in ("frozen_param_mib", "max_rss_mib")},
+                  "loss_first_step_abs_diff": abs(memory["latent"]["loss_first_step"]
+                                                  - memory["video"]["loss_first_step"])}
+        results.append({"config": name, "timing": times, "memory": memory, "latent_over_video": ratios})
     print(json.dumps({"benchmark": "latent_cache", "device": "cpu", "results": results}, indent=2))
 
 
