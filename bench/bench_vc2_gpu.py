@@ -7,6 +7,12 @@ the rewards, 16 frames at 320x512, one video per step. Prints one JSON object: p
 and time of a full optimisation step (teacher CFG + DDIM, target, student, rewards, backward,
 AdamW), and the latency of 4-step sampling (UNet calls + VAE decoding).
 
+Data paths (``--data``): each step's batch comes from a pixel video (VAE encode of its 16 frames + OpenCLIP
+text encode every step: what training from videos costs besides decoding the file), or from a cached posterior
+(``distill.latent_cache``: latents drawn from a stored mean and std, stored embeddings), measured after the
+adapter released its text encoder and VAE encoder (``release_encoders``, the decoder kept for the rewards);
+``both`` (default) runs the video path, then the latent path, and reports each (``data_paths``).
+
     python bench/bench_vc2_gpu.py                      # GPU, real sizes
     python bench/bench_vc2_gpu.py --device cpu --tiny  # smoke path (tiny models, seconds on CPU)
 
@@ -80,16 +86,19 @@ def sync(device: torch.device) -> None:
 
 
 def time_training(objective, student, optimizer, latents, text, uncond, prompt, steps: int, device: torch.device,
-                  dtype: torch.dtype, outputs: list | None = None) -> tuple[list[float], float, float | None]:
+                  dtype: torch.dtype, outputs: list | None = None,
+                  prepare=None) -> tuple[list[float], float, float | None]:
     """(losses, seconds per optimisation step, peak GPU GiB) of ``steps`` timed steps after one warm-up
-    step (allocator, kernels, optimizer state); each step's ObjectiveOutput is appended to ``outputs``."""
+    step (allocator, kernels, optimizer state); each step's ObjectiveOutput is appended to ``outputs``.
+    ``prepare(index) -> (latents, text, uncond)``, when given, makes each step's batch (timed with the step)."""
     trainable = [p for p in student.parameters() if p.requires_grad]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
     def step(index: int) -> float:
         optimizer.zero_grad(set_to_none=True)
+        batch = (latents, text, uncond) if prepare is None else prepare(index)
         with autocast:
-            out = objective.loss(student, latents, text, uncond, prompt, positions=[index], seed=0)
+            out = objective.loss(student, *batch, prompt, positions=[index], seed=0)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
@@ -137,6 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-rewards", action="store_true", help="consistency distillation only (VCM)")
     parser.add_argument("--no-gradient-checkpointing", action="store_true")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--data", choices=["video", "latent", "both"], default="both",
+                        help="where each step's batch comes from: pixels encoded every step, a cached posterior, or both")
     parser.add_argument("--reward-dtype", choices=["bfloat16", "float32"], default=None,
                         help="reward models' dtype (default: bf16 on GPU, fp32 on CPU, where bicubic resizing has no bf16 kernel)")
     args = parser.parse_args(argv)
@@ -174,6 +185,33 @@ def main(argv: list[str] | None = None) -> dict:
         uncond = adapter.empty_prompt_embedding(1)
     f = adapter.vae_spatial_factor
     latents = torch.randn(1, 4, frames, height // f, width // f, device=device, dtype=dtype)
+    data_paths = {}
+    if args.data in ("video", "both"):
+        pixels = torch.rand(1, 3, frames, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        pixels = pixels.to(device)
+
+        def from_video(index: int):
+            with torch.no_grad():
+                return (adapter.encode_video(pixels, generator=[torch.Generator().manual_seed(index)]),
+                        adapter.encode_prompts(prompt), adapter.empty_prompt_embedding(1))
+
+        data_paths["video"] = time_training(objective, student, optimizer, None, None, None, prompt, args.steps,
+                                            device, dtype, prepare=from_video)
+    if args.data in ("latent", "both"):
+        from t2v_turbo.adapters.base import sample_posterior
+
+        mean, std = latents.float(), torch.full_like(latents, 0.05, dtype=torch.float32)  # a stored posterior
+        released = sum(p.numel() * p.element_size() for m in (adapter.text_encoder, adapter.vae.encoder,
+                                                                adapter.vae.quant_conv) for p in m.parameters())
+        adapter.release_encoders(keep_decoder=True, uncond_embedding=uncond[0], prompt_embeddings={prompt[0]: text[0]})
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+        def from_cache(index: int):
+            return sample_posterior(mean, std, [torch.Generator().manual_seed(index)]), text, uncond
+
+        data_paths["latent"] = time_training(objective, student, optimizer, None, None, None, prompt, args.steps,
+                                             device, dtype, prepare=from_cache)
     losses, step_time, peak_train = time_training(objective, student, optimizer, latents, text, uncond, prompt,
                                                   args.steps, device, dtype)
 
@@ -196,6 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
         "gradient_checkpointing": not args.no_gradient_checkpointing,
         "train_step_s": round(step_time, 4),
         "train_peak_mem_gib": None if peak_train is None else round(peak_train, 2),
+        "data_paths": {path: {"train_step_s": round(t, 4), "train_peak_mem_gib": None if peak is None else round(peak, 2)}
+                       for path, (_, t, peak) in data_paths.items()},
+        "encoders_released_mib": round(released / 2**20, 1) if "latent" in data_paths else None,
         "losses": [round(x, 6) for x in losses],
         "sample_4step_s": round(latency, 4),
         "sample_peak_mem_gib": None if peak_sample is None else round(peak_sample, 2),

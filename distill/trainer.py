@@ -95,8 +95,8 @@ COMPONENT_SECTIONS = ("teacher", "data")
 #: keyword arguments the trainer passes when it builds the ``model`` node
 MODEL_BUILD_ARGS = ("adapter", "seed")
 #: batch fields ``prepare_batch`` turns into ``TrainingBatch`` fields (the rest go to ``TrainingBatch.extras``)
-CONSUMED_BATCH_FIELDS = ("captions", "indices", "positions", "skipped", "pixels", "latents", "text_embedding",
-                         "uncond_embedding")
+CONSUMED_BATCH_FIELDS = ("captions", "indices", "positions", "skipped", "pixels", "latents", "posterior_mean",
+                         "posterior_std", "text_embedding", "uncond_embedding")
 
 
 def validate_run_config(cfg: dict, check_rewards: bool = True) -> list[str]:
@@ -281,6 +281,7 @@ class TrainingRecipe:
         # teacher (frozen) and the trained model
         self.adapter = instantiate(cfg["teacher"])
         self.adapter.freeze()
+        self._release_cached_encoders()
         self.trained = instantiate(cfg["model"], adapter=self.adapter, seed=cfg["seed"])
         self.network = self.trained.unet
         if self.adapter.device != device:
@@ -330,8 +331,9 @@ class TrainingRecipe:
         logger.info("trainable parameters: %d tensors, %d values", len(params), sum(p.numel() for p in params))
 
     def _check_data(self) -> None:
-        """The dataset gives clips when the objective needs them (``Objective.batch_inputs``), and preference
-        pairs when it trains on pairs (``Objective.needs_pairs``)."""
+        """The dataset gives clips when the objective needs them (``Objective.batch_inputs``), preference pairs
+        when it trains on pairs (``Objective.needs_pairs``), and a dataset that records what it was made for (a
+        latent cache's ``check_run``) agrees with this run."""
         if self.objective.batch_inputs == "videos" and not getattr(self.dataset, "has_videos", True):
             raise ConfigError(f"data: {self.cfg['data'][COMPONENT_KEY]} gives prompts only, but "
                               f"{type(self.objective).__name__} trains on video clips; use a video dataset "
@@ -340,6 +342,27 @@ class TrainingRecipe:
             raise ConfigError(f"data: {self.cfg['data'][COMPONENT_KEY]} gives no preference pairs, but "
                               f"{type(self.objective).__name__} trains on them; use "
                               "distill.preference_data.PreferencePairs")
+        errors = self.dataset.check_run(self.cfg) if hasattr(self.dataset, "check_run") else []
+        if errors:
+            raise ConfigError("the data does not fit this run:\n  " + "\n  ".join(errors))
+
+    def _release_cached_encoders(self) -> None:
+        """With cached encodings (``distill.latent_cache.CachedLatents``) the text encoder and the VAE encoder are
+        let go before the teacher moves to the device; the VAE decoder stays when rewards or validation decode
+        pixels. The cache's latent shape must be what this teacher's VAE gives for its geometry."""
+        cache = self.dataset
+        if not hasattr(cache, "prompt_embeddings"):
+            return
+        expected = tuple(self.adapter.latent_shape(1, cache.num_frames, cache.height, cache.width)[1:])
+        if expected != cache.latent_shape:
+            raise ConfigError(f"data: the latent cache {cache.folder} holds latents of shape {cache.latent_shape}; "
+                              f"this teacher's VAE gives {expected} for {cache.num_frames} x {cache.height} x "
+                              f"{cache.width} clips")
+        decodes = bool(self.cfg["rewards"]) or bool(self.cfg["validation"]["every"])
+        self.adapter.release_encoders(keep_decoder=decodes, uncond_embedding=cache.uncond_embedding,
+                                      prompt_embeddings=cache.prompt_embeddings)
+        logger.info("training from the latent cache %s: text encoder and VAE encoder released%s", cache.folder,
+                    "" if decodes else ", and the VAE decoder (no reward or validation decodes pixels)")
 
     @property
     def model_folder_name(self) -> str:
@@ -371,16 +394,25 @@ class TrainingRecipe:
         """A collated batch as the objective takes it, without gradient: VAE latents of the clips (unless the
         objective uses prompts only, or the batch already carries ``latents``), the text embeddings of the
         captions and of the empty prompt (unless it carries ``text_embedding`` / ``uncond_embedding``), and the
-        dataset's other fields as ``extras``."""
+        dataset's other fields as ``extras``.
+
+        Latents are drawn from the VAE posterior, of the clips or cached (``posterior_mean``, ``posterior_std``),
+        with sample b's noise from ``sample_generator(seed, position_b, VAE_STREAM)``: the same draw for the same
+        sample in either path, whatever batch or process it is in."""
+        from t2v_turbo.adapters.base import sample_posterior
+
         device, positions = self.accelerator.device, batch["positions"]
         with torch.no_grad():
             latents = None
             if self.objective.batch_inputs != "prompts":
+                generators = [sample_generator(self.cfg["seed"], p, VAE_STREAM) for p in positions]
                 if "latents" in batch:
                     latents = batch["latents"].to(device).float()
+                elif "posterior_mean" in batch:
+                    latents = sample_posterior(batch["posterior_mean"].to(device), batch["posterior_std"].to(device),
+                                               generators)
                 elif "pixels" in batch:
-                    generator = sample_generator(self.cfg["seed"], positions[0], VAE_STREAM)
-                    latents = self.adapter.encode_video(batch["pixels"].to(device), generator=generator).float()
+                    latents = self.adapter.encode_video(batch["pixels"].to(device), generator=generators)
             if "text_embedding" in batch:
                 text = batch["text_embedding"].to(device)
             else:

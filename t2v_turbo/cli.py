@@ -24,6 +24,7 @@ from t2v_turbo.commands import CommandError
 # (command words, module, one-line help)
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("train",), "t2v_turbo.commands.train", "distil a teacher into a consistency student from a YAML config"),
+    (("cache",), "t2v_turbo.commands.cache", "encode a run config's dataset once (VAE latents, text embeddings) for training"),
     (("train-reward",), "t2v_turbo.commands.train_reward", "train a reward model on preference pairs (BTT, BT, regression)"),
     (("sample",), "t2v_turbo.commands.sample", "sample videos with a student (multistep consistency) or a teacher (DDIM + CFG)"),
     (("export",), "t2v_turbo.commands.export", "export a student as a peft LoRA adapter, a merged UNet or a diffusers pipeline"),

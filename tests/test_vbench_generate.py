@@ -71,7 +71,7 @@ def test_generate_writes_named_videos_and_manifest(tmp_path, suite):
     assert summary.generated == 7 and summary.skipped == 0
     expected = sorted(n for e in suite.entries for n in expected_names(e.prompt, 3 if "temporal_flickering" in e.dimensions else 2))
     assert _names(out / "videos") == expected
-    assert _names(out) == [".partial", "manifest.json", "videos"]
+    assert _names(out) == [".claims", ".partial", "manifest.json", "videos"]
     assert _names(out / ".partial") == []
     for name in expected:
         assert count_frames(out / "videos" / name) == 4

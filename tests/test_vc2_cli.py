@@ -81,3 +81,5 @@ def test_gpu_bench_smoke_path_on_cpu():
     assert result["rewards"] == ["hpsv2.1", "internvideo2"] and result["gradient_checkpointing"]
     assert result["video_shape"] == [1, 3, 4, 16, 16]
     assert all(math.isfinite(x) for x in result["losses"]) and result["train_step_s"] > 0
+    # the batch from a video (encoded every step) and from a cached posterior (after the encoders were released)
+    assert set(result["data_paths"]) == {"video", "latent"} and result["encoders_released_mib"] > 0

@@ -12,9 +12,21 @@ per prompt, each sampled from its own seed (so a video does not depend on batchi
 :func:`pipeline_video_fn` wraps the project's pipelines into one.
 
 Resuming: a video whose file exists and decodes to the configured number of frames is skipped;
-a missing, truncated or undecodable one is generated again. Sharding: with ``accelerate launch``
-each process takes every ``num_processes``-th job starting at its ``process_index`` (only the job
-list is split; nothing is gathered).
+a missing, truncated or undecodable one is generated again.
+
+Sharding: under a launcher (``torchrun``, ``accelerate launch``) each process takes every
+``num_processes``-th job starting at its ``process_index`` (only the job list is split; nothing is
+gathered); :func:`process_layout` reads the layout from the launcher's environment and refuses to
+run when accelerate sees fewer processes than were launched (which would make every process run
+the whole suite).
+
+Claims: before sampling a video a process claims it, an OS lock on ``out/.claims/<key>.lock``
+held until the finished file is in ``videos/`` (the ``filelock`` package, as the training run's
+folder lock), with ``<key>.json`` recording who (host, PID, process index) and when. A video whose
+claim another live process holds is left to it; a claim whose holder died is free again (the OS
+drops the lock), and a video is checked for completeness after its claim is taken, so processes
+started by hand on one output folder (on one machine, or on several sharing a file system with
+working locks) divide the suite between them without generating any video twice.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -38,6 +51,7 @@ from t2v_turbo.video_io import count_frames, to_uint8_videos, write_mp4
 VideoFn = Callable[[list[str], list[int]], Sequence[np.ndarray]]
 VIDEOS_DIR = "videos"
 PARTIAL_DIR = ".partial"
+CLAIMS_DIR = ".claims"
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 _VERSION_PACKAGES = ("t2v-turbo", "torch", "diffusers", "transformers", "accelerate", "av", "numpy", "vbench")
@@ -75,6 +89,7 @@ class GenerationSummary:
     skipped: int
     redone: int
     seconds: float
+    claimed_elsewhere: int = 0  # left to other processes that held their claims
 
 
 def seed_for(prompt: str, index: int, base_seed: int = 0) -> int:
@@ -98,12 +113,76 @@ def shard_jobs(jobs: Sequence[VideoJob], process_index: int, num_processes: int)
     return list(jobs[process_index::num_processes])
 
 
-def process_layout() -> tuple[int, int, bool]:
-    """(process_index, num_processes, is_main_process) from accelerate's ``PartialState``."""
+def launched_world_size() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``, set by ``torchrun`` and ``accelerate launch``; 1
+    for a process started by hand)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def process_layout(cpu: bool = False) -> tuple[int, int, bool]:
+    """(process_index, num_processes, is_main_process) from accelerate's ``PartialState``.
+
+    ``cpu``: the processes sample on CPU. accelerate joins a launcher's processes on CPU (gloo) only when asked
+    for the CPU, otherwise it finds no accelerator and gives each process a world of one; the layout is
+    checked against the launcher's ``WORLD_SIZE`` so that never happens silently.
+    """
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=cpu)
+    launched = launched_world_size()
+    if state.num_processes != launched:
+        raise RuntimeError(
+            f"the launcher started {launched} processes (WORLD_SIZE), but accelerate sees {state.num_processes} "
+            f"({state.distributed_type}); each process would generate the whole suite. Sample on the launcher's "
+            "devices (--device cuda under torchrun on GPUs, --device cpu for CPU processes)"
+        )
     return state.process_index, state.num_processes, state.is_main_process
+
+
+class VideoClaim:
+    """One process's claim of one video (see the module docstring): an OS lock on ``<key>.lock`` in the
+    claims folder, and ``<key>.json`` naming the holder. ``acquire()`` is False when another live
+    process holds it."""
+
+    def __init__(self, claims: Path, job: VideoJob, process_index: int, num_processes: int):
+        from filelock import FileLock
+
+        key = hashlib.sha1(job.filename.encode("utf-8")).hexdigest()[:20]  # video names can reach 255 bytes
+        self.record_path = claims / f"{key}.json"
+        self._lock = FileLock(str(claims / f"{key}.lock"))
+        self.record = {"file": job.filename, "host": socket.gethostname(), "pid": os.getpid(),
+                       "process_index": process_index, "num_processes": num_processes}
+
+    def acquire(self) -> bool:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        self._write(claimed=time.strftime("%Y-%m-%d %H:%M:%S %z"))
+        return True
+
+    def _write(self, **fields) -> None:
+        self.record.update(fields)
+        text = json.dumps(self.record, ensure_ascii=False) + "\n"
+        atomic_write(self.record_path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+    @property
+    def held(self) -> bool:
+        return self._lock.is_locked
+
+    def release(self, finished: bool) -> None:
+        """Let the claim go; ``finished``: the video is in place (recorded in ``<key>.json``)."""
+        if finished:
+            self._write(finished=time.strftime("%Y-%m-%d %H:%M:%S %z"))
+        self._lock.release()
+
+
+def read_claims(out: str | os.PathLike) -> list[dict]:
+    """The claim records of a run folder (who generated which video), in file order."""
+    folder = Path(out) / CLAIMS_DIR
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(folder.glob("*.json"))]
 
 
 # ---------------------------------------------------------------------------------------- mp4 io
@@ -219,25 +298,56 @@ def generate_suite(
             redone += 1  # truncated or unreadable: generate again
         todo.append(job)
 
+    claims_dir = out / CLAIMS_DIR
+    claims_dir.mkdir(parents=True, exist_ok=True)
+    counts = {"generated": 0, "skipped": skipped, "elsewhere": 0}
     bar = tqdm(total=len(todo), desc=f"VBench videos [{process_index + 1}/{num_processes}]", unit="video",
                position=process_index, disable=not progress, dynamic_ncols=True)
-    for b in range(0, len(todo), batch_size):
-        batch = todo[b:b + batch_size]
-        frames = list(video_fn([j.sample_prompt for j in batch], [j.seed for j in batch]))
-        if len(frames) != len(batch):
-            raise RuntimeError(f"video function returned {len(frames)} videos for {len(batch)} prompts")
-        for job, video in zip(batch, frames):
-            video = np.asarray(video)
-            expected = (settings.num_frames, settings.height, settings.width, 3)
-            if video.shape != expected:
-                raise ValueError(f"video for {job.filename!r} has shape {video.shape}, settings ask for {expected}")
-            tmp = partial / f"p{process_index}-{job.index}-{hashlib.sha1(job.prompt.encode()).hexdigest()[:12]}.mp4"
-            write_mp4(tmp, video, settings.fps)
-            os.replace(tmp, videos / job.filename)
+
+    def claimed_batches():
+        """Batches of up to ``batch_size`` (job, claim) pairs whose claims this process took."""
+        batch = []
+        for job in todo:
+            claim = VideoClaim(claims_dir, job, process_index, num_processes)
+            if not claim.acquire():
+                counts["elsewhere"] += 1  # another live process is generating it
+                bar.update(1)
+            elif is_complete(videos / job.filename, settings.num_frames):
+                claim.release(finished=False)  # another process finished it before its claim was free
+                counts["skipped"] += 1
+                bar.update(1)
+            else:
+                batch.append((job, claim))
+                if len(batch) == batch_size:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    for batch in claimed_batches():
+        try:
+            frames = list(video_fn([j.sample_prompt for j, _ in batch], [j.seed for j, _ in batch]))
+            if len(frames) != len(batch):
+                raise RuntimeError(f"video function returned {len(frames)} videos for {len(batch)} prompts")
+            for (job, claim), video in zip(batch, frames):
+                video = np.asarray(video)
+                expected = (settings.num_frames, settings.height, settings.width, 3)
+                if video.shape != expected:
+                    raise ValueError(f"video for {job.filename!r} has shape {video.shape}, settings ask for {expected}")
+                key = hashlib.sha1(job.prompt.encode()).hexdigest()[:12]
+                tmp = partial / f"p{process_index}-{os.getpid()}-{job.index}-{key}.mp4"
+                write_mp4(tmp, video, settings.fps)
+                os.replace(tmp, videos / job.filename)
+                claim.release(finished=True)
+                counts["generated"] += 1
+        finally:  # a failed batch frees the claims it still holds, so another process can take them
+            for _, claim in batch:
+                if claim.held:
+                    claim.release(finished=False)
         bar.update(len(batch))
     bar.close()
-    return GenerationSummary(total=len(jobs), shard=len(mine), generated=len(todo), skipped=skipped, redone=redone,
-                             seconds=time.perf_counter() - start)
+    return GenerationSummary(total=len(jobs), shard=len(mine), generated=counts["generated"], skipped=counts["skipped"],
+                             redone=redone, seconds=time.perf_counter() - start, claimed_elsewhere=counts["elsewhere"])
 
 
 # ---------------------------------------------------------------------------------------- models

@@ -28,20 +28,33 @@ from torch.utils.checkpoint import checkpoint
 from t2v_turbo.diffusion.prediction import noise_coefficients
 
 
-def encode_per_frame(
-    vae: nn.Module,
-    pixels: torch.Tensor,
-    scale: float,
-    generator: torch.Generator | None = None,
-    frame_chunk_size: int = 8,
-) -> torch.Tensor:
-    """A per-frame 2D VAE (diffusers ``AutoencoderKL``): (B, 3, T, H, W) pixels in [-1, 1] -> latents
-    (B, c, T, h, w) = ``scale`` x a posterior sample of each frame, ``frame_chunk_size`` frames at a time."""
+def posterior_per_frame(
+    vae: nn.Module, pixels: torch.Tensor, scale: float, frame_chunk_size: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-frame 2D VAE (diffusers ``AutoencoderKL``): (B, 3, T, H, W) pixels in [-1, 1] -> the posterior
+    N(mean, std^2) of each frame's latents in the scaled space, ``scale`` x (mean, std), each (B, c, T, h, w),
+    float32, ``frame_chunk_size`` frames at a time."""
     batch, _, frames = pixels.shape[:3]
     flat = pixels.transpose(1, 2).flatten(0, 1)
     dtype = next(vae.parameters()).dtype
-    chunks = [vae.encode(chunk.to(dtype)).latent_dist.sample(generator) for chunk in flat.split(frame_chunk_size)]
-    return (torch.cat(chunks) * scale).unflatten(0, (batch, frames)).transpose(1, 2)
+    moments = [vae.encode(chunk.to(dtype)).latent_dist for chunk in flat.split(frame_chunk_size)]
+    mean, std = (torch.cat([getattr(m, name) for m in moments]).float() * scale for name in ("mean", "std"))
+    return tuple(x.unflatten(0, (batch, frames)).transpose(1, 2) for x in (mean, std))
+
+
+def sample_posterior(
+    mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None
+) -> torch.Tensor:
+    """z = mean + std * eps, eps ~ N(0, I) drawn in float32 on the CPU: one draw of the whole (B, c, T, h, w)
+    shape from ``generator``, or, given one generator per sample, sample b's (c, T, h, w) draw from
+    ``generator[b]`` (so a sample's latents do not depend on the batch it is in)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        eps = torch.randn(mean.shape, generator=generator, dtype=torch.float32)
+    else:
+        if len(generator) != mean.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {mean.shape[0]} posteriors")
+        eps = torch.stack([torch.randn(mean.shape[1:], generator=g, dtype=torch.float32) for g in generator])
+    return mean.float() + std.float() * eps.to(mean.device)
 
 
 def decode_per_frame(vae: nn.Module, latents: torch.Tensor, scale: float, frame_chunk_size: int = 8) -> torch.Tensor:
@@ -102,8 +115,16 @@ class TeacherAdapter(abc.ABC):
 
     # ---- VAE --------------------------------------------------------------------------
     @abc.abstractmethod
-    def encode_video(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, C, T, H, W) pixels in [-1, 1] -> scaled latents (B, c, T, h, w) (a posterior sample)."""
+    def encode_video_posterior(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, T, H, W) pixels in [-1, 1] -> (mean, std) of the VAE posterior in the latent space the UNet
+        sees (scaled or normalised), each (B, c, T, h, w), float32: latents = mean + std * eps."""
+
+    def encode_video(
+        self, pixels: torch.Tensor, generator: torch.Generator | Sequence[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        """(B, C, T, H, W) pixels in [-1, 1] -> latents (B, c, T, h, w), a posterior sample
+        (``sample_posterior``: one generator for the batch, or one per sample)."""
+        return sample_posterior(*self.encode_video_posterior(pixels), generator)
 
     @abc.abstractmethod
     def decode_latents(self, latents: torch.Tensor, frame_chunk_size: int = 8) -> torch.Tensor:
@@ -192,7 +213,48 @@ class TeacherAdapter(abc.ABC):
 
     # ---- devices ----------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
-        return {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+        """The frozen modules the adapter holds (those ``release_encoders`` let go of are left out)."""
+        held = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+        return {name: module for name, module in held.items() if module is not None}
+
+    def release_encoders(self, keep_decoder: bool, uncond_embedding: torch.Tensor,
+                         prompt_embeddings: dict[str, torch.Tensor] | None = None) -> None:
+        """Let go of the text encoder and the VAE's encoder (and of the whole VAE unless ``keep_decoder``), for
+        runs that train from cached latents and text embeddings: called before the teacher moves to the
+        training device, the modules never occupy it, and they are freed once nothing else holds them.
+
+        Afterwards the unconditional context is ``uncond_embedding`` (L, D) and prompts are answered from
+        ``prompt_embeddings`` (prompt -> (L, D), e.g. the validation prompts); any other prompt, or a video to
+        encode, raises ``RuntimeError`` naming what is missing.
+        """
+        table = {prompt: value.detach() for prompt, value in (prompt_embeddings or {}).items()}
+        uncond = uncond_embedding.detach()
+
+        def encode_prompts(prompts: Sequence[str]) -> torch.Tensor:
+            prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+            unknown = [p for p in prompts if p not in table]
+            if unknown:
+                raise RuntimeError(f"the text encoder was released (the run trains from cached embeddings) and "
+                                   f"{unknown[0]!r} is not among the {len(table)} cached prompts")
+            return torch.stack([table[p] for p in prompts]).to(self.device)
+
+        def empty_prompt_embedding(batch_size: int) -> torch.Tensor:
+            return uncond.to(self.device).expand(batch_size, -1, -1)
+
+        def encode_video_posterior(pixels: torch.Tensor):
+            raise RuntimeError("the VAE encoder was released (the run trains from cached latents): no video can be "
+                               "encoded")
+
+        # the instance's encoding paths become lookups (or refusals); the class keeps its methods
+        self.encode_prompts, self.empty_prompt_embedding = encode_prompts, empty_prompt_embedding
+        self.encode_video_posterior = encode_video_posterior
+        self.text_encoder = None
+        if keep_decoder:
+            for name in ("encoder", "quant_conv"):
+                if getattr(self.vae, name, None) is not None:
+                    setattr(self.vae, name, None)
+        else:
+            self.vae = None
 
     def cast_network(self, network: nn.Module, device: torch.device | str | None = None,
                      dtype: torch.dtype | None = None) -> nn.Module:

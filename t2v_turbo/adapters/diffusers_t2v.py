@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from t2v_turbo.adapters.base import TeacherAdapter, decode_per_frame, encode_per_frame
+from t2v_turbo.adapters.base import TeacherAdapter, decode_per_frame, posterior_per_frame
 from t2v_turbo.diffusion.schedule import scaled_linear_alphas_cumprod
 
 #: components a ModelScope-layout folder must hold
@@ -168,11 +168,10 @@ class DiffusersT2VAdapter(TeacherAdapter):
         return encode_clip_prompts(self.tokenizer, self.text_encoder, prompts)
 
     # ---- VAE --------------------------------------------------------------------------
-    def encode_video(
-        self, pixels: torch.Tensor, generator: torch.Generator | None = None, frame_chunk_size: int = 8
-    ) -> torch.Tensor:
-        """(B, 3, T, H, W) pixels in [-1, 1] -> scaled latents (B, c, T, h, w), a posterior sample."""
-        return encode_per_frame(self.vae, pixels, self.vae_scale_factor, generator, frame_chunk_size)
+    def encode_video_posterior(self, pixels: torch.Tensor,
+                               frame_chunk_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, T, H, W) pixels in [-1, 1] -> (mean, std) of the scaled latents (B, c, T, h, w), frame by frame."""
+        return posterior_per_frame(self.vae, pixels, self.vae_scale_factor, frame_chunk_size)
 
     def decode_latents(self, latents: torch.Tensor, frame_chunk_size: int = 8) -> torch.Tensor:
         """Scaled latents (B, c, T, h, w) -> pixels (B, 3, T, H, W), unclamped; differentiable."""

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from t2v_turbo.adapters.base import TeacherAdapter, decode_per_frame, encode_per_frame
+from t2v_turbo.adapters.base import TeacherAdapter, decode_per_frame, posterior_per_frame
 from t2v_turbo.diffusion.schedule import scaled_linear_alphas_cumprod
 from t2v_turbo.models.vc2 import checkpoint as ckpt
 from t2v_turbo.models.vc2.unet import VC2UNet
@@ -118,9 +118,10 @@ class VC2Adapter(TeacherAdapter):
         return self.text_encoder(tokens.to(next(self.text_encoder.parameters()).device))
 
     # ---- VAE --------------------------------------------------------------------------
-    def encode_video(self, pixels: torch.Tensor, generator: torch.Generator | None = None, frame_chunk_size: int = 8) -> torch.Tensor:
-        """(B, 3, T, H, W) in [-1, 1] -> scaled latents (B, 4, T, H/8, W/8), a posterior sample per frame."""
-        return encode_per_frame(self.vae, pixels, self.vae_scale_factor, generator, frame_chunk_size)
+    def encode_video_posterior(self, pixels: torch.Tensor,
+                               frame_chunk_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, T, H, W) in [-1, 1] -> (mean, std) of the scaled latents (B, 4, T, H/8, W/8), frame by frame."""
+        return posterior_per_frame(self.vae, pixels, self.vae_scale_factor, frame_chunk_size)
 
     def decode_latents(self, latents: torch.Tensor, frame_chunk_size: int = 8) -> torch.Tensor:
         """Scaled latents -> pixels (B, 3, T, H, W), unclamped, frame by frame; differentiable."""

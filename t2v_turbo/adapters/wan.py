@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from t2v_turbo.adapters.base import TeacherAdapter, decode_per_frame, encode_per_frame
+from t2v_turbo.adapters.base import TeacherAdapter, decode_per_frame, posterior_per_frame
 from t2v_turbo.adapters.diffusers_t2v import encode_clip_prompts, resolve_model_location
 from t2v_turbo.diffusion.flow import eps_from_velocity, flow_model_timesteps, flow_training_sigmas
 
@@ -290,7 +290,8 @@ class WanAdapter(TeacherAdapter):
         super().to(device=device)
         if dtype is not None:
             for module in (self.vae, self.text_encoder):
-                keep_in_float32(module, dtype)
+                if module is not None:  # None once released (``release_encoders``)
+                    keep_in_float32(module, dtype)
         self.cast_network(self.unet, dtype=dtype)
         return self
 
@@ -358,15 +359,17 @@ class WanAdapter(TeacherAdapter):
         shape = (1, -1, 1, 1, 1)
         return x * self.latents_std.to(x).view(shape) + self.latents_mean.to(x).view(shape)
 
-    def encode_video(self, pixels: torch.Tensor, generator: torch.Generator | None = None,
-                     frame_chunk_size: int = 8) -> torch.Tensor:
-        """(B, 3, T, H, W) in [-1, 1] -> normalised latents (B, c, T', h, w), a posterior sample."""
+    def encode_video_posterior(self, pixels: torch.Tensor,
+                               frame_chunk_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, T, H, W) in [-1, 1] -> (mean, std) of the normalised latents (B, c, T', h, w): the causal VAE's
+        posterior N(m, s^2) becomes N((m - latents_mean) / latents_std, (s / latents_std)^2)."""
         if not self.causal_vae:
-            return encode_per_frame(self.vae, pixels, self.vae_scale_factor, generator, frame_chunk_size)
+            return posterior_per_frame(self.vae, pixels, self.vae_scale_factor, frame_chunk_size)
         self.latent_frames(pixels.shape[2])
         dtype = next(self.vae.parameters()).dtype
-        z = self.vae.encode(pixels.to(dtype)).latent_dist.sample(generator)
-        return self._normalise(z.float())
+        posterior = self.vae.encode(pixels.to(dtype)).latent_dist
+        std = self.latents_std.to(posterior.std.device).view(1, -1, 1, 1, 1)
+        return self._normalise(posterior.mean.float()), posterior.std.float() / std
 
     def decode_latents(self, latents: torch.Tensor, frame_chunk_size: int = 8) -> torch.Tensor:
         """Normalised latents -> pixels (B, 3, T, H, W), differentiable (the causal VAE clamps to [-1, 1])."""

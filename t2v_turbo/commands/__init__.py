@@ -7,9 +7,12 @@ the flag and the allowed range, and the output checks that run before anything h
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 
 class CommandError(Exception):
@@ -65,3 +68,23 @@ def refuse_existing(paths: list[Path], overwrite: bool, flag: str = "--out") -> 
     if existing and not overwrite:
         shown = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
         raise CommandError(f"{flag}: {len(existing)} output(s) already exist ({shown}); pass --overwrite to replace them")
+
+
+@contextlib.contextmanager
+def trusted_config(enabled: bool) -> Iterator[None]:
+    """``--trust-config``: while active, a config's ``_component_`` nodes may call anything importable. An
+    environment variable, so that DataLoader workers and launched processes see it too; restored afterwards."""
+    from t2v_turbo.config import TRUST_CONFIG_ENV
+
+    if not enabled:
+        yield
+        return
+    previous = os.environ.get(TRUST_CONFIG_ENV)
+    os.environ[TRUST_CONFIG_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[TRUST_CONFIG_ENV]
+        else:
+            os.environ[TRUST_CONFIG_ENV] = previous

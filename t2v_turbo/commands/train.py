@@ -1,18 +1,19 @@
 """``t2v-turbo train CONFIG [key=value ...] [--resume latest|PATH]``: run a training recipe (the config's objective).
 
 Single process: ``t2v-turbo train configs/tiny.yaml train.max_steps=10``.
-Several processes: ``accelerate launch --num_processes 8 -m t2v_turbo.cli train configs/t2v_turbo_ms.yaml``.
+Several processes: ``accelerate launch --num_processes 8 -m t2v_turbo.cli train configs/t2v_turbo_ms.yaml``
+(``--config_file configs/accelerate/fsdp.yaml`` shards the trained model; docs/training.md).
+From cached latents: ``t2v-turbo cache CONFIG --out DIR``, then ``t2v-turbo train CONFIG --latent-cache DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 import yaml
 
-from t2v_turbo.commands import CommandError
+from t2v_turbo.commands import CommandError, trusted_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,38 +23,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default=None, metavar="latest|PATH",
                         help="continue from the newest checkpoint in output_dir, or from a checkpoint folder")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--latent-cache", metavar="DIR", default=None,
+                        help="train from the cache `t2v-turbo cache` wrote from this config (its data node becomes "
+                             "distill.latent_cache.CachedLatents, checked against the cache's record; the text "
+                             "encoder and the VAE encoder are not kept)")
     parser.add_argument("--trust-config", action="store_true",
                         help="let the config's _component_ nodes call anything importable (only for configs you trust; "
                              "by default they are limited to the project's packages, torch.optim, diffusers, ...)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from t2v_turbo.config import TRUST_CONFIG_ENV
-
-    if not args.trust_config:
+    with trusted_config(args.trust_config):
         return _run(args)
-    # an environment variable, so that DataLoader workers and launched processes see it too
-    previous = os.environ.get(TRUST_CONFIG_ENV)
-    os.environ[TRUST_CONFIG_ENV] = "1"
-    try:
-        return _run(args)
-    finally:
-        if previous is None:
-            del os.environ[TRUST_CONFIG_ENV]
-        else:
-            os.environ[TRUST_CONFIG_ENV] = previous
 
 
 def _run(args: argparse.Namespace) -> int:
     from distill.checkpoints import CheckpointError, CheckpointWriteError
     from distill.nonfinite import NonFiniteError
     from distill.trainer import TrainingRecipe, resolve_run_config
-    from t2v_turbo.config import ConfigError, load_config
+    from t2v_turbo.config import COMPONENT_KEY, ConfigError, load_config
     from t2v_turbo.fileio import FolderInUseError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
+        if args.latent_cache is not None:
+            from distill.latent_cache import check_cache_source
+
+            check_cache_source(args.latent_cache, cfg.get("data"))
+            cfg["data"] = {COMPONENT_KEY: "distill.latent_cache.CachedLatents", "path": args.latent_cache}
         resolved = resolve_run_config(cfg)
     except ConfigError as err:
         raise CommandError(f"{args.config}: {err}") from err
