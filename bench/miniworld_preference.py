@@ -37,9 +37,12 @@ BEGIN, END = "<!-- miniworld-preference:begin -->", "<!-- miniworld-preference:e
 
 def train_reward_model(out: Path, seed: int, loss: str, steps: int, pairs: Path, extra: list[str]) -> dict:
     from distill.reward_model import RewardModelRecipe
+    from miniworld.report import check_reusable_run
     from t2v_turbo.config import load_config
 
-    if not (out / "eval.json").is_file():
+    if (out / "eval.json").is_file():
+        check_reusable_run(out, steps)
+    else:
         cfg = load_config(CONFIGS / "miniworld_reward_model.yaml", [
             f"output_dir={out}", f"seed={seed}", f"model.seed={seed}", f"loss.name={loss}", f"train.max_steps={steps}",
             f"data.folder={pairs}", f"eval_data.folder={pairs}", "train.checkpoint_every=0", *extra])
@@ -52,10 +55,13 @@ def train_reward_model(out: Path, seed: int, loss: str, steps: int, pairs: Path,
 def train_policy(out: Path, config: str, seed: int, steps: int, pairs: Path, overrides: list[str]) -> Path:
     """A student trained by ``TrainingRecipe`` from ``config``; returns its folder (reused when present)."""
     from distill.trainer import run_training
+    from miniworld.report import check_reusable_run
     from t2v_turbo.config import load_config
 
     folder = out / "student"
-    if not (folder / "student.json").is_file():
+    if (folder / "student.json").is_file():
+        check_reusable_run(out, steps)
+    else:
         data_folder = [] if "online" in config else [f"data.folder={pairs}"]
         run_training(load_config(CONFIGS / config, [f"output_dir={out}", f"seed={seed}", f"train.max_steps={steps}",
                                                     "train.log_every=10", *data_folder, *overrides]))
@@ -127,7 +133,7 @@ def main() -> int:
     parser.add_argument("--rm-steps", type=int, default=1000, help="reward-model training steps")
     parser.add_argument("--steps", type=int, default=200, help="policy training steps (offline DPO, online DPO, RWR)")
     parser.add_argument("--guidance-scale", type=float, default=20.0, help="reward guidance scale w")
-    parser.add_argument("--num-prompts", type=int, default=None, help="only the first N evaluation prompts")
+    parser.add_argument("--num-prompts", type=int, default=None, help="N of the evaluation prompts (a fixed draw spanning the list)")
     parser.add_argument("--write-results", action="store_true", help="write the tables into bench/RESULTS.md")
     args = parser.parse_args()
 
@@ -136,17 +142,20 @@ def main() -> int:
     torch.set_num_threads(1)
     from miniworld import preferences
     from miniworld.assets import ASSETS, evaluation_prompts
+    from miniworld.report import prompt_subset
+    from miniworld.world import held_out_captions
 
     out = Path(args.out)
     pairs = out / "pairs"
     seeds = [int(s) for s in args.seeds.split(",")]
-    prompts = evaluation_prompts()[: args.num_prompts]
+    prompts = prompt_subset(evaluation_prompts(), args.num_prompts)
     t0 = time.time()
     preferences.pairs_csv(pairs, 3000, 0, "train")
     preferences.pairs_csv(pairs, 500, 1, "all")
     results = {"machine": "2-core CPU (shared with other jobs), no GPU", "seeds": seeds, "rm_steps": args.rm_steps,
                "steps": args.steps, "guidance_scale": args.guidance_scale,
                "assets": {name: sorted(p.name for p in (ASSETS / name).iterdir()) for name in ("teacher", "student")},
+               "prompts": {"all": len(prompts), "held_out": len(set(prompts) & set(held_out_captions()))},
                "reward_models": {loss: [] for loss in LOSSES}, "minibench": {}}
 
     # 1. reward modelling: BTT vs BT vs regression
@@ -217,11 +226,12 @@ def write_results_section(results: dict, accuracy: str, held_out: str, overall: 
         f"### Preference optimisation towards text alignment ({results['steps']} steps from the shipped student), "
         f"and reward guidance (w = {results['guidance_scale']:g})",
         "",
-        "MiniBench of 4-step samples (guidance 4) on the 45 held-out evaluation prompts; TA dims = mean of colour, "
+        f"MiniBench of 4-step samples (guidance 4) on the {results['prompts']['held_out']} held-out prompts among "
+        f"the {results['prompts']['all']} evaluation prompts drawn (of 90); TA dims = mean of colour, "
         "shape and background (the dimensions the TA preference rewards).",
         "",
         held_out,
-        "All 90 evaluation prompts:",
+        f"All {results['prompts']['all']} evaluation prompts drawn:",
         "",
         overall,
         END,

@@ -64,7 +64,15 @@ def train_all(jobs: list[tuple[str, int]], steps: int, root: Path, parallel: int
 
     training_dataset(root / "data", num_videos=1000, seed=0)  # written once, before runs that read it
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    pending = [(k, s) for k, s in jobs if not model_folder(root / k / f"seed{s}").is_dir()]
+    from miniworld.report import check_reusable_run
+
+    pending = []
+    for key, seed in jobs:
+        run = root / key / f"seed{seed}"
+        if model_folder(run).is_dir():
+            check_reusable_run(run, steps)
+        else:
+            pending.append((key, seed))
     running, seconds = {}, {}
     while pending or running:
         while pending and len(running) < parallel:
@@ -285,17 +293,6 @@ def table(starts: dict, agg: dict) -> str:
     return head + "\n" + "\n".join(rows) + "\n"
 
 
-def replace_section(begin: str, end: str, body: str) -> None:
-    path = REPO / "bench" / "RESULTS.md"
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    block = begin + "\n" + body.rstrip() + "\n" + end
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/miniworld-reward-recipes")
@@ -303,7 +300,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"subset of {','.join(RUNS)}")
     parser.add_argument("--eval-steps", type=int, default=10, help="DDIM steps of full-step models at evaluation (the training chain's)")
-    parser.add_argument("--num-prompts", type=int, default=None, help="only the first N held-out prompts")
+    parser.add_argument("--num-prompts", type=int, default=None, help="N of the held-out prompts (a fixed draw spanning the list)")
     parser.add_argument("--parallel", type=int, default=2, help="trainings at a time")
     parser.add_argument("--cost", action="store_true", help="measure the cost ratios instead")
     parser.add_argument("--cost-steps", type=int, default=3)
@@ -325,10 +322,11 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from miniworld.assets import ASSETS
+    from miniworld.report import prompt_subset
     from miniworld.world import held_out_captions
 
     keys, seeds = args.runs.split(","), [int(s) for s in args.seeds.split(",")]
-    prompts = held_out_captions()[: args.num_prompts]
+    prompts = prompt_subset(held_out_captions(), args.num_prompts)
     t0 = time.time()
     train_seconds = train_all([(k, s) for k in keys for s in seeds], args.steps, root, args.parallel)
     scorer = Scorer()
@@ -353,7 +351,7 @@ def main() -> int:
     summary = {
         "machine": "2-core CPU shared with other jobs, no GPU",
         "assets": asset_fingerprint(ASSETS),
-        "settings": settings, "seeds": seeds, "starts": results["starts"],
+        "settings": settings, "num_prompts": len(prompts), "seeds": seeds, "starts": results["starts"],
         "runs": {k: {m: {"mean": v[0], "std": v[1]} for m, v in stats.items()} for k, stats in agg.items()},
         "checks": checks(results["starts"], agg), "train_seconds": train_seconds, "total_seconds": time.time() - t0,
     }
@@ -367,6 +365,8 @@ def main() -> int:
 
 
 def write_results_section(text: str, summary: dict, args) -> None:
+    from miniworld.report import write_marked_section
+
     lines = [
         "## Reward-gradient recipes on the mini world (bench/miniworld_reward_recipes.py)",
         "",
@@ -374,7 +374,8 @@ def write_results_section(text: str, summary: dict, args) -> None:
         f"(sha256 prefixes: {', '.join(f'{k} {v}' for k, v in summary['assets'].items())}). Each run is "
         f"`t2v-turbo train configs/miniworld_vader.yaml | miniworld_instructvideo.yaml` for {args.steps} optimizer "
         f"steps (batch 2, LoRA rank 16 on q/k/v, AdamW 1e-3), seeds {summary['seeds']} (mean ± std, the change "
-        "from the starting model in brackets). Evaluation: the 45 held-out prompts (unseen colour-shape pairs), "
+        "from the starting model in brackets). Evaluation: "
+        f"{summary['num_prompts']} of the 45 held-out prompts (unseen colour-shape pairs; a fixed draw), "
         f"one video each with one fixed generator; full-step models DDIM {args.eval_steps} steps + CFG {GUIDANCE}, "
         f"students 4 steps at w = {GUIDANCE}. `reward_image` / `reward_video`: mean miniworld-image (all 8 frames) "
         "and miniworld-video scores; the other columns are MiniBench.",
@@ -387,10 +388,12 @@ def write_results_section(text: str, summary: dict, args) -> None:
                       else f"{k} {v:.3f}" for k, v in c.items() if k not in ("check", "holds")) + ")"
           for c in summary["checks"]],
     ]
-    replace_section(BEGIN, END, "\n".join(lines))
+    write_marked_section(REPO / "bench" / "RESULTS.md", BEGIN, END, "\n".join([BEGIN, *lines, END]))
 
 
 def write_cost_section(result: dict) -> None:
+    from miniworld.report import write_marked_section
+
     rows = ["| variant | step time median (s) | saved for backward (MiB) | max RSS (MiB) |", "|---|---|---|---|"]
     for r in result["variants"].values():
         rows.append(f"| {r['name']} | {r['step_seconds_median']:.2f} | {r['saved_for_backward_mib']:.1f} | "
@@ -411,7 +414,7 @@ def write_cost_section(result: dict) -> None:
         f"activations {q['student_kall_over_k1_memory']:.2f}x; InstructVideo / VADER (K = 1): time "
         f"{q['instructvideo_over_vader_k1_time']:.2f}x, activations {q['instructvideo_over_vader_k1_memory']:.2f}x.",
     ]
-    replace_section(COST_BEGIN, COST_END, "\n".join(lines))
+    write_marked_section(REPO / "bench" / "RESULTS.md", COST_BEGIN, COST_END, "\n".join([COST_BEGIN, *lines, COST_END]))
 
 
 if __name__ == "__main__":

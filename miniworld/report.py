@@ -161,3 +161,25 @@ def write_marked_section(path: str | Path, begin: str, end: str, body: str) -> P
         text = text.rstrip() + "\n\n" + body + "\n"
     path.write_text(text)
     return path
+
+
+def prompt_subset(prompts: Sequence[str], count: int | None, seed: int = 0) -> list[str]:
+    """``count`` of ``prompts`` drawn without replacement by ``seed``, kept in their order (all of them when
+    ``count`` is None). The world's prompt lists are ordered by colour and shape, so their first entries would
+    cover one composition only."""
+    prompts = list(prompts)
+    if count is None or count >= len(prompts):
+        return prompts
+    chosen = np.sort(np.random.default_rng(seed).choice(len(prompts), size=count, replace=False))
+    return [prompts[i] for i in chosen]
+
+
+def check_reusable_run(run: str | Path, max_steps: int) -> None:
+    """Refuse to reuse a finished run (a bench's cache) that was trained for another number of steps than asked."""
+    from t2v_turbo.config import load_yaml
+
+    path = Path(run) / "config.yaml"
+    trained = load_yaml(path)["train"]["max_steps"] if path.is_file() else None
+    if trained != max_steps:
+        raise SystemExit(f"{run} holds a run of train.max_steps={trained}, not the {max_steps} asked for; "
+                         "remove it or pass another --out")
