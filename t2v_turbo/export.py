@@ -94,10 +94,11 @@ def merged_state_dict(unet: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def merge_student(unet: nn.Module) -> nn.Module:
-    """A plain ``UNet3DConditionModel`` equal to the LoRA student (loaded strictly)."""
-    from diffusers import UNet3DConditionModel
+    """A plain ``UNet3DConditionModel`` (or ``WanTransformer3DModel``) equal to the LoRA model (loaded strictly)."""
+    from diffusers import UNet3DConditionModel, WanTransformer3DModel
 
-    merged = UNet3DConditionModel.from_config(unet.config)
+    model_cls = WanTransformer3DModel if isinstance(unet, WanTransformer3DModel) else UNet3DConditionModel
+    merged = model_cls.from_config(unet.config)
     merged.load_state_dict(merged_state_dict(unet) if has_lora(unet) else unet.state_dict(), strict=True)
     param = next(unet.parameters())
     return move_module(merged, device=param.device, dtype=param.dtype).eval()
@@ -279,12 +280,13 @@ def export_diffusers_pipeline(unet: nn.Module, meta: StudentMeta, adapter, out: 
     return out
 
 
-def wan_diffusers_lora_state_dict(unet: nn.Module, guidance_scale: float) -> tuple[dict[str, torch.Tensor], dict]:
-    """A Wan LoRA student in diffusers' format: (state dict, LoRA config) for
+def wan_diffusers_lora_state_dict(unet: nn.Module, guidance_scale: float | None) -> tuple[dict[str, torch.Tensor], dict]:
+    """A Wan LoRA model in diffusers' format: (state dict, LoRA config) for
     ``WanPipeline.save_lora_weights``, which prefixes the keys with ``transformer.``.
 
-    Every LoRA layer keeps its A and B (peft names without the adapter name) and gets a zero
-    ``lora_B.bias``; the guidance scale is folded into one more LoRA layer on
+    Every LoRA layer keeps its A and B (peft names without the adapter name). A full-step model
+    (``guidance_scale`` None) is that alone. For a student every layer gets a zero
+    ``lora_B.bias`` and the guidance scale is folded into one more LoRA layer on
     ``condition_embedder.time_embedder.linear_1`` with A = B = 0 and
     ``lora_B.bias`` = (rank / alpha) W1 cond_proj(emb(w)), so that with peft's scaling alpha / rank it
     adds exactly the shift ``fold_guidance_scale`` puts into the bias (peft's ``lora_bias``).
@@ -302,7 +304,10 @@ def wan_diffusers_lora_state_dict(unet: nn.Module, guidance_scale: float) -> tup
         a, b = module.lora_A[ADAPTER_NAME].weight, module.lora_B[ADAPTER_NAME].weight
         state[f"{name}.lora_A.weight"] = a.detach().cpu().clone()
         state[f"{name}.lora_B.weight"] = b.detach().cpu().clone()
-        state[f"{name}.lora_B.bias"] = torch.zeros(b.shape[0], dtype=b.dtype)
+        if guidance_scale is not None:
+            state[f"{name}.lora_B.bias"] = torch.zeros(b.shape[0], dtype=b.dtype)
+    if guidance_scale is None:
+        return state, {"r": rank, "lora_alpha": alpha, "target_modules": sorted(lora_modules), "lora_dropout": 0.0}
     linear_1 = dict(unet.named_modules())[prefix + "linear_1"]
     cond_proj = dict(unet.named_modules())[prefix + "cond_proj"].weight
     zero_bias = torch.zeros_like(linear_1.bias).cpu()
@@ -317,29 +322,38 @@ def wan_diffusers_lora_state_dict(unet: nn.Module, guidance_scale: float) -> tup
 
 def export_wan(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, format: str,
                guidance_scale: float | None = None) -> Path:
-    """A Wan student as ``lora`` (diffusers' ``pytorch_lora_weights.safetensors``), ``merged`` (a stock
-    ``WanTransformer3DModel``, LoRA merged, guidance folded), both with the ``scheduler/`` to sample
-    with, or ``diffusers`` (a stock ``WanPipeline`` with ``FlowMatchLCMScheduler``)."""
+    """A Wan model as ``lora`` (diffusers' ``pytorch_lora_weights.safetensors``), ``merged`` (a stock
+    ``WanTransformer3DModel``, LoRA merged), both with the ``scheduler/`` to sample with, or ``diffusers``
+    (a stock ``WanPipeline``). A student gets its guidance folded in and ``FlowMatchLCMScheduler``; a
+    fine-tuned full-step model (no guidance layer) keeps the teacher's own scheduler and is run with
+    classifier-free guidance at ``guidance_scale``."""
     from diffusers import FlowMatchLCMScheduler, WanPipeline
+
+    from t2v_turbo.pipeline import teacher_flow_scheduler
 
     out = Path(out)
     guidance_scale = meta.guidance_scale if guidance_scale is None else guidance_scale
-    scheduler = FlowMatchLCMScheduler(num_train_timesteps=adapter.num_train_timesteps, shift=adapter.flow_shift)
-    run_with = {"guidance_scale": 1.0, "num_inference_steps": meta.num_inference_steps, "spacing": "lcm"}
-    record = {"format": format, "folded_guidance_scale": guidance_scale, "run_with": run_with,
+    if meta.is_student:
+        scheduler = FlowMatchLCMScheduler(num_train_timesteps=adapter.num_train_timesteps, shift=adapter.flow_shift)
+        run_with = {"guidance_scale": 1.0, "num_inference_steps": meta.num_inference_steps, "spacing": "lcm"}
+    else:
+        scheduler = teacher_flow_scheduler(adapter)
+        run_with = {"guidance_scale": guidance_scale, "num_inference_steps": meta.num_inference_steps}
+    folded = guidance_scale if meta.is_student else None
+    record = {"format": format, "folded_guidance_scale": folded, "run_with": run_with,
               "student": dataclasses.asdict(meta)}
     if format == "lora":
         out.mkdir(parents=True, exist_ok=True)
-        state, config = wan_diffusers_lora_state_dict(unet, guidance_scale)
+        state, config = wan_diffusers_lora_state_dict(unet, folded)
         WanPipeline.save_lora_weights(out, transformer_lora_layers=state, transformer_lora_adapter_metadata=config)
         scheduler.save_pretrained(out / "scheduler")
         record["diffusers_lora"] = {"file": "pytorch_lora_weights.safetensors", "base": meta.teacher_path,
-                                    "scheduler": "scheduler/ (FlowMatchLCMScheduler)"}
+                                    "scheduler": f"scheduler/ ({type(scheduler).__name__})"}
         _write_json(out / "export.json", record)
         return out
-    folded = fold_guidance_scale(unet, guidance_scale)
+    network = fold_guidance_scale(unet, guidance_scale) if meta.is_student else merge_student(unet)
     if format == "merged":
-        folded.save_pretrained(out, safe_serialization=True)
+        network.save_pretrained(out, safe_serialization=True)
         scheduler.save_pretrained(out / "scheduler")
     else:
         if not (adapter.causal_vae and adapter.t5_text):
@@ -348,7 +362,7 @@ def export_wan(unet: nn.Module, meta: StudentMeta, adapter, out: str | Path, for
                 f"this teacher has {type(adapter.vae).__name__} and {type(adapter.text_encoder).__name__} "
                 "(use --format merged or lora)")
         pipeline = WanPipeline(tokenizer=adapter.tokenizer, text_encoder=adapter.text_encoder, vae=adapter.vae,
-                               scheduler=scheduler, transformer=folded, expand_timesteps=adapter.expand_timesteps)
+                               scheduler=scheduler, transformer=network, expand_timesteps=adapter.expand_timesteps)
         pipeline.save_pretrained(out, safe_serialization=True)
     _write_json(out / "export.json", record)
     return out
@@ -410,9 +424,30 @@ pipe.scheduler = FlowMatchLCMScheduler.from_pretrained("{folder_name}", subfolde
 ```"""
 
 
+def _wan_full_step_usage(format: str, meta: StudentMeta, guidance_scale: float, folder_name: str) -> str:
+    """Stock diffusers snippets for a fine-tuned full-step Wan model: the teacher's scheduler, CFG."""
+    call = (f'frames = pipe("a prompt", num_inference_steps={meta.num_inference_steps}, '
+            f"guidance_scale={guidance_scale:g}, num_frames={meta.num_frames}, height={meta.height}, "
+            f"width={meta.width}).frames[0]")
+    load = {
+        "diffusers": f'pipe = WanPipeline.from_pretrained("{folder_name}")  # the teacher\'s scheduler inside',
+        "lora": f'pipe = WanPipeline.from_pretrained("{meta.teacher_path}")  # the base model (teacher)\n'
+                f'pipe.load_lora_weights("{folder_name}")  # pytorch_lora_weights.safetensors',
+        "merged": f'transformer = WanTransformer3DModel.from_pretrained("{folder_name}")  # LoRA merged\n'
+                  f'pipe = WanPipeline.from_pretrained("{meta.teacher_path}", transformer=transformer)',
+    }[format]
+    return f"""```python
+from diffusers import WanPipeline, WanTransformer3DModel
+
+{load}
+# a full-step model: the teacher's sampler with classifier-free guidance (scale {guidance_scale:g})
+{call}
+```"""
+
+
 def _usage(format: str, meta: StudentMeta, guidance_scale: float, folder_name: str) -> str:
     if meta.family == "wan":
-        return _wan_usage(format, meta, guidance_scale, folder_name)
+        return (_wan_usage if meta.is_student else _wan_full_step_usage)(format, meta, guidance_scale, folder_name)
     geometry = f"num_frames={meta.num_frames}, height={meta.height}, width={meta.width}"
     steps = meta.num_inference_steps
     if meta.is_student:
@@ -511,7 +546,8 @@ def model_card(format: str, meta: StudentMeta, student_folder: Path, guidance_sc
         rows = [
             ("base model (teacher)", f"`{meta.teacher_path}` ({meta.family})"),
             ("model", f"the teacher fine-tuned ({student_kind}); no guidance layer"),
-            ("sampling", f"DDIM {meta.num_inference_steps} steps, classifier-free guidance scale {guidance:g}"),
+            ("sampling", f"{'the teacher scheduler' if meta.family == 'wan' else 'DDIM'} {meta.num_inference_steps} "
+                         f"steps, classifier-free guidance scale {guidance:g}"),
             ("geometry", f"{meta.num_frames} frames, {meta.height}x{meta.width} pixels, {meta.fps} fps"),
         ]
     rows += _recipe_rows(config) if config else [("recipe", "not recorded (no run config beside the model folder)")]
@@ -585,7 +621,7 @@ def export_student(student_folder: str | Path, out: str | Path, format: str, gui
             export_merged(unet, meta, folder)
         else:
             export_diffusers_pipeline(unet, meta, adapter, folder, guidance_scale)
-        folds = format != "merged" or adapter.family == "wan"
+        folds = format != "merged" or (adapter.family == "wan" and meta.is_student)
         card = model_card(format, meta, student_folder, guidance_scale if folds else None, metrics, folder_name=str(out))
         (folder / MODEL_CARD_NAME).write_text(card, encoding="utf-8")
 

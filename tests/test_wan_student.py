@@ -146,6 +146,65 @@ def test_exports_in_stock_diffusers_reproduce_our_sampler(teacher_dir, student_d
     assert result["base"] > 1e-2  # the LoRA changes the output
 
 
+FULL_STEP_CHECK = textwrap.dedent('''
+    import json, sys
+    import torch
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    folder, teacher = sys.argv[1], sys.argv[2]
+    ref = torch.load(folder + "/reference.pt")
+    call = dict(prompt=["a cat running"], num_inference_steps=3, guidance_scale=5.0, latents=ref["latents"],
+                output_type="latent", height=32, width=32, num_frames=9)
+    result = {}
+    base = WanPipeline.from_pretrained(teacher)
+    result["scheduler"] = type(WanPipeline.from_pretrained(folder + "/diffusers").scheduler).__name__
+    result["diffusers"] = (WanPipeline.from_pretrained(folder + "/diffusers")(**call).frames - ref["ours"]).abs().max().item()
+    result["base"] = (base(**call).frames - ref["ours"]).abs().max().item()
+    base.load_lora_weights(folder + "/lora")
+    result["lora"] = (base(**call).frames - ref["ours"]).abs().max().item()
+    base.unload_lora_weights()
+    base.transformer = WanTransformer3DModel.from_pretrained(folder + "/merged")
+    result["merged"] = (base(**call).frames - ref["ours"]).abs().max().item()
+    print(json.dumps(result))
+''')
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_full_step_model_exports_for_stock_diffusers(teacher_dir, adapter, tmp_path):
+    """A full-step Wan model with LoRA (what DPO, RWR and VADER train on a flow teacher), exported as lora /
+    merged / diffusers and run by stock WanPipeline with the teacher's scheduler and CFG, equals our sampler."""
+    from t2v_turbo.export import export_student
+
+    lora = LoraSettings(rank=4, alpha=8.0, dropout=0.0, target_modules="attention")
+    unet = build_student(adapter, None, lora=lora)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.copy_(0.05 * torch.randn(param.shape, generator=generator))
+    meta = StudentMeta.for_adapter(adapter, lora=lora, time_cond_proj_dim=None, guidance_scale=5.0,
+                                   num_inference_steps=3)
+    folder = save_student(tmp_path / "model", unet, meta)
+    pipe = load_student_pipeline(folder)
+    latents = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    ours = pipe(["a cat running"], num_inference_steps=3, guidance_scale=5.0, latents=latents, output_type="latent",
+                **GEOMETRY)
+    torch.save({"latents": latents, "ours": ours}, tmp_path / "reference.pt")
+    for fmt in ("diffusers", "lora", "merged"):
+        export_student(folder, tmp_path / fmt, fmt)
+    record = json.loads((tmp_path / "lora" / "export.json").read_text())
+    assert record["folded_guidance_scale"] is None and record["run_with"]["guidance_scale"] == 5.0
+    assert "guidance_scale=5" in (tmp_path / "merged" / "README.md").read_text()
+    env = {"PYTHONPATH": "", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", FULL_STEP_CHECK, str(tmp_path), str(teacher_dir)], capture_output=True,
+                         text=True, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["scheduler"] == "UniPCMultistepScheduler"
+    assert result["diffusers"] < 1e-4 and result["lora"] < 1e-4 and result["merged"] < 1e-4, result
+    assert result["base"] > 1e-2  # the LoRA changes the output
+
+
 def test_diffusers_export_needs_stock_wan_components(tmp_path):
     from t2v_turbo.export import export_student
 
