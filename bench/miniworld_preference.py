@@ -82,6 +82,19 @@ def minibench_of(folder: Path | None, prompts: list[str], seed: int, guidance=No
     return rp.compact(minibench.evaluate(videos, prompts))
 
 
+def cached(path: Path, prompts: list[str], evaluate) -> dict:
+    """``evaluate()``'s MiniBench report, kept in ``path`` for these ``prompts`` (one file per row and seed, so
+    processes running different seeds of this bench never write the same file)."""
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["prompts"] == prompts:
+            return saved["report"]
+    report = evaluate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"prompts": prompts, "report": report}))
+    return report
+
+
 def latent_guidance(model_folder: Path):
     """adapter -> (prompts -> r(z_t, t)): TA of the latent reward model, for ``sample_videos``."""
     def build(adapter):
@@ -121,7 +134,8 @@ def minibench_table(rows: dict[str, list[dict]], split: str) -> str:
     cols = list(DIMENSIONS) + ["total"]
     lines = [f"| model ({split}) | TA dims (mean) | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for name, reports in rows.items():
-        ta = mean_std([float(np.mean([r[split][d] for d in TA_DIMENSIONS])) for r in reports])
+        ta_dims = [[r[split][d] for d in TA_DIMENSIONS] for r in reports]
+        ta = mean_std([float(np.mean(v)) for v in ta_dims if None not in v])  # None: no prompt of the split
         lines.append(f"| {name} | {ta} | " + " | ".join(mean_std([r[split][c] for r in reports]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
@@ -177,16 +191,19 @@ def main() -> int:
     rows.update({name: [] for name in variants})
     rows[f"shipped student + reward guidance (TA, w = {args.guidance_scale:g})"] = []
     for seed in seeds:
-        rows["shipped student"].append(minibench_of(None, prompts, seed))
+        rows["shipped student"].append(cached(out / "minibench" / f"shipped-s{seed}.json", prompts,
+                                              lambda: minibench_of(None, prompts, seed)))
         checkpoint = out / f"rm-btt-s{seed}" / "model"
         reward = f"rewards=[{{name: preference-model, weight: 1.0, args: {{checkpoint: {checkpoint}, weights: {{TA: 1.0}}}}}}]"
         for name, (config, extra) in variants.items():
             key = name.split(" (")[0].replace(",", "").replace(" ", "-").lower()
             overrides = extra + ([reward] if "DPO" not in name or "online" in name else [])
             folder = train_policy(out / f"{key}-s{seed}", config, seed, args.steps, pairs, overrides)
-            rows[name].append(minibench_of(folder, prompts, seed))
+            rows[name].append(cached(out / f"{key}-s{seed}" / "minibench.json", prompts,
+                                     lambda: minibench_of(folder, prompts, seed)))
         guided = latent_guidance(out / f"latent-rm-s{seed}" / "model")
-        rows[list(rows)[-1]].append(minibench_of(None, prompts, seed, guided, args.guidance_scale))
+        rows[list(rows)[-1]].append(cached(out / "minibench" / f"guided-w{args.guidance_scale:g}-s{seed}.json", prompts,
+                                           lambda: minibench_of(None, prompts, seed, guided, args.guidance_scale)))
         print(json.dumps({name: reports[-1]["held_out"] for name, reports in rows.items()}, indent=1), flush=True)
 
     results["minibench"] = {name: [{k: r[k] for k in ("overall", "seen", "held_out")} for r in reports]
