@@ -92,11 +92,11 @@ def test_student_pipeline_rejects_frames_off_the_wan_rule(adapter, student_dir):
 STOCK_CHECK = textwrap.dedent('''
     import json, sys
     import torch
-    from diffusers import FlowMatchLCMScheduler, WanPipeline, WanTransformer3DModel
+    from diffusers import WanPipeline, WanTransformer3DModel
 
-    folder, teacher = sys.argv[1], sys.argv[2]
+    folder, teacher, steps, guidance = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     ref = torch.load(folder + "/reference.pt")
-    call = dict(prompt=["a cat running"], num_inference_steps=4, guidance_scale=1.0, latents=ref["latents"],
+    call = dict(prompt=["a cat running"], num_inference_steps=steps, guidance_scale=guidance, latents=ref["latents"],
                 output_type="latent", height=32, width=32, num_frames=9)
     result = {}
     stock = WanPipeline.from_pretrained(folder + "/diffusers")
@@ -104,7 +104,7 @@ STOCK_CHECK = textwrap.dedent('''
     torch.manual_seed(11)
     result["diffusers"] = (stock(**call).frames - ref["ours"]).abs().max().item()
     base = WanPipeline.from_pretrained(teacher)
-    base.scheduler = FlowMatchLCMScheduler.from_pretrained(folder + "/lora", subfolder="scheduler")
+    base.scheduler = type(stock.scheduler).from_pretrained(folder + "/lora", subfolder="scheduler")
     torch.manual_seed(11)
     result["base"] = (base(**call).frames - ref["ours"]).abs().max().item()
     base.load_lora_weights(folder + "/lora")
@@ -118,6 +118,20 @@ STOCK_CHECK = textwrap.dedent('''
     result["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in ("t2v_turbo", "distill", "rewards"))
     print(json.dumps(result))
 ''')
+
+
+def stock_scheduler_reproducing(folder, teacher_dir, steps, guidance_scale) -> str:
+    """Run STOCK_CHECK on the exports in ``folder`` (a process that imports nothing of ours), check that each
+    export reproduces ``reference.pt`` and the base model alone does not; the export's scheduler class."""
+    env = {"PYTHONPATH": "", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", STOCK_CHECK, str(folder), str(teacher_dir), str(steps),
+                          str(guidance_scale)], capture_output=True, text=True, cwd=folder, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["modules"] == []
+    assert result["diffusers"] < 1e-4 and result["lora"] < 1e-4 and result["merged"] < 1e-4, result
+    assert result["base"] > 1e-2  # the LoRA changes the output
+    return result["scheduler"]
 
 
 @pytest.mark.slow
@@ -136,37 +150,7 @@ def test_exports_in_stock_diffusers_reproduce_our_sampler(teacher_dir, student_d
     record = json.loads((tmp_path / "diffusers" / "export.json").read_text())
     assert record["folded_guidance_scale"] == 4.0 and record["run_with"]["guidance_scale"] == 1.0
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    env = {"PYTHONPATH": "", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", STOCK_CHECK, str(tmp_path), str(teacher_dir)], capture_output=True,
-                         text=True, cwd=tmp_path, env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["modules"] == [] and result["scheduler"] == "FlowMatchLCMScheduler"
-    assert result["diffusers"] < 1e-4 and result["lora"] < 1e-4 and result["merged"] < 1e-4, result
-    assert result["base"] > 1e-2  # the LoRA changes the output
-
-
-FULL_STEP_CHECK = textwrap.dedent('''
-    import json, sys
-    import torch
-    from diffusers import WanPipeline, WanTransformer3DModel
-
-    folder, teacher = sys.argv[1], sys.argv[2]
-    ref = torch.load(folder + "/reference.pt")
-    call = dict(prompt=["a cat running"], num_inference_steps=3, guidance_scale=5.0, latents=ref["latents"],
-                output_type="latent", height=32, width=32, num_frames=9)
-    result = {}
-    base = WanPipeline.from_pretrained(teacher)
-    result["scheduler"] = type(WanPipeline.from_pretrained(folder + "/diffusers").scheduler).__name__
-    result["diffusers"] = (WanPipeline.from_pretrained(folder + "/diffusers")(**call).frames - ref["ours"]).abs().max().item()
-    result["base"] = (base(**call).frames - ref["ours"]).abs().max().item()
-    base.load_lora_weights(folder + "/lora")
-    result["lora"] = (base(**call).frames - ref["ours"]).abs().max().item()
-    base.unload_lora_weights()
-    base.transformer = WanTransformer3DModel.from_pretrained(folder + "/merged")
-    result["merged"] = (base(**call).frames - ref["ours"]).abs().max().item()
-    print(json.dumps(result))
-''')
+    assert stock_scheduler_reproducing(tmp_path, teacher_dir, steps=4, guidance_scale=1.0) == "FlowMatchLCMScheduler"
 
 
 @pytest.mark.slow
@@ -195,14 +179,7 @@ def test_a_fine_tuned_full_step_model_exports_for_stock_diffusers(teacher_dir, a
     record = json.loads((tmp_path / "lora" / "export.json").read_text())
     assert record["folded_guidance_scale"] is None and record["run_with"]["guidance_scale"] == 5.0
     assert "guidance_scale=5" in (tmp_path / "merged" / "README.md").read_text()
-    env = {"PYTHONPATH": "", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-c", FULL_STEP_CHECK, str(tmp_path), str(teacher_dir)], capture_output=True,
-                         text=True, cwd=tmp_path, env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["scheduler"] == "UniPCMultistepScheduler"
-    assert result["diffusers"] < 1e-4 and result["lora"] < 1e-4 and result["merged"] < 1e-4, result
-    assert result["base"] > 1e-2  # the LoRA changes the output
+    assert stock_scheduler_reproducing(tmp_path, teacher_dir, steps=3, guidance_scale=5.0) == "UniPCMultistepScheduler"
 
 
 def test_diffusers_export_needs_stock_wan_components(tmp_path):
