@@ -111,7 +111,7 @@ def mean_std(values: list[float]) -> str:
     values = [v for v in values if v is not None and not np.isnan(v)]
     if not values:
         return "-"
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"  # the sample std
 
 
 def accuracy_table(results: dict) -> str:
@@ -191,7 +191,7 @@ def main() -> int:
     torch.set_num_threads(1)
     from miniworld import preferences
     from miniworld.assets import ASSETS, evaluation_prompts
-    from miniworld.report import prompt_subset
+    from miniworld.report import asset_fingerprint, prompt_subset
     from miniworld.world import held_out_captions
 
     out = Path(args.out)
@@ -203,7 +203,7 @@ def main() -> int:
     preferences.pairs_csv(pairs, 500, 1, "all")
     results = {"machine": "2-core CPU (shared with other jobs), no GPU", "seeds": seeds, "rm_steps": args.rm_steps,
                "steps": args.steps, "guidance_scale": args.guidance_scale,
-               "assets": {name: sorted(p.name for p in (ASSETS / name).iterdir()) for name in ("teacher", "student")},
+               "assets": asset_fingerprint(ASSETS),
                "prompts": {"all": len(prompts), "held_out": len(set(prompts) & set(held_out_captions()))},
                "reward_models": {loss: [] for loss in LOSSES}, "minibench": {}}
 
@@ -264,8 +264,8 @@ def write_results_section(results: dict, accuracy: str, held_out: str, overall: 
         BEGIN,
         "## Mini world: preference recipes (bench/miniworld_preference.py)",
         "",
-        f"Machine: {results['machine']}. Seeds {seeds} (mean ± std over seeds). Assets: the shipped mini world "
-        f"(miniworld/assets: teacher {results['assets']['teacher']}, student {results['assets']['student']}). "
+        f"Machine: {results['machine']}. Seeds {seeds} (mean ± sample std over seeds). Assets: the shipped mini world "
+        f"(miniworld/assets, sha256 prefixes: {', '.join(f'{k} {v}' for k, v in results['assets'].items())}). "
         f"A small run: {results['rm_steps']} reward-model steps, {results['steps']} policy steps, "
         f"{results['prompts']['all']} evaluation prompts with one video each.",
         "",

@@ -238,14 +238,6 @@ def run_cost(steps: int, root: Path) -> dict:
 
 
 # ---- report --------------------------------------------------------------------------------
-def asset_fingerprint(assets: Path) -> dict:
-    """Which shipped assets a table was measured on: the first 12 hex digits of each weight file's sha256."""
-    import hashlib
-
-    return {str(p.relative_to(assets)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
-            for p in sorted(assets.rglob("*.safetensors"))}
-
-
 METRICS = ("reward_image", "reward_video", "background", "colour", "shape", "motion", "single_object",
            "temporal_consistency", "total")
 
@@ -331,7 +323,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     from miniworld.assets import ASSETS
-    from miniworld.report import prompt_subset
+    from miniworld.report import asset_fingerprint, prompt_subset
     from miniworld.world import held_out_captions
 
     keys, seeds = args.runs.split(","), [int(s) for s in args.seeds.split(",")]

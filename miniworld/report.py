@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -183,3 +184,9 @@ def check_reusable_run(run: str | Path, max_steps: int) -> None:
     if trained != max_steps:
         raise SystemExit(f"{run} holds a run of train.max_steps={trained}, not the {max_steps} asked for; "
                          "remove it or pass another --out")
+
+
+def asset_fingerprint(assets: Path) -> dict:
+    """Which shipped assets a table was measured on: the first 12 hex digits of each weight file's sha256."""
+    return {str(p.relative_to(assets)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+            for p in sorted(assets.rglob("*.safetensors"))}

@@ -24,3 +24,14 @@ def test_a_finished_run_of_another_length_is_not_reused(tmp_path):
         check_reusable_run(tmp_path, 30)
     with pytest.raises(SystemExit, match="max_steps=None"):
         check_reusable_run(tmp_path / "missing", 20)
+
+
+def test_asset_fingerprint_names_each_weight_file_by_its_sha256_prefix(tmp_path):
+    import hashlib
+
+    from miniworld.report import asset_fingerprint
+
+    (tmp_path / "student").mkdir()
+    (tmp_path / "student" / "student.safetensors").write_bytes(b"weights")
+    (tmp_path / "student" / "student.json").write_text("{}")
+    assert asset_fingerprint(tmp_path) == {"student/student.safetensors": hashlib.sha256(b"weights").hexdigest()[:12]}
