@@ -11,8 +11,10 @@ Cost (``--cost``): median step time and the activation memory kept for backward 
 autograd saves during one step, parameters excluded) of VADER with K = 1 vs K = all steps and of
 InstructVideo vs VADER, each variant in its own process (its max RSS is reported too).
 
-    python bench/miniworld_reward_recipes.py --seeds 0,1,2 --steps 30 [--write-results]
-    python bench/miniworld_reward_recipes.py --cost [--write-results]
+    python bench/miniworld_reward_recipes.py --seeds 0,1,2 --steps 20 --num-prompts 18 [--write-results]
+    python bench/miniworld_reward_recipes.py --cost --cost-steps 5 [--write-results]
+
+(the sizes of the tables in bench/RESULTS.md; about 70 min on 2 shared CPU cores).
 """
 
 from __future__ import annotations
