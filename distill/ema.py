@@ -14,6 +14,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from distill.sharding import copy_full_, is_sharded
+
 
 class EMATarget:
     """theta^- <- mu theta^- + (1 - mu) theta after every optimizer step; theta^- starts at theta."""
@@ -53,7 +55,9 @@ class EMATarget:
                     params[name].copy_(value)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": {k: v.cpu() for k, v in self.shadow.items()}}
+        """The shadow weights on the CPU; under FSDP they are sharded like the parameters they track, and the
+        trainer gathers them whole (``distill.sharding.gathered``)."""
+        return {"decay": self.decay, "shadow": {k: v if is_sharded(v) else v.cpu() for k, v in self.shadow.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         missing = set(self.shadow) ^ set(state["shadow"])
@@ -61,4 +65,4 @@ class EMATarget:
             raise RuntimeError(f"EMA state does not match the student's trainable parameters: {sorted(missing)[:10]}")
         self.decay = state["decay"]
         for name, value in state["shadow"].items():
-            self.shadow[name].copy_(value)
+            copy_full_(self.shadow[name], value)

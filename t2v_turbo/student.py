@@ -299,8 +299,11 @@ class StudentMeta:
         return cls(**data)
 
 
-def save_student(folder: str | Path, unet: nn.Module, meta: StudentMeta | dict) -> Path:
-    """Write ``student.safetensors`` and ``student.json`` into ``folder`` (each atomically)."""
+def save_student(folder: str | Path, unet: nn.Module, meta: StudentMeta | dict,
+                 weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``student.safetensors`` and ``student.json`` into ``folder`` (each atomically). ``weights``: the
+    tensors to write when ``student_state_dict(unet)`` cannot give them whole (a network sharded over processes,
+    gathered by the trainer); by default that state dict."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -311,7 +314,8 @@ def save_student(folder: str | Path, unet: nn.Module, meta: StudentMeta | dict) 
         raise ValueError(
             f"student meta says lora={meta.lora!r} but the UNet {'has' if has_lora(unet) else 'has no'} LoRA layers"
         )
-    tensors = {k: v.to("cpu").contiguous().clone() for k, v in student_state_dict(unet).items()}
+    weights = student_state_dict(unet) if weights is None else weights
+    tensors = {k: v.to("cpu").contiguous().clone() for k, v in weights.items()}
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     text = json.dumps(dataclasses.asdict(meta), indent=2, sort_keys=True) + "\n"
     atomic_write(folder / META_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -154,6 +154,12 @@ class T2VTurboObjective(ConsistencySettings, Objective):
                          batch.positions, seed=self.run.seed, target_unet=self.run.model.unet, ema=self.ema,
                          grad_norms=grad_norms)
 
+    def sharding_errors(self) -> list[str]:
+        if self.video_only_fraction > 0:  # the target forward runs only when a process's batch has a CD sample
+            return [f"objective.video_only_fraction={self.video_only_fraction}: a process whose samples are all "
+                    "video-only skips the target forward the others run; use 0 under FSDP"]
+        return []
+
     def after_optimizer_step(self) -> None:
         if self.ema is not None:
             self.ema.update(self.run.model.unet)
