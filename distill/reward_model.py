@@ -33,7 +33,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -41,6 +40,17 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import torch
 
+from distill.checkpoints import (
+    CHECKPOINT_PREFIX,
+    CONFIG_NAME,
+    STATE_NAME,
+    LoadedCheckpoint,
+    find_resume_checkpoint,
+    list_checkpoints,
+    rng_file_name,
+    rng_state,
+    set_rng_state,
+)
 from distill.config_schema import DataloaderSection, LrSchedulerSection, OptimizerArgs
 from distill.data import GlobalPositionSampler, PositionedDataset
 from distill.objectives.base import sample_generator
@@ -51,9 +61,6 @@ from t2v_turbo.schema import Range, schema_defaults, schema_errors
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-STATE_NAME = "training_state.pt"
-CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -121,26 +128,6 @@ def resolve_reward_model_config(cfg: dict) -> dict:
     return resolved
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete ``checkpoint-<step>`` folders, oldest first."""
-    found = [(int(p.name[len(CHECKPOINT_PREFIX):]), p) for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*")
-             if p.name[len(CHECKPOINT_PREFIX):].isdigit() and (p / STATE_NAME).is_file()]
-    return [p for _, p in sorted(found)]
-
-
-def resolve_resume(resume: str, output_dir: str | Path) -> Path:
-    if resume == "latest":
-        found = list_checkpoints(output_dir)
-        if not found:
-            raise FileNotFoundError(f"--resume latest: no complete {CHECKPOINT_PREFIX}<step> in "
-                                    f"{Path(output_dir).resolve()}")
-        return found[-1]
-    if not (Path(resume) / STATE_NAME).is_file():
-        raise FileNotFoundError(f"--resume {resume}: {Path(resume).resolve()} is not a checkpoint folder "
-                                f"(no {STATE_NAME})")
-    return Path(resume)
-
-
 def pair_loss(loss: dict, delta: torch.Tensor, labels: torch.Tensor, scores=None, targets=None) -> torch.Tensor:
     """Mean over the D dimensions of the configured preference loss of delta (B, D) against labels (B, D)."""
     terms = []
@@ -203,7 +190,7 @@ class RewardModelRecipe:
                                           num_warmup_steps=cfg["lr_scheduler"]["warmup_steps"],
                                           num_training_steps=cfg["train"]["max_steps"])
         if resume is not None:
-            self.load_checkpoint(resolve_resume(resume, self.output_dir))
+            self.load_checkpoint(find_resume_checkpoint(resume, self.output_dir, rank=0))
         loader = cfg["dataloader"]
         sampler = GlobalPositionSampler(len(self.data), loader["batch_size"], seed=cfg["seed"],
                                         shuffle=loader["shuffle"], start_batch=self.step)
@@ -299,9 +286,9 @@ class RewardModelRecipe:
         self.model.save_pretrained(tmp / "model", step)
         state = {"trainable": {n: p.detach().cpu().clone() for n, p in self.trainable.items()},
                  "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
-                 "step": step, "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                                       "torch": torch.get_rng_state()}}
+                 "step": step}
         torch.save(state, tmp / STATE_NAME)
+        torch.save(rng_state(), tmp / rng_file_name(0))
         save_config(self.cfg, tmp / CONFIG_NAME)
         if final.exists():
             shutil.rmtree(final)
@@ -310,9 +297,10 @@ class RewardModelRecipe:
             shutil.rmtree(old)
         return final
 
-    def load_checkpoint(self, folder: Path) -> None:
-        # our own file (written by save_checkpoint): the optimizer and RNG states need full unpickling
-        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=False)
+    def load_checkpoint(self, checkpoint: LoadedCheckpoint) -> None:
+        """Restore weights, optimizer, LR schedule, step and RNG from a checkpoint read as plain data (a
+        crafted ``--resume`` folder cannot run code: ``distill.checkpoints.read_plain``)."""
+        folder, state = checkpoint.folder, checkpoint.state
         if set(state["trainable"]) != set(self.trainable):
             raise RuntimeError(f"{folder / STATE_NAME}: trainable parameters differ from the configured model")
         with torch.no_grad():
@@ -321,9 +309,7 @@ class RewardModelRecipe:
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.step = state["step"]
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
+        set_rng_state(checkpoint.rng)
         logger.info("resumed from %s at step %d", folder, self.step)
 
     def save_final(self) -> dict:

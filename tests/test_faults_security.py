@@ -61,6 +61,20 @@ def test_resume_from_a_crafted_training_state_runs_no_code(assets, tmp_path, cap
     assert "there is no opt-in for training states" in err
 
 
+def test_train_reward_resume_from_a_crafted_training_state_runs_no_code(tmp_path, capsys):
+    from t2v_turbo.cli import main
+
+    marker = tmp_path / "marker"
+    crafted = tmp_path / "crafted"
+    crafted_pickle(crafted / "training_state.pt", marker, wrap=lambda payload: {"trainable": payload, "step": 1})
+    torch.save({"torch": torch.get_rng_state()}, crafted / "rng_state_0.pt")
+    code = main(["train-reward", str(ROOT / "configs" / "miniworld_reward_model.yaml"),
+                 f"output_dir={tmp_path / 'run'}", "--resume", str(crafted)])
+    err = capsys.readouterr().err
+    assert code == 2 and not marker.exists()
+    assert f"{crafted / 'training_state.pt'}: refused: it holds Python objects other than plain data" in err
+
+
 def test_a_crafted_rng_state_is_refused_too(tmp_path):
     from distill.checkpoints import CheckpointError, find_resume_checkpoint
 

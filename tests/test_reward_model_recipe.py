@@ -90,7 +90,10 @@ def test_videoreward_architecture_trains_and_loads_as_videoreward(pairs, tmp_pat
 def test_regression_and_bt_losses_train(pairs, tmp_path):
     for loss in ("reg", "bt"):
         assert main(["train-reward", str(CONFIG), *overrides(pairs, tmp_path / loss, loss=loss, steps=2)]) == 0
-        assert (tmp_path / loss / "model" / "model_config.json").is_file()
+        reward = build_reward("preference-model", checkpoint=tmp_path / loss / "model")
+        sample = preferences.preference_pairs(pairs, num_pairs=6, seed=1, split="all")[0]
+        scores = reward.score(sample["pixels_a"][None], [sample["prompt"]])
+        assert scores.shape == (1,) and torch.isfinite(scores).all()
 
 
 def test_config_errors_are_listed(capsys):

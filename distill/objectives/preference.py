@@ -212,6 +212,7 @@ class OnlineDPOObjective(DPOObjective):
     """
 
     batch_inputs: ClassVar[str] = "prompts"
+    needs_pairs: ClassVar[bool] = False  # the pairs come from the policy's own samples, not from the data
     uses_rewards: ClassVar[bool] = True
     needs_rewards: ClassVar[bool] = True
 

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distill.reward_model import RewardModelRecipe, resolve_resume, resolve_reward_model_config
+    from distill.checkpoints import CheckpointError, find_resume_checkpoint
+    from distill.reward_model import RewardModelRecipe, resolve_reward_model_config
     from t2v_turbo.config import ConfigError, load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -43,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.resume is not None:
         try:
-            resolve_resume(args.resume, resolved["output_dir"])
-        except FileNotFoundError as err:
+            find_resume_checkpoint(args.resume, resolved["output_dir"], rank=0)
+        except (FileNotFoundError, CheckpointError) as err:
             raise CommandError(f"{args.config}: {err}") from err
     logging.getLogger(__name__).info("resolved config (%s):\n%s", args.config, text)
     recipe = RewardModelRecipe(resolved)
