@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Sequence
@@ -50,7 +49,7 @@ from torch import nn
 
 from rewards.base import VideoReward, as_dtype, check_video_batch, register_reward
 from rewards.preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize, resize, to_unit_range
-from t2v_turbo.fileio import read_folder_json
+from t2v_turbo.fileio import read_folder_json, torch_load
 from t2v_turbo.student import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
@@ -407,19 +406,14 @@ def find_checkpoint(folder: str | os.PathLike, step: int | None = None) -> Path:
 
 
 def load_tensors(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors``, or from a torch ``.pth`` with ``weights_only=True``;
-    arbitrary pickles only with ``allow_pickle`` (they can run code: load only files you trust)."""
+    """A state dict from ``.safetensors``, or from a torch ``.pth`` through ``t2v_turbo.fileio.torch_load``
+    (``weights_only=True``; a file that needs more is refused naming the opt-in, unpickled in full only with
+    ``allow_pickle``, which runs any code it holds: only for files you trust)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        what = f"the class {found.group(1)}" if found else "objects other than tensors"
-        raise ValueError(f"{path}: not loadable with torch.load(weights_only=True): it holds {what}. Only if you "
-                         "trust the file, pass allow_pickle=true (unpickling can run code)") from err
+    state = torch_load(path, allow_pickle, opt_in="allow_pickle: true in the reward's args")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     return state

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from t2v_turbo.commands import CommandError, add_config_arguments, positive_int, resolved_run_config, trusted_config
+from t2v_turbo.commands import CommandError, add_config_arguments, positive_int, resolved_run_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,16 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="storage dtype of the posteriors and embeddings (float32 reproduces the video path's "
                              "loss; bfloat16 halves the size and rounds them)")
     parser.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
-    parser.add_argument("--trust-config", action="store_true",
-                        help="let the config's _component_ nodes call anything importable (as for `train`)")
 
 
 def run(args: argparse.Namespace) -> int:
-    with trusted_config(args.trust_config):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
     from distill.latent_cache import CacheMismatchError, write_cache
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

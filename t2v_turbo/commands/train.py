@@ -13,7 +13,7 @@ import logging
 
 import yaml
 
-from t2v_turbo.commands import CommandError, add_config_arguments, resolved_run_config, trusted_config
+from t2v_turbo.commands import CommandError, add_config_arguments, resolved_run_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,17 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train from the cache `t2v-turbo cache` wrote from this config (its data node becomes "
                              "distill.latent_cache.CachedLatents, checked against the cache's record; the text "
                              "encoder and the VAE encoder are not kept)")
-    parser.add_argument("--trust-config", action="store_true",
-                        help="let the config's _component_ nodes call anything importable (only for configs you trust; "
-                             "by default they are limited to the project's packages, torch.optim, diffusers, ...)")
 
 
 def run(args: argparse.Namespace) -> int:
-    with trusted_config(args.trust_config):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
     from distill.checkpoints import CheckpointError, CheckpointWriteError
     from distill.nonfinite import NonFiniteError
     from distill.trainer import TrainingRecipe
