@@ -37,13 +37,16 @@ from typing import Annotated, Any, Sequence
 import torch
 from torch import nn
 
-from t2v_turbo.fileio import atomic_write
+from t2v_turbo.fileio import atomic_write, read_folder_json
 from t2v_turbo.schema import Range
 
 WEIGHTS_NAME = "student.safetensors"
 META_NAME = "student.json"
 #: peft adapter name used for the student's LoRA
 ADAPTER_NAME = "default"
+#: the files of a peft adapter folder (``PeftModel.save_pretrained`` / ``from_pretrained``)
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 #: module-name suffixes of the attention projections (T2V-Turbo MS preset)
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 #: the query/key/value projections only (VADER's LoRA targets)
@@ -323,10 +326,8 @@ def save_student(folder: str | Path, unet: nn.Module, meta: StudentMeta | dict,
 
 
 def read_student_meta(folder: str | Path) -> StudentMeta:
-    path = Path(folder) / META_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no student checkpoint at {Path(folder).resolve()}: {META_NAME} not found")
-    return StudentMeta.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    return StudentMeta.from_dict(read_folder_json(folder, META_NAME, "student checkpoint"),
+                                 source=str(Path(folder) / META_NAME))
 
 
 def resolve_teacher_path(meta: StudentMeta, student_folder: str | Path | None = None) -> str:
