@@ -88,6 +88,37 @@ def shard_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict
     return {**state, "state": per_param}
 
 
+def fsdp_plugin_errors(plugin) -> list[str]:
+    """What the trainer refuses in accelerate's FSDP plugin (the launch config), each naming its key: FSDP1; accelerate's
+    activation checkpointing, which wraps each block in a ``CheckpointWrapper`` and so renames its parameters
+    (``_checkpoint_wrapped_module``) and the saved student's keys; its meta-device loading, which moves the network to
+    the meta device on all but the main process, and with it the frozen weights a LoRA full-step model shares with
+    the teacher."""
+    errors = []
+    if plugin.fsdp_version != 2:
+        errors.append(f"fsdp_version: {plugin.fsdp_version}; the trainer shards with FSDP2 (fsdp_version: 2, "
+                      "configs/accelerate/fsdp.yaml)")
+    if plugin.activation_checkpointing:
+        errors.append("fsdp_activation_checkpointing: true renames the wrapped blocks' parameters and so the saved "
+                      "student's keys; set it to false and use the run config's train.gradient_checkpointing")
+    if plugin.cpu_ram_efficient_loading:
+        errors.append("fsdp_cpu_ram_efficient_loading: true moves the network to the meta device on all but the main "
+                      "process, and with it the frozen weights a LoRA network shares with the teacher; set it to false")
+    return errors
+
+
+def blocks_to_wrap(names: list[str], network: torch.nn.Module) -> list[str]:
+    """The classes of ``names`` (``fsdp_transformer_layer_cls_to_wrap``) that ``network`` has, in their order: one
+    launch config names the blocks of every model family, and accelerate refuses a class the model lacks. Raises
+    ``ValueError`` when it has none of them."""
+    present = {type(module).__name__ for module in network.modules()}
+    kept = [name for name in names if name in present]
+    if not kept:
+        raise ValueError(f"FSDP: fsdp_transformer_layer_cls_to_wrap names {names}, none of them a block of "
+                         f"{type(network).__name__}; add its block class")
+    return kept
+
+
 def any_process(flag: bool, accelerator) -> bool:
     """Whether ``flag`` holds on any process (every process calls it)."""
     if accelerator.num_processes == 1:

@@ -71,7 +71,15 @@ from distill.data import GlobalPositionSampler, PositionedDataset, collate_sampl
 from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
 from distill.objectives.base import VAE_STREAM, Objective, RunContext, TrainingBatch, sample_generator
 from distill.objectives.rewarding import RewardTerm
-from distill.sharding import any_process, copy_full_, gathered, is_sharded, shard_optimizer_state
+from distill.sharding import (
+    any_process,
+    blocks_to_wrap,
+    copy_full_,
+    fsdp_plugin_errors,
+    gathered,
+    is_sharded,
+    shard_optimizer_state,
+)
 from t2v_turbo.config import (
     COMPONENT_KEY,
     ConfigError,
@@ -372,28 +380,15 @@ class TrainingRecipe:
 
     def _check_engine(self) -> None:
         """What the accelerate engine (the launch config, ``configs/accelerate/``) allows, checked before anything
-        loads. FSDP must be FSDP2; accelerate's own activation checkpointing would rename every parameter of a
-        wrapped block (``_checkpoint_wrapped_module``) and so the keys of the saved student
-        (``train.gradient_checkpointing`` does it in place); its meta-device loading would move the frozen weights
-        that a LoRA network shares with the teacher; and the objective must call the network alike on every process."""
+        loads: under FSDP the plugin's settings (``fsdp_plugin_errors``) and an objective that calls the network alike
+        on every process."""
         from accelerate.utils import DistributedType
 
         kind = self.accelerator.distributed_type
         self.sharded = kind == DistributedType.FSDP
         self.deepspeed = kind == DistributedType.DEEPSPEED
         if self.sharded:
-            plugin, errors = self.accelerator.state.fsdp_plugin, []
-            if plugin.fsdp_version != 2:
-                errors.append(f"fsdp_version: {plugin.fsdp_version}; the trainer shards with FSDP2 (fsdp_version: 2, "
-                              "configs/accelerate/fsdp.yaml)")
-            if plugin.activation_checkpointing:
-                errors.append("fsdp_activation_checkpointing: true renames the wrapped blocks' parameters and so the "
-                              "saved student's keys; set it to false and use the run config's train.gradient_checkpointing")
-            if plugin.cpu_ram_efficient_loading:
-                errors.append("fsdp_cpu_ram_efficient_loading: true moves the network to the meta device on all but the "
-                              "main process, and with it the frozen weights a LoRA network shares with the teacher; set "
-                              "it to false")
-            errors += self.objective.sharding_errors()
+            errors = fsdp_plugin_errors(self.accelerator.state.fsdp_plugin) + self.objective.sharding_errors()
             if errors:
                 raise ConfigError("the FSDP launch config does not fit this run:\n  " + "\n  ".join(errors))
         logger.info("engine: %s on %d process(es)", kind.value, self.accelerator.num_processes)
@@ -404,13 +399,11 @@ class TrainingRecipe:
         micro-batch, accumulation and clipping taken from the run config, the record of the run."""
         if self.sharded and self.accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap:
             plugin = self.accelerator.state.fsdp_plugin
-            present = {type(module).__name__ for module in self.network.modules()}
-            kept = [name for name in plugin.transformer_cls_names_to_wrap if name in present]
-            if not kept:
-                raise ConfigError(f"FSDP: fsdp_transformer_layer_cls_to_wrap names {plugin.transformer_cls_names_to_wrap}, "
-                                  f"none of them a block of {type(self.network).__name__}; add its block class")
-            plugin.transformer_cls_names_to_wrap = kept
-            logger.info("FSDP: each %s is its own shard unit", ", ".join(kept))
+            try:
+                plugin.transformer_cls_names_to_wrap = blocks_to_wrap(plugin.transformer_cls_names_to_wrap, self.network)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
+            logger.info("FSDP: each %s is its own shard unit", ", ".join(plugin.transformer_cls_names_to_wrap))
         if self.deepspeed:
             config, train = self.accelerator.state.deepspeed_plugin.deepspeed_config, self.cfg["train"]
             config["train_micro_batch_size_per_gpu"] = self.cfg["dataloader"]["batch_size"]
