@@ -16,9 +16,10 @@ Features
   objective needs before the teacher loads; each batch is prepared once (VAE latents, text embeddings;
   skipped when the batch already carries them) and handed to the objective as a ``TrainingBatch``;
 - accelerate: mixed precision (``no``/``bf16``/``fp16``), gradient accumulation, gradient
-  clipping, DDP under ``accelerate launch`` (every process computes the same objective on its
-  own shard of global sample positions; the rank only shards data), gradient checkpointing
-  of the trained network;
+  clipping, DDP, FSDP2 or DeepSpeed ZeRO-2 under ``accelerate launch --config_file configs/accelerate/...``
+  (every process computes the same objective on its own shard of global sample positions; the rank only
+  shards data; under FSDP only the trained network is sharded, ``distill/sharding.py``), gradient
+  checkpointing of the trained network;
 - optimizer from ``optimizer`` (``torch.optim.AdamW``, or ``bitsandbytes.optim.AdamW8bit``
   when bitsandbytes is installed), LR schedule from diffusers' ``get_scheduler``;
 - logs (TensorBoard, wandb optional): ``loss``, the objective's scalars (``loss/cd``, ...),
