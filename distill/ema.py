@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from distill.sharding import copy_full_, is_sharded
+from distill.sharding import copy_full_, is_sharded, reshard
 
 
 class EMATarget:
@@ -47,9 +47,11 @@ class EMATarget:
         with torch.no_grad():
             for name, value in self.shadow.items():
                 params[name].copy_(value)
+        reshard(module)  # under FSDP: no gathered copy of the weights outlives the swap (distill.sharding)
         try:
             yield module
         finally:
+            reshard(module)
             with torch.no_grad():
                 for name, value in backup.items():
                     params[name].copy_(value)

@@ -12,7 +12,9 @@ mean gradient of its rows). AdamW's moments are sharded alike. Hence:
   ``copy_full_``), so a checkpoint holds the same full tensors under one process, DDP or FSDP;
 - value checks (NaN, Inf) read this process's rows (``local_view``) and the processes agree on the answer;
 - every process calls the trained network the same number of times, each forward being a collective:
-  validation samples on every process and the main one writes the grid.
+  validation samples on every process and the main one writes the grid;
+- weights swapped into the shards for one forward (EMA target, reference snapshot) are framed by ``reshard``: FSDP2
+  keeps the root unit's gathered weights after a forward, and the next forward would use those instead.
 
 Only the trained network is sharded. The frozen teacher and the rewards are not passed to ``prepare``: they
 stay whole on every process, in ``train.teacher_dtype`` / ``reward_options.dtype`` (docs/training.md says why).
@@ -86,6 +88,17 @@ def shard_optimizer_state(state: dict, optimizer: torch.optim.Optimizer) -> dict
         per_param[key] = {name: shard_like(value, param) if torch.is_tensor(value) and value.shape == param.shape
                           else value for name, value in values.items()}
     return {**state, "state": per_param}
+
+
+def reshard(module: torch.nn.Module) -> None:
+    """Drop every gathered copy of ``module``'s sharded weights (FSDP2 keeps the root unit's gathered after its
+    forward, until its backward): the next forward gathers the shards again. Needed around weights swapped into the
+    shards (an EMA target, a reference snapshot), which a kept copy would otherwise hide. No-op without FSDP."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for sub in module.modules():
+        if isinstance(sub, FSDPModule):
+            sub.reshard()
 
 
 def fsdp_plugin_errors(plugin) -> list[str]:

@@ -94,10 +94,13 @@ def assets(tmp_path_factory):
 
 
 def overrides(assets, batch_size):
-    # a learning rate that moves the weights visibly in two steps; clipping at 1e-3 is active (norms ~1e-2)
+    # a learning rate that moves the weights visibly in two steps; clipping at 1e-3 is active (norms 0.08-0.3); the
+    # EMA target (sharded like the weights under FSDP) decides step 2's loss, so the resumed step checks its restore;
+    # validation samples at step 2 (every process runs the sampler under FSDP)
     return [f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}", "train.max_steps=2",
             "train.checkpoint_every=1", f"dataloader.batch_size={batch_size}", "optimizer.lr=1e-3",
-            "train.max_grad_norm=1e-3", "logging.tensorboard=false", "train.device=cpu"]
+            "train.max_grad_norm=1e-3", "objective.target=ema", "objective.ema_decay=0.5", "validation.every=2",
+            "logging.tensorboard=false", "train.device=cpu"]
 
 
 def launch_fsdp(assets, out):
@@ -147,6 +150,7 @@ def test_fsdp_on_two_cpu_processes_matches_one_process_and_resumes(assets, tmp_p
         assert first[0]["steps"][step]["grad_norm"] == first[1]["steps"][step]["grad_norm"]
         assert first[0]["steps"][step]["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
 
+    assert (tmp_path / "fsdp" / "validation" / "step-000002.gif").is_file()
     # resumed under FSDP from checkpoint-1: step 2 repeats exactly
     assert all(len(r["steps"]) == 1 and r["steps"][0] == f["steps"][1] for r, f in zip(resumed, first))
 
