@@ -738,9 +738,11 @@ class TrainingRecipe:
                 f"{folder}: written by {state['num_processes']} processes, resuming with "
                 f"{self.accelerator.num_processes}; the data position would differ"
             )
-        if state["optimizer"] is None:
-            raise CheckpointError(f"{folder / STATE_NAME}: written under DeepSpeed, whose partitioned optimizer moments "
-                                  "it does not hold; such a checkpoint gives a student folder but does not resume")
+        if state["optimizer"] is None or self.deepspeed:
+            why = ("it was written under DeepSpeed, whose partitioned optimizer moments it does not hold"
+                   if state["optimizer"] is None else "DeepSpeed keeps the optimizer moments in its own partitioned format")
+            raise CheckpointError(f"{folder / STATE_NAME}: cannot resume: {why}. Resume under DDP or FSDP "
+                                  "(configs/accelerate/); the checkpoint's student folder loads as any student")
         params = dict(self.network.named_parameters())
         if set(state["trainable"]) != set(self.trainable_names):
             raise RuntimeError(f"{folder / STATE_NAME}: trainable parameters differ from the configured model")
