@@ -94,7 +94,7 @@ def assets(tmp_path_factory):
 
 
 def overrides(assets, batch_size):
-    # a learning rate that moves the weights visibly in two steps; clipping at 1e-3 is active (norms 0.08-0.3); the
+    # a learning rate that moves the weights visibly in two steps; clipping at 1e-3 is active (norms 0.1-0.5); the
     # EMA target (sharded like the weights under FSDP) decides step 2's loss, so the resumed step checks its restore;
     # validation samples at step 2 (every process runs the sampler under FSDP)
     return [f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}", "train.max_steps=2",
