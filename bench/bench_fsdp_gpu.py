@@ -75,7 +75,7 @@ def launch(root: Path, name: str, config: str | None, processes: int, overrides:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *engine, "--num_processes", str(processes),
            "--main_process_port", "29531", str(runner), str(REPO / "configs" / "tiny.yaml"), *overrides,
            str(root / name), resume]
-    result = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+    result = subprocess.run(cmd, check=False, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
                             timeout=600)
     if result.returncode != 0:
         return {"error": result.stderr[-3000:]}

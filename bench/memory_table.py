@@ -40,8 +40,8 @@ REFERENCE = REPO / "tests" / "fixtures" / "reference"
 GIB = 2 ** 30
 
 #: google/umt5-xxl's encoder (Wan2.1's text encoder)
-UMT5_XXL = dict(vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+UMT5_XXL = {"vocab_size": 256384, "d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64,
+            "feed_forward_proj": "gated-gelu", "tie_word_embeddings": False}
 
 
 def count(module: torch.nn.Module) -> int:
@@ -71,7 +71,7 @@ def vc2_models() -> dict:
     with torch.device("meta"):
         student = VC2UNet(time_cond_proj_dim=256)
     guidance = count(student.time_cond_proj)
-    base, lora = lora_student(student, dict(rank=64, alpha=64.0, target_modules="all_linear_conv"))
+    base, lora = lora_student(student, {"rank": 64, "alpha": 64.0, "target_modules": "all_linear_conv"})
     block, root = shard_units(student, ("TimestepEmbedSequential",))
     return {"teacher": {"unet": full["unet_vc2"], "vae": full["vae"], "text_encoder": full["text_encoder"]},
             "student_base": base - guidance, "trainable": lora + guidance, "lora": lora, "guidance": guidance,
@@ -91,7 +91,7 @@ def wan_models(size: str = "1.3B") -> dict:
     with torch.device("meta"):
         vae, text = count(AutoencoderKLWan()), count(UMT5EncoderModel(UMT5Config(**UMT5_XXL)))
     guidance = 256 * transformer.condition_embedder.time_embedder.linear_1.in_features  # time_cond_proj_dim x freq_dim
-    base, lora = lora_student(transformer, dict(rank=64, alpha=64.0, target_modules="attention"))
+    base, lora = lora_student(transformer, {"rank": 64, "alpha": 64.0, "target_modules": "attention"})
     block, root = shard_units(transformer, ("WanTransformerBlock",))
     return {"teacher": {"transformer": teacher_size, "vae": vae, "text_encoder": text},
             "student_base": base, "trainable": lora + guidance, "lora": lora, "guidance": guidance,

@@ -9,6 +9,7 @@ everything is what a GPU run does: accelerate reads the FSDP plugin from the lau
 (bf16 mixed precision, the launch without that label, DeepSpeed ZeRO-2) is ``bench/bench_fsdp_gpu.py``.
 """
 
+import inspect
 import json
 import os
 import subprocess
@@ -28,27 +29,28 @@ from t2v_turbo.testing import build_tiny_diffusers_t2v, write_caption_folder
 REPO = Path(__file__).resolve().parents[1]
 CAPTIONS = ["a cat running", "a red car on the street", "a bird flying in the sky", "a dog on the beach"]
 
-RECORDED_STEPS = textwrap.dedent(
-    """
-    def record_steps(recipe):
-        # UNet3D's temporal convolutions hold dropout 0.1, drawn from each process's global RNG: off, so that a
-        # sample's loss is a function of the sample alone (its draws are keyed by its position) and the runs compare
-        for module in recipe.network.modules():
-            if type(module).__name__ == "Dropout":
-                module.p = 0.0
-        steps = []  # what each optimizer step of this process computed: the recipe's own step, observed
-        train_step = recipe.train_step
-        def observed(batch, **kwargs):
-            out, grad_norm, skip = train_step(batch, **kwargs)
-            steps.append({"loss": float(out.loss.detach()), "grad_norm": None if grad_norm is None else float(grad_norm),
-                          "positions": list(batch["positions"])})
-            return out, grad_norm, skip
-        recipe.train_step = observed
-        return steps
-    """
-)
 
-SCRIPT = RECORDED_STEPS + textwrap.dedent(
+def record_steps(recipe):
+    """The recipe's optimizer steps observed (loss, clipping norm, positions of each); dropout off: UNet3D's temporal
+    convolutions hold dropout 0.1, drawn from each process's global RNG, so without this a sample's loss would not
+    be a function of the sample alone (its draws are keyed by its position) and the runs could not be compared."""
+    for module in recipe.network.modules():
+        if type(module).__name__ == "Dropout":
+            module.p = 0.0
+    steps = []
+    train_step = recipe.train_step
+
+    def observed(batch, **kwargs):
+        out, grad_norm, skip = train_step(batch, **kwargs)
+        steps.append({"loss": float(out.loss.detach()), "grad_norm": None if grad_norm is None else float(grad_norm),
+                      "positions": list(batch["positions"])})
+        return out, grad_norm, skip
+
+    recipe.train_step = observed
+    return steps
+
+
+SCRIPT = inspect.getsource(record_steps) + textwrap.dedent(
     """
     import json, os, sys
     from pathlib import Path
@@ -84,7 +86,6 @@ SCRIPT = RECORDED_STEPS + textwrap.dedent(
     (out / f"rank{rank}.json").write_text(json.dumps({"first": first, "resumed": resumed}))
     """
 )
-exec(RECORDED_STEPS)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,7 @@ def launch_fsdp(assets, out):
            "--num_processes", "2", "--main_process_port", "29517", str(script), str(REPO / "configs" / "tiny.yaml"),
            *overrides(assets, 1), str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     return [r["first"] for r in ranks], [r["resumed"] for r in ranks]
