@@ -123,7 +123,7 @@ def student_weights(folder, teacher):
     return {n: p.detach().clone() for n, p in unet.named_parameters() if ".lora_" in n or "cond_proj" in n}
 
 
-# not marked slow although it takes 45-55 s on the shared 2-core machine (two launched processes, each trains twice):
+# not marked slow although it takes 37-54 s on the shared 2-core machine (two launched processes, each trains twice):
 # it is the check that the trainer runs under FSDP (issue 13)
 def test_fsdp_on_two_cpu_processes_matches_one_process_and_resumes(assets, tmp_path):
     # one process, global batch 2
