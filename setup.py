@@ -42,6 +42,8 @@ setup(
     extras_require={
         "gpu": ["xformers", "bitsandbytes"],
         "wandb": ["wandb"],
+        # ZeRO-2 (configs/accelerate/zero2.yaml); a source distribution that builds without a GPU (ops compile on use)
+        "deepspeed": ["deepspeed>=0.15"],
         "test": ["pytest>=8", "pytest-timeout", "import-linter>=2.0"],
     },
     entry_points={

@@ -80,6 +80,80 @@ def build_rewards(tiny: bool, device: torch.device, dtype: str):
     return terms
 
 
+def add_step_arguments(parser: argparse.ArgumentParser, tiny_help: str, frames_help: str | None = None) -> None:
+    """The flags the GPU step benches share (device, geometry, timed steps, rewards, checkpointing, dtypes)."""
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--tiny", action="store_true", help=tiny_help)
+    parser.add_argument("--frames", type=int, default=None, help=frames_help)
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=3, help="timed optimisation steps (after one warm-up step)")
+    parser.add_argument("--no-rewards", action="store_true", help="consistency distillation only (VCM)")
+    parser.add_argument("--no-gradient-checkpointing", action="store_true")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--reward-dtype", choices=["bfloat16", "float32"], default=None,
+                        help="reward models' dtype (default: bf16 on GPU, fp32 on CPU, where bicubic resizing has no bf16 kernel)")
+
+
+def default_dtype(given: str | None, device: torch.device) -> str:
+    """``given``, else bf16 on a GPU and fp32 on the CPU."""
+    return given or ("bfloat16" if device.type == "cuda" else "float32")
+
+
+def teacher_and_size(args: argparse.Namespace, build) -> tuple[torch.device, torch.dtype, object, list[int]]:
+    """(device, dtype, teacher adapter from ``build(tiny, device, dtype)``, [frames, height, width]: the flags or
+    the teacher's defaults)."""
+    device = torch.device(args.device)
+    dtype = getattr(torch, default_dtype(args.dtype, device))
+    adapter = build(args.tiny, device, dtype)
+    return device, dtype, adapter, [args.frames or adapter.default_num_frames, args.height or adapter.default_height,
+                                    args.width or adapter.default_width]
+
+
+def trainable_student(adapter, lora, gradient_checkpointing: bool):
+    """(student in train mode, AdamW on its trainable weights, the ``TrainedModel`` an objective binds to): the
+    trainable weights in fp32 (mixed precision), the frozen base in the teacher's dtype."""
+    from distill.model import TrainedModel
+    from t2v_turbo.student import StudentMeta, build_student
+
+    student = build_student(adapter, 256, lora=lora, train_guidance_layer=True)
+    for param in student.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    if gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    student.train()
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    return student, optimizer, TrainedModel(student, StudentMeta.for_adapter(adapter, time_cond_proj_dim=256, lora=lora))
+
+
+def step_result(bench: str, args: argparse.Namespace, device: torch.device, video_size: list[int], lora, terms,
+                training: tuple[list[float], float, float | None], sampling: tuple[torch.Tensor, float, float | None],
+                **fields) -> dict:
+    """The JSON record of a step bench: the run's settings, ``fields``, the timed training and sampling."""
+    losses, step_time, peak_train = training
+    video, latency, peak_sample = sampling
+    return {
+        "bench": bench,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "tiny": args.tiny,
+        "dtype": default_dtype(args.dtype, device),
+        "reward_dtype": None if args.no_rewards else default_dtype(args.reward_dtype, device),
+        "video": video_size,
+        "lora_rank": lora.rank,
+        **fields,
+        "rewards": [t.name for t in terms],
+        "gradient_checkpointing": not args.no_gradient_checkpointing,
+        "train_step_s": round(step_time, 4),
+        "train_peak_mem_gib": None if peak_train is None else round(peak_train, 2),
+        "losses": [round(x, 6) for x in losses],
+        "sample_4step_s": round(latency, 4),
+        "sample_peak_mem_gib": None if peak_sample is None else round(peak_sample, 2),
+        "video_shape": list(video.shape),
+        "torch": torch.__version__,
+    }
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -137,47 +211,22 @@ def time_sampling(pipe, prompt, device: torch.device, **call) -> tuple[torch.Ten
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="tiny models and 4x16x16 videos (smoke path)")
-    parser.add_argument("--frames", type=int, default=None)
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=3, help="timed optimisation steps (after one warm-up step)")
-    parser.add_argument("--no-rewards", action="store_true", help="consistency distillation only (VCM)")
-    parser.add_argument("--no-gradient-checkpointing", action="store_true")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    add_step_arguments(parser, "tiny models and 4x16x16 videos (smoke path)")
     parser.add_argument("--data", choices=["video", "latent", "both"], default="both",
                         help="where each step's batch comes from: pixels encoded every step, a cached posterior, or both")
-    parser.add_argument("--reward-dtype", choices=["bfloat16", "float32"], default=None,
-                        help="reward models' dtype (default: bf16 on GPU, fp32 on CPU, where bicubic resizing has no bf16 kernel)")
     args = parser.parse_args(argv)
 
-    from distill.model import TrainedModel
     from distill.objectives import RunContext, T2VTurboObjective
     from t2v_turbo.pipeline import T2VTurboPipeline
     from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
-    from t2v_turbo.student import LoraSettings, StudentMeta, build_student
+    from t2v_turbo.student import LoraSettings
 
-    device = torch.device(args.device)
-    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    dtype = getattr(torch, dtype_name)
-    adapter = build_teacher(args.tiny, device, dtype)
-    frames = args.frames or adapter.default_num_frames
-    height, width = args.height or adapter.default_height, args.width or adapter.default_width
+    device, dtype, adapter, size = teacher_and_size(args, build_teacher)
+    frames, height, width = size
     lora = LoraSettings(rank=4 if args.tiny else 64, alpha=4.0 if args.tiny else 64.0, dropout=0.1, target_modules="all_linear_conv")
-    student = build_student(adapter, 256, lora=lora, train_guidance_layer=True)
-    for param in student.parameters():  # trainable weights in fp32 (mixed precision), frozen base in bf16
-        if param.requires_grad:
-            param.data = param.data.float()
-    if not args.no_gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    student.train()
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-5)
-    reward_dtype = args.reward_dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    terms = [] if args.no_rewards else build_rewards(args.tiny, device, reward_dtype)
+    student, optimizer, trained = trainable_student(adapter, lora, not args.no_gradient_checkpointing)
+    terms = [] if args.no_rewards else build_rewards(args.tiny, device, default_dtype(args.reward_dtype, device))
     objective = T2VTurboObjective(decode_chunk_size=1, vae_gradient_checkpointing=not args.no_gradient_checkpointing)
-    trained = TrainedModel(student, StudentMeta.for_adapter(adapter, time_cond_proj_dim=256, lora=lora))
     objective.bind(RunContext(adapter, trained, terms, seed=0, device=device))
     prompt = ["A cat wearing sunglasses and working as a lifeguard at a pool."]
     with torch.no_grad():
@@ -212,37 +261,22 @@ def main(argv: list[str] | None = None) -> dict:
 
         data_paths["latent"] = time_training(objective, student, optimizer, None, None, None, prompt, args.steps,
                                              device, dtype, prepare=from_cache)
-    losses, step_time, peak_train = time_training(objective, student, optimizer, latents, text, uncond, prompt,
-                                                  args.steps, device, dtype)
+    training = time_training(objective, student, optimizer, latents, text, uncond, prompt, args.steps, device, dtype)
 
     # 4-step sampling (eval mode, no grad; the UNet in the teacher dtype)
+    trainable = sum(p.numel() for p in student.parameters() if p.requires_grad)
     student.eval()
     student.to(dtype)
     pipe = T2VTurboPipeline(adapter, student, T2VTurboScheduler.from_adapter(adapter))
-    video, latency, peak_sample = time_sampling(pipe, prompt, device, num_frames=frames, height=height, width=width)
-    result = {
-        "bench": "vc2_gpu",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "tiny": args.tiny,
-        "dtype": dtype_name,
-        "reward_dtype": None if args.no_rewards else reward_dtype,
-        "video": [frames, height, width],
-        "lora_rank": lora.rank,
-        "trainable_params": sum(p.numel() for p in trainable),
-        "unet_params": sum(p.numel() for p in student.parameters()) - sum(p.numel() for p in trainable),
-        "rewards": [t.name for t in terms],
-        "gradient_checkpointing": not args.no_gradient_checkpointing,
-        "train_step_s": round(step_time, 4),
-        "train_peak_mem_gib": None if peak_train is None else round(peak_train, 2),
-        "data_paths": {path: {"train_step_s": round(t, 4), "train_peak_mem_gib": None if peak is None else round(peak, 2)}
-                       for path, (_, t, peak) in data_paths.items()},
-        "encoders_released_mib": round(released / 2**20, 1) if "latent" in data_paths else None,
-        "losses": [round(x, 6) for x in losses],
-        "sample_4step_s": round(latency, 4),
-        "sample_peak_mem_gib": None if peak_sample is None else round(peak_sample, 2),
-        "video_shape": list(video.shape),
-        "torch": torch.__version__,
-    }
+    sampling = time_sampling(pipe, prompt, device, num_frames=frames, height=height, width=width)
+    result = step_result(
+        "vc2_gpu", args, device, size, lora, terms, training, sampling,
+        trainable_params=trainable,
+        unet_params=sum(p.numel() for p in student.parameters()) - trainable,
+        data_paths={path: {"train_step_s": round(t, 4), "train_peak_mem_gib": None if peak is None else round(peak, 2)}
+                    for path, (_, t, peak) in data_paths.items()},
+        encoders_released_mib=round(released / 2**20, 1) if "latent" in data_paths else None,
+    )
     print(json.dumps(result))
     return result
 

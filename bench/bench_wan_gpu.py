@@ -20,14 +20,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_vc2_gpu import build_rewards, time_sampling, time_training  # noqa: E402
+from bench_vc2_gpu import (  # noqa: E402
+    add_step_arguments,
+    build_rewards,
+    default_dtype,
+    step_result,
+    teacher_and_size,
+    time_sampling,
+    time_training,
+    trainable_student,
+)
 
 
 def build_teacher(tiny: bool, device: torch.device, dtype: torch.dtype):
@@ -56,46 +64,22 @@ def build_teacher(tiny: bool, device: torch.device, dtype: torch.dtype):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--tiny", action="store_true", help="tiny models, 9 frames at 32x32 (smoke path)")
-    parser.add_argument("--frames", type=int, default=None, help="1 + 4k pixel frames (default 81)")
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--width", type=int, default=None)
+    add_step_arguments(parser, "tiny models, 9 frames at 32x32 (smoke path)", "1 + 4k pixel frames (default 81)")
     parser.add_argument("--frame-window", type=int, default=9, help="rewards choose among the first N pixel frames")
-    parser.add_argument("--steps", type=int, default=3, help="timed optimisation steps (after one warm-up step)")
-    parser.add_argument("--no-rewards", action="store_true", help="consistency distillation only")
-    parser.add_argument("--no-gradient-checkpointing", action="store_true")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
-                        help="default: bf16 on GPU, fp32 on CPU")
-    parser.add_argument("--reward-dtype", choices=["bfloat16", "float32"], default=None)
     args = parser.parse_args(argv)
 
-    from distill.model import TrainedModel
     from distill.objectives import RunContext, T2VTurboObjective
     from t2v_turbo.pipeline import T2VTurboPipeline
-    from t2v_turbo.student import LoraSettings, StudentMeta, build_student
+    from t2v_turbo.student import LoraSettings
 
-    device = torch.device(args.device)
-    dtype_name = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    dtype = getattr(torch, dtype_name)
-    adapter = build_teacher(args.tiny, device, dtype)
-    frames = args.frames or adapter.default_num_frames
-    height, width = args.height or adapter.default_height, args.width or adapter.default_width
+    device, dtype, adapter, size = teacher_and_size(args, build_teacher)
+    frames, height, width = size
     lora = LoraSettings(rank=4 if args.tiny else 64, alpha=4.0 if args.tiny else 64.0, dropout=0.0,
                         target_modules="attention")
-    student = build_student(adapter, 256, lora=lora, train_guidance_layer=True)
-    for param in student.parameters():  # trainable weights in fp32 (mixed precision), frozen base in bf16
-        if param.requires_grad:
-            param.data = param.data.float()
-    if not args.no_gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    student.train()
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
-    reward_dtype = args.reward_dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    terms = [] if args.no_rewards else build_rewards(args.tiny, device, reward_dtype)
+    student, optimizer, trained = trainable_student(adapter, lora, not args.no_gradient_checkpointing)
+    terms = [] if args.no_rewards else build_rewards(args.tiny, device, default_dtype(args.reward_dtype, device))
     objective = T2VTurboObjective(w_min=2.0, w_max=6.0, vae_gradient_checkpointing=not args.no_gradient_checkpointing,
                                   frame_window=args.frame_window)
-    trained = TrainedModel(student, StudentMeta.for_adapter(adapter, time_cond_proj_dim=256, lora=lora))
     objective.bind(RunContext(adapter, trained, terms, seed=0, device=device))
     prompt = ["A cat wearing sunglasses and working as a lifeguard at a pool."]
     text_dim = adapter.unet.config.text_dim
@@ -105,39 +89,23 @@ def main(argv: list[str] | None = None) -> dict:
     latents = torch.randn(1, adapter.unet.config.in_channels, adapter.latent_frames(frames), height // f, width // f,
                           device=device, dtype=dtype)
     outputs = []
-    losses, step_time, peak_train = time_training(objective, student, optimizer, latents, text, uncond, prompt,
-                                                  args.steps, device, dtype, outputs)
+    training = time_training(objective, student, optimizer, latents, text, uncond, prompt, args.steps, device, dtype,
+                             outputs)
 
     # 4-step sampling (eval mode, no grad; the transformer in the teacher dtype)
     student.eval()
     adapter.cast_network(student, dtype=dtype)
     pipe = T2VTurboPipeline(adapter, student)
     adapter.encode_prompts = lambda prompts: text[:1].expand(len(prompts), -1, -1)  # the stand-in text embedding
-    video, latency, peak_sample = time_sampling(pipe, prompt, device, num_frames=frames, height=height, width=width)
-    lora_params = sum(p.numel() for n, p in student.named_parameters() if ".lora_" in n)
-    result = {
-        "bench": "wan_gpu",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "tiny": args.tiny,
-        "dtype": dtype_name,
-        "reward_dtype": None if args.no_rewards else reward_dtype,
-        "video": [frames, height, width],
-        "frame_window": args.frame_window,
-        "decoded_latent_frames": outputs[-1].decoded_latent_frames,
-        "lora_rank": lora.rank,
-        "lora_params": lora_params,
-        "guidance_layer_params": sum(p.numel() for n, p in student.named_parameters() if "cond_proj" in n),
-        "transformer_params": sum(p.numel() for p in adapter.unet.parameters()),
-        "rewards": [t.name for t in terms],
-        "gradient_checkpointing": not args.no_gradient_checkpointing,
-        "train_step_s": round(step_time, 4),
-        "train_peak_mem_gib": None if peak_train is None else round(peak_train, 2),
-        "losses": [round(x, 6) for x in losses],
-        "sample_4step_s": round(latency, 4),
-        "sample_peak_mem_gib": None if peak_sample is None else round(peak_sample, 2),
-        "video_shape": list(video.shape),
-        "torch": torch.__version__,
-    }
+    sampling = time_sampling(pipe, prompt, device, num_frames=frames, height=height, width=width)
+    result = step_result(
+        "wan_gpu", args, device, size, lora, terms, training, sampling,
+        frame_window=args.frame_window,
+        decoded_latent_frames=outputs[-1].decoded_latent_frames,
+        lora_params=sum(p.numel() for n, p in student.named_parameters() if ".lora_" in n),
+        guidance_layer_params=sum(p.numel() for n, p in student.named_parameters() if "cond_proj" in n),
+        transformer_params=sum(p.numel() for p in adapter.unet.parameters()),
+    )
     print(json.dumps(result))
     return result
 

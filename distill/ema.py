@@ -14,6 +14,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from distill.sharding import copy_full_, is_sharded, reshard
+
 
 class EMATarget:
     """theta^- <- mu theta^- + (1 - mu) theta after every optimizer step; theta^- starts at theta."""
@@ -45,15 +47,19 @@ class EMATarget:
         with torch.no_grad():
             for name, value in self.shadow.items():
                 params[name].copy_(value)
+        reshard(module)  # under FSDP: no gathered copy of the weights outlives the swap (distill.sharding)
         try:
             yield module
         finally:
+            reshard(module)
             with torch.no_grad():
                 for name, value in backup.items():
                     params[name].copy_(value)
 
     def state_dict(self) -> dict:
-        return {"decay": self.decay, "shadow": {k: v.cpu() for k, v in self.shadow.items()}}
+        """The shadow weights on the CPU; under FSDP they are sharded like the parameters they track, and the
+        trainer gathers them whole (``distill.sharding.gathered``)."""
+        return {"decay": self.decay, "shadow": {k: v if is_sharded(v) else v.cpu() for k, v in self.shadow.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         missing = set(self.shadow) ^ set(state["shadow"])
@@ -61,4 +67,4 @@ class EMATarget:
             raise RuntimeError(f"EMA state does not match the student's trainable parameters: {sorted(missing)[:10]}")
         self.decay = state["decay"]
         for name, value in state["shadow"].items():
-            self.shadow[name].copy_(value)
+            copy_full_(self.shadow[name], value)

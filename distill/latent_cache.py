@@ -42,7 +42,7 @@ import torch
 
 from distill.data import VideoDecodeError, count_reasons
 from t2v_turbo.config import COMPONENT_KEY
-from t2v_turbo.fileio import atomic_write
+from t2v_turbo.fileio import atomic_write, read_folder_json
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +109,7 @@ def cache_identity(cfg: dict, adapter, dataset, epochs: int, shard_size: int, dt
 
 def read_manifest(folder: str | os.PathLike) -> dict:
     path = Path(folder) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no latent cache at {Path(folder).resolve()}: {MANIFEST_NAME} not found "
-                                "(write one with `t2v-turbo cache CONFIG --out FOLDER`)")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest = read_folder_json(folder, MANIFEST_NAME, "latent cache", "write one with `t2v-turbo cache CONFIG --out FOLDER`")
     if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path}: not a {FORMAT} of version {FORMAT_VERSION} "
                          f"(format {manifest.get('format')!r}, version {manifest.get('version')!r})")

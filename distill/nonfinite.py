@@ -15,6 +15,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from distill.sharding import local_view
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,8 +25,9 @@ class NonFiniteError(RuntimeError):
 
 
 def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor | None]]) -> list[str]:
-    """Names of the tensors that hold at least one NaN or Inf (``None`` entries are ignored)."""
-    named = [(name, t) for name, t in named if t is not None]
+    """Names of the tensors that hold at least one NaN or Inf (``None`` entries are ignored). Of a sharded
+    tensor (FSDP) only this process's rows are read: the trainer agrees the answer across processes."""
+    named = [(name, local_view(t)) for name, t in named if t is not None]
     if not named:
         return []
     device = named[0][1].device  # one host sync for all tensors, not one per tensor

@@ -16,9 +16,10 @@ Features
   objective needs before the teacher loads; each batch is prepared once (VAE latents, text embeddings;
   skipped when the batch already carries them) and handed to the objective as a ``TrainingBatch``;
 - accelerate: mixed precision (``no``/``bf16``/``fp16``), gradient accumulation, gradient
-  clipping, DDP under ``accelerate launch`` (every process computes the same objective on its
-  own shard of global sample positions; the rank only shards data), gradient checkpointing
-  of the trained network;
+  clipping, DDP, FSDP2 or DeepSpeed ZeRO-2 under ``accelerate launch --config_file configs/accelerate/...``
+  (every process computes the same objective on its own shard of global sample positions; the rank only
+  shards data; under FSDP only the trained network is sharded, ``distill/sharding.py``), gradient
+  checkpointing of the trained network;
 - optimizer from ``optimizer`` (``torch.optim.AdamW``, or ``bitsandbytes.optim.AdamW8bit``
   when bitsandbytes is installed), LR schedule from diffusers' ``get_scheduler``;
 - logs (TensorBoard, wandb optional): ``loss``, the objective's scalars (``loss/cd``, ...),
@@ -71,6 +72,15 @@ from distill.data import GlobalPositionSampler, PositionedDataset, collate_sampl
 from distill.nonfinite import NonFiniteError, SkippedSteps, nonfinite_reason, nonfinite_tensors
 from distill.objectives.base import VAE_STREAM, Objective, RunContext, TrainingBatch, sample_generator
 from distill.objectives.rewarding import RewardTerm
+from distill.sharding import (
+    any_process,
+    blocks_to_wrap,
+    copy_full_,
+    fsdp_plugin_errors,
+    gathered,
+    is_sharded,
+    shard_optimizer_state,
+)
 from t2v_turbo.config import (
     COMPONENT_KEY,
     ConfigError,
@@ -267,6 +277,7 @@ class TrainingRecipe:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
             cpu=train["device"] == "cpu",
         )
+        self._check_engine()
         if self.accelerator.is_main_process:  # one run per output_dir, taken before anything loads
             self.output_lock = FolderLock(self.output_dir, "training run").acquire()
         # read before anything heavy loads, so that an unreadable checkpoint is named at once
@@ -297,12 +308,8 @@ class TrainingRecipe:
             self.adapter.to(device=device, dtype=teacher_dtype)
         self.trainable_names = [n for n, p in self.network.named_parameters() if p.requires_grad]
 
-        # rewards (frozen, eval mode, configured dtype) and the objective bound to the run
+        # rewards: frozen, eval mode, in the configured dtype, whole on every process (never sharded)
         rewards = build_reward_terms(cfg["rewards"], cfg["reward_options"]["dtype"], device)
-        try:
-            self.objective.bind(RunContext(self.adapter, self.trained, rewards, cfg["seed"], device))
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
 
         # optimizer and LR schedule (stepped once per optimizer step, on every process alike)
         from diffusers.optimization import get_scheduler
@@ -315,7 +322,15 @@ class TrainingRecipe:
             num_warmup_steps=cfg["lr_scheduler"]["warmup_steps"],
             num_training_steps=train["max_steps"],
         )
+        self._configure_engine()
         self.model, self.optimizer = self.accelerator.prepare(self.network, self.optimizer)
+
+        # the objective bound to the run once the network is prepared: state it keeps of the trained weights (EMA
+        # weights, a reference snapshot) then takes their form under the engine (sharded like them under FSDP)
+        try:
+            self.objective.bind(RunContext(self.adapter, self.trained, rewards, cfg["seed"], device))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
 
         # data: the dataset (built above) addressed by global sample positions
         if checkpoint is not None:
@@ -363,6 +378,38 @@ class TrainingRecipe:
                                       prompt_embeddings=cache.prompt_embeddings)
         logger.info("training from the latent cache %s: text encoder and VAE encoder released%s", cache.folder,
                     "" if decodes else ", and the VAE decoder (no reward or validation decodes pixels)")
+
+    def _check_engine(self) -> None:
+        """What the accelerate engine (the launch config, ``configs/accelerate/``) allows, checked before anything
+        loads: under FSDP the plugin's settings (``fsdp_plugin_errors``) and an objective that calls the network alike
+        on every process."""
+        from accelerate.utils import DistributedType
+
+        kind = self.accelerator.distributed_type
+        self.sharded = kind == DistributedType.FSDP
+        self.deepspeed = kind == DistributedType.DEEPSPEED
+        if self.sharded:
+            errors = fsdp_plugin_errors(self.accelerator.state.fsdp_plugin) + self.objective.sharding_errors()
+            if errors:
+                raise ConfigError("the FSDP launch config does not fit this run:\n  " + "\n  ".join(errors))
+        logger.info("engine: %s on %d process(es)", kind.value, self.accelerator.num_processes)
+
+    def _configure_engine(self) -> None:
+        """Before ``prepare``. FSDP: the launch config's auto-wrap classes narrowed to the blocks of this network (one
+        config names the blocks of every model family; accelerate refuses a class the model lacks). DeepSpeed: the
+        micro-batch, accumulation and clipping taken from the run config, the record of the run."""
+        if self.sharded and self.accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap:
+            plugin = self.accelerator.state.fsdp_plugin
+            try:
+                plugin.transformer_cls_names_to_wrap = blocks_to_wrap(plugin.transformer_cls_names_to_wrap, self.network)
+            except ValueError as err:
+                raise ConfigError(str(err)) from err
+            logger.info("FSDP: each %s is its own shard unit", ", ".join(plugin.transformer_cls_names_to_wrap))
+        if self.deepspeed:
+            config, train = self.accelerator.state.deepspeed_plugin.deepspeed_config, self.cfg["train"]
+            config["train_micro_batch_size_per_gpu"] = self.cfg["dataloader"]["batch_size"]
+            config["gradient_accumulation_steps"] = train["gradient_accumulation_steps"]
+            config["gradient_clipping"] = train["max_grad_norm"]
 
     @property
     def model_folder_name(self) -> str:
@@ -439,6 +486,8 @@ class TrainingRecipe:
         grad_norm, skip = None, None
         with accelerator.accumulate(self.model):
             out = self.compute_loss(batch, grad_norms=grad_norms)
+            if self.deepspeed:
+                self._refuse_nonfinite_loss(out.loss)
             accelerator.backward(out.loss)
             self._window_losses.append(out.loss.detach())
             if accelerator.sync_gradients:
@@ -446,6 +495,8 @@ class TrainingRecipe:
                 if skip is None:
                     if max_norm:
                         grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+                        if is_sharded(grad_norm):  # FSDP: the norm over every process's rows, replicated
+                            grad_norm = grad_norm.full_tensor()
                     self.optimizer.step()
                     if self.optimizer.step_was_skipped:
                         skip = "fp16 gradient overflow (the GradScaler skipped the update and lowered its scale)"
@@ -453,6 +504,14 @@ class TrainingRecipe:
                 self._window_losses = []
         self.micro_step += 1
         return out, grad_norm, skip
+
+    def _refuse_nonfinite_loss(self, loss: torch.Tensor) -> None:
+        """DeepSpeed applies the optimizer step inside ``accelerator.backward`` (its engine's ``step``), so a step
+        with a non-finite loss cannot be skipped afterwards: the run stops before that backward instead."""
+        if any_process(not bool(torch.isfinite(loss.detach()).all()), self.accelerator):
+            kept = list_checkpoints(self.output_dir)
+            raise NonFiniteError(f"step {self.global_step + 1}: non-finite loss under DeepSpeed, whose engine would apply "
+                                 f"the step; stopping. The last checkpoint is {kept[-1] if kept else 'none'}")
 
     def _skip_reason(self) -> str | None:
         """Why this window's optimizer step must be skipped (non-finite loss or gradient), agreed by all
@@ -539,7 +598,8 @@ class TrainingRecipe:
         """Sample the validation prompts with the model's own sampler (a student's consistency steps, a
         full-step model's DDIM + CFG); write one grid video (main process)."""
         val = self.cfg["validation"]
-        if not val["prompts"] or not self.accelerator.is_main_process:
+        # under FSDP each forward of the network is a collective: every process samples, the main one writes
+        if not val["prompts"] or not (self.accelerator.is_main_process or self.sharded):
             return None
         from t2v_turbo.pipeline import T2VTurboPipeline, TeacherPipeline
         from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
@@ -557,6 +617,8 @@ class TrainingRecipe:
         videos = pipeline(val["prompts"], num_inference_steps=val["num_inference_steps"],
                           guidance_scale=val["guidance_scale"], num_frames=val["num_frames"], generator=generator)
         self.network.train()
+        if not self.accelerator.is_main_process:
+            return None
         path = self.output_dir / "validation" / f"step-{step:06d}.{val['format']}"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_grid(path, list(videos.cpu()), fps=val["fps"])
@@ -573,13 +635,21 @@ class TrainingRecipe:
                     "num_inference_steps": self.cfg["validation"]["num_inference_steps"]}
         return dataclasses.replace(self.trained.meta, **{**geometry, **self.objective.model_meta(), **sampling})
 
-    def training_state(self) -> dict:
-        """What ``training_state.pt`` holds: plain data only (tensors, numbers, strings, lists, dicts)."""
+    def training_state(self) -> dict | None:
+        """What ``training_state.pt`` holds: plain data only (tensors, numbers, strings, lists, dicts), the same
+        whole tensors under every engine. Every process calls it (under FSDP the shards are gathered, a collective);
+        the main process gets the state, the others None. Under DeepSpeed the optimizer's moments are partitioned
+        in DeepSpeed's own format and are not written (``optimizer`` is None; such a checkpoint does not resume)."""
+        keep = self.accelerator.is_main_process
+        if not (keep or self.sharded):
+            return None
         params = dict(self.network.named_parameters())
         scaler = self.accelerator.scaler
-        return {
-            "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable_names},
-            "optimizer": self.optimizer.state_dict(),
+        trainable = {n: params[n].detach() if self.sharded else params[n].detach().cpu().clone()
+                     for n in self.trainable_names}
+        return gathered({
+            "trainable": trainable,
+            "optimizer": None if self.deepspeed else self.optimizer.state_dict(),
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "objective": self.objective.state_dict(),
@@ -588,24 +658,33 @@ class TrainingRecipe:
             "skipped_videos": self.skipped_videos,
             "skipped_steps": self.skipped_steps.state_dict(),
             "num_processes": self.accelerator.num_processes,
-        }
+        }, keep)
+
+    def student_weights(self) -> dict[str, torch.Tensor] | None:
+        """What the saved model folder holds (``student_state_dict``), whole; every process calls it (gathered under
+        FSDP), the main process gets the tensors, the others None."""
+        from t2v_turbo.student import student_state_dict
+
+        if not (self.accelerator.is_main_process or self.sharded):
+            return None
+        return gathered(student_state_dict(self.network), self.accelerator.is_main_process)
 
     def save_checkpoint(self, step: int) -> Path:
         """Write ``checkpoint-<step>/`` atomically: all files go to ``checkpoint-<step>.tmp`` first; a failed
         write (a full disk) removes it, keeps the previous checkpoints and raises ``CheckpointWriteError``."""
-        from t2v_turbo.student import save_student, student_state_dict
+        from t2v_turbo.student import save_student
 
         accelerator = self.accelerator
         final = self.output_dir / f"{CHECKPOINT_PREFIX}{step}"
         self._require_finite_weights(final.name)
         tmp = self.output_dir / f"{CHECKPOINT_PREFIX}{step}.tmp"
-        state = self.training_state() if accelerator.is_main_process else None
-        needed = tensor_bytes(state) + tensor_bytes(student_state_dict(self.network))
+        state, weights = self.training_state(), self.student_weights()
+        needed = tensor_bytes(state) + tensor_bytes(weights)
         with write_guard(tmp, final, needed):
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
-                save_student(tmp / self.model_folder_name, self.network, self.model_meta())
+                save_student(tmp / self.model_folder_name, self.network, self.model_meta(), weights=weights)
                 torch.save(state, tmp / STATE_NAME)
                 save_config(self.cfg, tmp / CONFIG_NAME)
             accelerator.wait_for_everyone()
@@ -629,6 +708,8 @@ class TrainingRecipe:
         params = dict(self.network.named_parameters())
         named = [(name, params[name]) for name in self.trainable_names] + self.objective.weights()
         bad = nonfinite_tensors(named)
+        if self.sharded and any_process(bool(bad), self.accelerator) and not bad:
+            bad = ["a shard held by another process"]  # every process refuses alike
         if bad:
             kept = list_checkpoints(self.output_dir)
             last = kept[-1] if kept else "none (no checkpoint yet)"
@@ -642,7 +723,8 @@ class TrainingRecipe:
         checkpoint = find_resume_checkpoint(resume, self.output_dir, self.accelerator.process_index)
         if self.accelerator.num_processes > 1:
             step = torch.tensor(float(checkpoint.state["global_step"]), device=self.accelerator.device)
-            low, high = self.accelerator.reduce(step.clone(), "min"), self.accelerator.reduce(step.clone(), "max")
+            # accelerate's reduce knows "sum", "mean" and "max" (any other name sums): the minimum is -max(-step)
+            low, high = -self.accelerator.reduce(-step, "max"), self.accelerator.reduce(step, "max")
             if low != high:
                 raise CheckpointError(f"--resume {resume}: the processes found different readable checkpoints "
                                       f"(steps {int(low)} to {int(high)}); check the rng_state_<rank>.pt files")
@@ -656,13 +738,18 @@ class TrainingRecipe:
                 f"{folder}: written by {state['num_processes']} processes, resuming with "
                 f"{self.accelerator.num_processes}; the data position would differ"
             )
+        if state["optimizer"] is None or self.deepspeed:
+            why = ("it was written under DeepSpeed, whose partitioned optimizer moments it does not hold"
+                   if state["optimizer"] is None else "DeepSpeed keeps the optimizer moments in its own partitioned format")
+            raise CheckpointError(f"{folder / STATE_NAME}: cannot resume: {why}. Resume under DDP or FSDP "
+                                  "(configs/accelerate/); the checkpoint's student folder loads as any student")
         params = dict(self.network.named_parameters())
         if set(state["trainable"]) != set(self.trainable_names):
             raise RuntimeError(f"{folder / STATE_NAME}: trainable parameters differ from the configured model")
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                params[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
+        for name, value in state["trainable"].items():
+            copy_full_(params[name], value)  # this process's rows under FSDP
+        optimizer_state = shard_optimizer_state(state["optimizer"], self.optimizer) if self.sharded else state["optimizer"]
+        self.optimizer.load_state_dict(optimizer_state)
         if self.accelerator.scaler is not None and state["grad_scaler"] is not None:
             self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -682,13 +769,14 @@ class TrainingRecipe:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def save_final(self) -> Path:
-        from t2v_turbo.student import save_student, student_state_dict
+        from t2v_turbo.student import save_student
 
         folder = self.output_dir / self.model_folder_name
         self._require_finite_weights(f"the final model {folder}")
+        weights = self.student_weights()
         if self.accelerator.is_main_process:
-            with write_guard(None, folder, tensor_bytes(student_state_dict(self.network))):
-                save_student(folder, self.network, self.model_meta())
+            with write_guard(None, folder, tensor_bytes(weights)):
+                save_student(folder, self.network, self.model_meta(), weights=weights)
                 save_config(self.cfg, folder / CONFIG_NAME)
         self.accelerator.wait_for_everyone()
         return folder

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rewards.base import VideoReward, check_video_batch, register_reward
+from t2v_turbo.fileio import read_folder_json
 
 WEIGHTS_NAME = "preference_model.safetensors"
 CONFIG_NAME = "preference_model.json"
@@ -193,9 +194,7 @@ def load_preference_model(folder: str | os.PathLike, teacher=None, teacher_path:
 
     folder = Path(folder)
     path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no preference reward model at {folder.resolve()}: {CONFIG_NAME} not found")
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_folder_json(folder, CONFIG_NAME, "preference reward model")
     if teacher is None:
         adapter_cls = resolve_component(config["teacher_adapter"], f"{path}: teacher_adapter")
         if not (isinstance(adapter_cls, type) and issubclass(adapter_cls, TeacherAdapter)):

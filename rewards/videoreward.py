@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import re
 from pathlib import Path
 from typing import Sequence
@@ -50,14 +49,14 @@ from torch import nn
 
 from rewards.base import VideoReward, as_dtype, check_video_batch, register_reward
 from rewards.preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize, resize, to_unit_range
+from t2v_turbo.fileio import read_folder_json, torch_load
+from t2v_turbo.student import PEFT_CONFIG_NAME, PEFT_WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
 DIMENSIONS = ("VQ", "MQ", "TA")
 MODEL_CONFIG_NAME = "model_config.json"
 CHECKPOINT_PREFIX = "checkpoint-"
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 NON_LORA_NAMES = ("non_lora_state_dict.safetensors", "non_lora_state_dict.pth")
 FULL_NAMES = ("model.safetensors", "model.pth")
 #: peft adapter name of the LoRA layers
@@ -375,10 +374,8 @@ def _local_base(base_model: str | os.PathLike) -> str:
 def read_model_config(folder: str | os.PathLike) -> dict:
     """``model_config.json`` of a VideoReward checkpoint, its sections checked."""
     path = Path(folder) / MODEL_CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no VideoReward checkpoint at {Path(folder).resolve()}: {MODEL_CONFIG_NAME} not found "
-                                "(download https://huggingface.co/KwaiVGI/VideoReward)")
-    config = json.loads(path.read_text(encoding="utf-8"))
+    config = read_folder_json(folder, MODEL_CONFIG_NAME, "VideoReward checkpoint",
+                              "download https://huggingface.co/KwaiVGI/VideoReward")
     for section in ("data_config", "model_config"):
         if not isinstance(config.get(section), dict):
             raise ValueError(f"{path}: section {section!r} is missing")
@@ -409,19 +406,14 @@ def find_checkpoint(folder: str | os.PathLike, step: int | None = None) -> Path:
 
 
 def load_tensors(path: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors``, or from a torch ``.pth`` with ``weights_only=True``;
-    arbitrary pickles only with ``allow_pickle`` (they can run code: load only files you trust)."""
+    """A state dict from ``.safetensors``, or from a torch ``.pth`` through ``t2v_turbo.fileio.torch_load``
+    (``weights_only=True``; a file that needs more is refused naming the opt-in, unpickled in full only with
+    ``allow_pickle``, which runs any code it holds: only for files you trust)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        what = f"the class {found.group(1)}" if found else "objects other than tensors"
-        raise ValueError(f"{path}: not loadable with torch.load(weights_only=True): it holds {what}. Only if you "
-                         "trust the file, pass allow_pickle=true (unpickling can run code)") from err
+    state = torch_load(path, allow_pickle, opt_in="allow_pickle: true in the reward's args")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a dict of tensors, got {type(state).__name__}")
     return state
@@ -433,9 +425,9 @@ def _checkpoint_files(checkpoint: Path) -> tuple[Path | None, Path | None]:
     non_lora = next((checkpoint / n for n in NON_LORA_NAMES if (checkpoint / n).is_file()), None)
     if full is None and non_lora is None:
         raise FileNotFoundError(f"{checkpoint}: neither a full state dict {FULL_NAMES} nor the LoRA layout "
-                                f"({ADAPTER_WEIGHTS_NAME}, {ADAPTER_CONFIG_NAME}, one of {NON_LORA_NAMES})")
+                                f"({PEFT_WEIGHTS_NAME}, {PEFT_CONFIG_NAME}, one of {NON_LORA_NAMES})")
     if full is None:
-        for name in (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME):
+        for name in (PEFT_WEIGHTS_NAME, PEFT_CONFIG_NAME):
             if not (checkpoint / name).is_file():
                 raise FileNotFoundError(f"{checkpoint}: {non_lora.name} found but not {name}")
     return full, non_lora
@@ -475,8 +467,8 @@ def load_videoreward_model(checkpoint: str | os.PathLike, base_model: str | os.P
     if full is None:
         from safetensors.torch import load_file
 
-        lora = _lora_settings(files / ADAPTER_CONFIG_NAME)
-        tensors.update({module_key(k): v for k, v in load_file(str(files / ADAPTER_WEIGHTS_NAME)).items()})
+        lora = _lora_settings(files / PEFT_CONFIG_NAME)
+        tensors.update({module_key(k): v for k, v in load_file(str(files / PEFT_WEIGHTS_NAME)).items()})
     if "rm_head.weight" not in tensors:
         raise ValueError(f"{full or non_lora}: no rm_head.weight (base_model.model.rm_head.weight), the score head")
 
@@ -549,9 +541,9 @@ def save_videoreward_model(folder: str | os.PathLike, model: VideoRewardModel, s
                    "lora_dropout": settings["lora_dropout"], "use_rslora": settings["use_rslora"],
                    "target_modules": [released_module_name(t) for t in targets], "bias": "none",
                    "modules_to_save": None, "task_type": "CAUSAL_LM"}
-        (checkpoint / ADAPTER_CONFIG_NAME).write_text(json.dumps(adapter, indent=2) + "\n", encoding="utf-8")
+        (checkpoint / PEFT_CONFIG_NAME).write_text(json.dumps(adapter, indent=2) + "\n", encoding="utf-8")
         save_file({released_key(k): v.detach().cpu().contiguous() for k, v in lora.items()},
-                  str(checkpoint / ADAPTER_WEIGHTS_NAME))
+                  str(checkpoint / PEFT_WEIGHTS_NAME))
         trained = {n for n, p in model.named_parameters() if p.requires_grad and n not in lora}
         keep = trained | {"rm_head.weight", EMBEDDING_KEY}
         write({k: v for k, v in state.items() if k in keep}, "non_lora_state_dict")

@@ -6,6 +6,10 @@ Each subcommand lives in its own module under ``t2v_turbo.commands`` and defines
 parsing: ``t2v-turbo sample --help`` lists every flag with its default, and the heavy imports
 (torch, diffusers) happen inside ``run``.
 
+Commands that read a run config or a student folder's ``student.json`` (``READS_CONFIGS``) take
+``--trust-config``: while the command runs, a ``_component_`` (or a student's ``teacher_adapter``) may
+name anything importable, not only the trusted modules (``t2v_turbo.config.trusted_modules``).
+
 User errors (a missing file, a bad value, an existing output) end as one line on stderr,
 ``t2v-turbo <command>: error: <message>``, with exit code 2, the style argparse uses for a bad
 flag. ``T2V_TURBO_TRACEBACK=1`` shows the traceback instead.
@@ -19,7 +23,7 @@ import os
 import sys
 
 from t2v_turbo import __version__
-from t2v_turbo.commands import CommandError
+from t2v_turbo.commands import CommandError, trusted_config
 
 # (command words, module, one-line help)
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
@@ -34,6 +38,11 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("miniworld", "build"), "t2v_turbo.commands.miniworld_build", "train the mini world's VAE, text encoder, teacher and reward models"),
     (("quickstart",), "t2v_turbo.commands.quickstart", "run the T2V-Turbo recipe on the mini world end to end and write a report"),
 ]
+#: commands that resolve components of a run config or a student's ``student.json``: they take --trust-config
+READS_CONFIGS = ("train", "cache", "train-reward", "sample", "export", "eval vbench", "quickstart")
+TRUST_CONFIG_HELP = ("let the config's _component_ nodes (and a student.json's teacher_adapter) call anything importable; "
+                     "only for files you trust (by default: the project's packages, torch.optim, diffusers, transformers, "
+                     "peft, ...)")
 #: exceptions that are the user's to fix (missing or unwritable files, bad values): one line, no traceback
 USER_ERRORS = (OSError, ValueError)
 
@@ -71,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                 groups[words[0]] = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
             p = groups[words[0]].add_parser(words[1], **kwargs)
         module.add_arguments(p)
+        if " ".join(words) in READS_CONFIGS:
+            p.add_argument("--trust-config", action="store_true", help=TRUST_CONFIG_HELP)
         p.set_defaults(_run=module.run, _parser=p)
     return parser
 
@@ -85,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         args._parser.print_help()
         return 2
     try:
-        return int(args._run(args) or 0)
+        with trusted_config(getattr(args, "trust_config", False)):
+            return int(args._run(args) or 0)
     except (CommandError, *USER_ERRORS) as err:
         if os.environ.get("T2V_TURBO_TRACEBACK"):
             raise

@@ -56,6 +56,7 @@ from t2v_turbo.diffusion.solver import guidance_scale_embedding
 from t2v_turbo.fileio import write_folder
 from t2v_turbo.student import (
     ADAPTER_NAME,
+    PEFT_WEIGHTS_NAME,
     StudentMeta,
     has_lora,
     load_student,
@@ -64,8 +65,6 @@ from t2v_turbo.student import (
 )
 
 EXPORT_FORMATS = ("lora", "merged", "diffusers")
-PEFT_CONFIG_NAME = "adapter_config.json"
-PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 MODEL_CARD_NAME = "README.md"
 #: the layer that receives t_emb + cond_proj(emb(w)) in diffusers' UNet3DConditionModel
 GUIDANCE_TARGET = "time_embedding.linear_1"

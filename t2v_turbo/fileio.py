@@ -45,6 +45,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+def read_folder_json(folder: str | os.PathLike, name: str, what: str, hint: str = "") -> Any:
+    """The JSON file ``name`` that marks ``folder`` as a ``what`` (a student checkpoint, a latent cache, ...).
+    Without it, ``FileNotFoundError`` "no <what> at <folder>: <name> not found", then ``hint`` (where to get one)."""
+    path = Path(folder) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {Path(folder).resolve()}: {name} not found" + (f" ({hint})" if hint else ""))
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 class PickleRefusedError(RuntimeError):
     """A ``torch.save`` file holds Python objects whose unpickling could run code, and no opt-in was given."""
 

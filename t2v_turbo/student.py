@@ -37,13 +37,16 @@ from typing import Annotated, Any, Sequence
 import torch
 from torch import nn
 
-from t2v_turbo.fileio import atomic_write
+from t2v_turbo.fileio import atomic_write, read_folder_json
 from t2v_turbo.schema import Range
 
 WEIGHTS_NAME = "student.safetensors"
 META_NAME = "student.json"
 #: peft adapter name used for the student's LoRA
 ADAPTER_NAME = "default"
+#: the files of a peft adapter folder (``PeftModel.save_pretrained`` / ``from_pretrained``)
+PEFT_CONFIG_NAME = "adapter_config.json"
+PEFT_WEIGHTS_NAME = "adapter_model.safetensors"
 #: module-name suffixes of the attention projections (T2V-Turbo MS preset)
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
 #: the query/key/value projections only (VADER's LoRA targets)
@@ -299,8 +302,11 @@ class StudentMeta:
         return cls(**data)
 
 
-def save_student(folder: str | Path, unet: nn.Module, meta: StudentMeta | dict) -> Path:
-    """Write ``student.safetensors`` and ``student.json`` into ``folder`` (each atomically)."""
+def save_student(folder: str | Path, unet: nn.Module, meta: StudentMeta | dict,
+                 weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``student.safetensors`` and ``student.json`` into ``folder`` (each atomically). ``weights``: the
+    tensors to write when ``student_state_dict(unet)`` cannot give them whole (a network sharded over processes,
+    gathered by the trainer); by default that state dict."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -311,7 +317,8 @@ def save_student(folder: str | Path, unet: nn.Module, meta: StudentMeta | dict) 
         raise ValueError(
             f"student meta says lora={meta.lora!r} but the UNet {'has' if has_lora(unet) else 'has no'} LoRA layers"
         )
-    tensors = {k: v.to("cpu").contiguous().clone() for k, v in student_state_dict(unet).items()}
+    weights = student_state_dict(unet) if weights is None else weights
+    tensors = {k: v.to("cpu").contiguous().clone() for k, v in weights.items()}
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     text = json.dumps(dataclasses.asdict(meta), indent=2, sort_keys=True) + "\n"
     atomic_write(folder / META_NAME, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
@@ -319,10 +326,8 @@ def save_student(folder: str | Path, unet: nn.Module, meta: StudentMeta | dict) 
 
 
 def read_student_meta(folder: str | Path) -> StudentMeta:
-    path = Path(folder) / META_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no student checkpoint at {Path(folder).resolve()}: {META_NAME} not found")
-    return StudentMeta.from_dict(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+    return StudentMeta.from_dict(read_folder_json(folder, META_NAME, "student checkpoint"),
+                                 source=str(Path(folder) / META_NAME))
 
 
 def resolve_teacher_path(meta: StudentMeta, student_folder: str | Path | None = None) -> str:

@@ -320,3 +320,14 @@ def build_tiny_wan(
     )
     return save_flow_teacher(folder, transformer, autoencoder, encoder, tokenizer, scheduler,
                              expand_timesteps=vae == "wan22")
+
+
+def randomise_trainable(module: torch.nn.Module, seed: int, scale: float = 0.1) -> torch.nn.Module:
+    """Add ``scale`` N(0, I) to every trainable parameter (drawn in name order from a generator seeded ``seed``),
+    so a freshly built student, whose LoRA B and guidance layer start at zero, differs from its teacher as a
+    trained one does."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted((n, p) for n, p in module.named_parameters() if p.requires_grad):
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return module

@@ -1,7 +1,10 @@
 """The command line itself: every subcommand's --help lists its flags with meaning and default,
---version, `python -m t2v_turbo`, a command group alone shows its help."""
+--version, `python -m t2v_turbo`, a command group alone shows its help, and --trust-config works on every
+command that reads a run config or a student folder."""
 
 import argparse
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -10,9 +13,10 @@ from pathlib import Path
 import pytest
 
 import t2v_turbo
-from t2v_turbo.cli import COMMANDS, build_parser, main
+from t2v_turbo.cli import COMMANDS, READS_CONFIGS, build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
+TRUST_ENV = ("T2V_TURBO_TRUST_CONFIG", "T2V_TURBO_TRUSTED_MODULES")
 
 
 def command_parser(words: tuple[str, ...]) -> argparse.ArgumentParser:
@@ -69,3 +73,62 @@ def test_setup_reads_the_package_version():
 
     setup = (REPO / "setup.py").read_text()
     assert 'version=VERSION' in setup and re.search(r"t2v_turbo/__init__\.py", setup)
+
+
+def test_trust_config_is_offered_by_exactly_the_commands_that_read_configs_or_students():
+    names = [" ".join(words) for words, _, _ in COMMANDS]
+    assert set(READS_CONFIGS) <= set(names)
+    for words, _, _ in COMMANDS:
+        options = {o for a in command_parser(words)._actions for o in a.option_strings}
+        assert ("--trust-config" in options) == (" ".join(words) in READS_CONFIGS), " ".join(words)
+
+
+def untrusted_student(folder: Path) -> Path:
+    """A student folder whose student.json names a teacher adapter outside the trusted modules."""
+    from t2v_turbo.student import StudentMeta
+
+    folder.mkdir()
+    meta = StudentMeta(teacher_adapter="collections.OrderedDict", teacher_path="teacher", family="modelscope")
+    (folder / "student.json").write_text(json.dumps(dataclasses.asdict(meta)))
+    return folder
+
+
+def command_lines(tmp_path: Path) -> dict[str, list[str]]:
+    """Per command that reads a config or a student: a command line whose config (or student.json) names a
+    component outside the trusted modules (and fails later, cheaply, once that is allowed)."""
+    tiny, reward_model = REPO / "configs" / "tiny.yaml", REPO / "configs" / "miniworld_reward_model.yaml"
+    student = untrusted_student(tmp_path / "student")
+    info = tmp_path / "info.json"
+    info.write_text(json.dumps([{"prompt_en": "a red car", "dimension": ["color"]}]))
+    return {
+        "train": ["train", str(tiny), "optimizer._component_=builtins.dict", "--print-config"],
+        "cache": ["cache", str(tiny), "optimizer._component_=builtins.dict", f"data.folder={tmp_path / 'no-videos'}",
+                  "--out", str(tmp_path / "cache"), "--device", "cpu"],
+        "train-reward": ["train-reward", str(reward_model), "optimizer._component_=builtins.dict", "--print-config"],
+        "sample": ["sample", "--checkpoint", str(student), "--prompt", "a cat", "--out", str(tmp_path / "a.mp4"),
+                   "--device", "cpu"],
+        "export": ["export", str(student), "--format", "lora", "--out", str(tmp_path / "export")],
+        "eval vbench": ["eval", "vbench", "--checkpoint", str(student), "--full-info", str(info), "--generate-only",
+                        "--out", str(tmp_path / "vbench"), "--device", "cpu"],
+    }
+
+
+@pytest.mark.parametrize("command", [c for c in READS_CONFIGS if c != "quickstart"])  # quickstart: a whole run
+def test_trust_config_lets_an_untrusted_component_through_for_that_command_only(command, tmp_path, monkeypatch,
+                                                                                 capsys):
+    for name in TRUST_ENV:
+        monkeypatch.delenv(name, raising=False)
+    args = command_lines(tmp_path)[command]
+    assert main(args) == 2
+    refused = capsys.readouterr().err
+    assert "not a trusted module" in refused and "--trust-config" in refused
+    code = main(args + ["--trust-config"])
+    out, err = capsys.readouterr()
+    assert "not a trusted module" not in err, err  # it got past the check: printed, or failed on what follows
+    if "--print-config" in args:
+        assert code == 0 and "_component_: builtins.dict" in out
+    elif "--checkpoint" in args or command == "export":
+        assert code == 2 and "'collections.OrderedDict' is not a TeacherAdapter class" in err
+    else:
+        assert code == 2 and f"dataset folder not found: {tmp_path / 'no-videos'}" in err
+    assert all(name not in os.environ for name in TRUST_ENV)  # the flag does not outlive the command

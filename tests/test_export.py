@@ -12,17 +12,17 @@ import torch
 from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
 from t2v_turbo.cli import main as cli_main
 from t2v_turbo.diffusion.solver import guidance_scale_embedding
-from t2v_turbo.export import (
-    MODEL_CARD_NAME,
+from t2v_turbo.export import MODEL_CARD_NAME, export_student, fold_guidance_scale, merge_student
+from t2v_turbo.pipeline import load_student_pipeline
+from t2v_turbo.student import (
     PEFT_CONFIG_NAME,
     PEFT_WEIGHTS_NAME,
-    export_student,
-    fold_guidance_scale,
-    merge_student,
+    LoraSettings,
+    StudentMeta,
+    build_student,
+    save_student,
 )
-from t2v_turbo.pipeline import load_student_pipeline
-from t2v_turbo.student import LoraSettings, StudentMeta, build_student, save_student
-from t2v_turbo.testing import build_tiny_diffusers_t2v
+from t2v_turbo.testing import build_tiny_diffusers_t2v, randomise_trainable
 
 GEOMETRY = dict(num_frames=3, height=16, width=16)
 SETTINGS = LoraSettings(rank=4, alpha=8, target_modules="all_linear_conv")
@@ -35,11 +35,7 @@ def adapter(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def student_dir(adapter, tmp_path_factory):
-    unet = build_student(adapter, 256, lora=SETTINGS)
-    g = torch.Generator().manual_seed(21)
-    with torch.no_grad():
-        for _, p in sorted((n, p) for n, p in unet.named_parameters() if p.requires_grad):
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    unet = randomise_trainable(build_student(adapter, 256, lora=SETTINGS), seed=21)
     folder = tmp_path_factory.mktemp("student")
     save_student(folder, unet, StudentMeta.for_adapter(adapter, lora=SETTINGS, guidance_scale=6.0))
     return folder

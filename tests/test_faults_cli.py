@@ -13,7 +13,7 @@ from t2v_turbo.cli import main
 from t2v_turbo.fileio import write_folder
 from t2v_turbo.pipeline import T2VTurboPipeline
 from t2v_turbo.student import LoraSettings, StudentMeta, build_student, save_student
-from t2v_turbo.testing import build_tiny_diffusers_t2v
+from t2v_turbo.testing import build_tiny_diffusers_t2v, randomise_trainable
 from t2v_turbo.video_io import read_video, to_uint8_frames
 
 SETTINGS = LoraSettings(rank=4, alpha=4)
@@ -29,11 +29,7 @@ def adapter(tmp_path_factory):
 def student_dir(adapter, tmp_path_factory):
     """A student whose meta says: 2 frames of 8x16 at 4 fps, w = 3 in a trained range [2, 6], 2 steps,
     lossless video."""
-    unet = build_student(adapter, 256, lora=SETTINGS)
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for _, p in sorted((n, p) for n, p in unet.named_parameters() if p.requires_grad):
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    unet = randomise_trainable(build_student(adapter, 256, lora=SETTINGS), seed=3)
     folder = tmp_path_factory.mktemp("student")
     meta = StudentMeta.for_adapter(adapter, lora=SETTINGS, guidance_scale=3.0, num_inference_steps=2,
                                    guidance_range=[2.0, 6.0], num_frames=2, height=8, width=16, fps=4,

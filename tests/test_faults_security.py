@@ -168,6 +168,7 @@ def test_a_downloaded_student_json_imports_no_module_outside_the_allowlist(tmp_p
 def test_a_crafted_reward_checkpoint_is_refused_naming_the_opt_in(tmp_path, zip_format):
     from rewards.base import build_reward
     from rewards.internvideo2 import load_internvideo2
+    from rewards.videoreward import load_tensors
     from t2v_turbo.fileio import PickleRefusedError
 
     marker = tmp_path / "marker"
@@ -178,6 +179,8 @@ def test_a_crafted_reward_checkpoint_is_refused_naming_the_opt_in(tmp_path, zip_
         build_reward("viclip", checkpoint=str(crafted), config="tiny")
     with pytest.raises(PickleRefusedError, match=f"{crafted}: refused: .*{opt_in}"):
         load_internvideo2(crafted, "tiny")
+    with pytest.raises(PickleRefusedError, match=f"{crafted}: refused: .*{opt_in}"):
+        load_tensors(crafted)  # VideoReward's non-LoRA / full state dict
     assert not marker.exists()
     with pytest.raises(ValueError, match="holds no state dict"):  # the opt-in unpickles in full: the code runs
         build_reward("viclip", checkpoint=str(crafted), config="tiny", allow_pickle=True)

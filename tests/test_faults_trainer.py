@@ -1,8 +1,11 @@
 """Fault injection on the trainer (tiny config, CPU): NaN/Inf steps, non-finite weights."""
 
+import contextlib
 import logging
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -226,27 +229,41 @@ def files_of(folder: Path) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_exits_nonzero(assets, two_checkpoints, tmp_path):
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """While active, a write that would grow a file of this process past ``limit`` bytes fails with EFBIG, as one
+    on a full disk fails with ENOSPC (SIGXFSZ ignored, so the write returns the error instead of killing us)."""
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_exits_nonzero(assets, two_checkpoints, tmp_path,
+                                                                                   capsys):
+    from t2v_turbo.cli import main
+
     out = tmp_path / "run"
     shutil.copytree(two_checkpoints, out)
     shutil.rmtree(out / f"{CHECKPOINT_PREFIX}2")
     before = files_of(out / f"{CHECKPOINT_PREFIX}1")
-    # a file-size limit makes the writes of the next checkpoint fail as on a full disk (EFBIG instead of ENOSPC)
+    # a file-size limit makes the writes of the next checkpoint fail as on a full disk
     limit = (out / f"{CHECKPOINT_PREFIX}1" / "student" / "student.safetensors").stat().st_size // 2
     assert (out / "config.yaml").stat().st_size < limit
-    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.getrlimit(resource.RLIMIT_FSIZE)[1])); "
-              "from t2v_turbo.cli import main; sys.exit(main(sys.argv[1:]))")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run(
-        [sys.executable, "-c", script, "train", str(TINY), f"teacher.path={assets['teacher']}",
-         f"data.folder={assets['videos']}", f"output_dir={out}", "logging.tensorboard=false", "train.max_steps=2",
-         "train.checkpoint_every=1", "--resume", "latest"], env=env, capture_output=True, text=True)
-    assert done.returncode == 1, done.stderr[-3000:]
+    with file_size_limit(limit):
+        code = main(["train", str(TINY), f"teacher.path={assets['teacher']}", f"data.folder={assets['videos']}",
+                     f"output_dir={out}", "logging.tensorboard=false", "train.max_steps=2", "train.checkpoint_every=1",
+                     "--resume", "latest"])
+    err = capsys.readouterr().err
+    assert code == 1, err[-3000:]
     final = out / f"{CHECKPOINT_PREFIX}2"
-    assert f"error: {TINY}: writing {final} failed: " in done.stderr
-    assert "bytes are free on that disk" in done.stderr and "It needs about " in done.stderr
-    assert f"The previous checkpoint {out / (CHECKPOINT_PREFIX + '1')} is kept" in done.stderr
+    assert f"error: {TINY}: writing {final} failed: " in err
+    assert "bytes are free on that disk" in err and "It needs about " in err
+    assert f"The previous checkpoint {out / (CHECKPOINT_PREFIX + '1')} is kept" in err
     assert list_checkpoints(out) == [out / f"{CHECKPOINT_PREFIX}1"]
     assert not (out / f"{CHECKPOINT_PREFIX}2.tmp").exists() and not final.exists()
     assert files_of(out / f"{CHECKPOINT_PREFIX}1") == before

@@ -7,7 +7,7 @@ from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
 from t2v_turbo.diffusion.solver import guidance_scale_embedding
 from t2v_turbo.pipeline import T2VTurboPipeline, TeacherPipeline, load_student_pipeline
 from t2v_turbo.student import LoraSettings, StudentMeta, build_student, save_student
-from t2v_turbo.testing import build_tiny_diffusers_t2v
+from t2v_turbo.testing import build_tiny_diffusers_t2v, randomise_trainable
 
 GEOMETRY = dict(num_frames=3, height=16, width=16)
 
@@ -24,12 +24,7 @@ def adapter(teacher_dir):
 
 @pytest.fixture(scope="module")
 def student(adapter):
-    unet = build_student(adapter, 256, lora=LoraSettings(rank=4, alpha=4))
-    g = torch.Generator().manual_seed(11)
-    with torch.no_grad():
-        for _, p in sorted((n, p) for n, p in unet.named_parameters() if p.requires_grad):
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return unet.eval()
+    return randomise_trainable(build_student(adapter, 256, lora=LoraSettings(rank=4, alpha=4)), seed=11).eval()
 
 
 def test_student_pipeline_shapes_range_calls_and_determinism(adapter, student):

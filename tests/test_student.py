@@ -16,7 +16,7 @@ from t2v_turbo.student import (
     save_student,
     trainable_parameter_names,
 )
-from t2v_turbo.testing import build_tiny_diffusers_t2v
+from t2v_turbo.testing import build_tiny_diffusers_t2v, randomise_trainable
 
 GUIDANCE = "time_embedding.cond_proj.weight"
 
@@ -40,13 +40,6 @@ def inputs(adapter):
 def eps(adapter, unet, inputs):
     with torch.no_grad():
         return adapter.predict_eps(unet, **inputs)
-
-
-def randomise_trainable(unet, seed=5):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted((n, p) for n, p in unet.named_parameters() if p.requires_grad):
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
 
 
 def test_attention_preset_trains_exactly_lora_and_guidance_layer(adapter):
@@ -93,7 +86,7 @@ def test_build_is_deterministic(adapter):
 @pytest.mark.parametrize("lora", [LoraSettings(rank=4, alpha=8, dropout=0.1, target_modules="attention"), None])
 def test_save_load_round_trip(adapter, inputs, lora, tmp_path):
     unet = build_student(adapter, 256, lora=lora)
-    randomise_trainable(unet)
+    randomise_trainable(unet, seed=5, scale=0.05)
     save_student(tmp_path, unet, StudentMeta.for_adapter(adapter, lora=lora, guidance_scale=6.0))
     meta = json.loads((tmp_path / "student.json").read_text())
     assert meta["teacher_adapter"] == "t2v_turbo.adapters.diffusers_t2v.DiffusersT2VAdapter"

@@ -162,7 +162,8 @@ def test_a_claim_left_by_a_killed_process_is_taken_over(tmp_path, suite):
     assert jobs[0].seed in model.calls
 
 
-@pytest.mark.slow  # three CLI runs loading a tiny teacher (> 10 s on 2 CPU cores)
+# three CLI runs loading a tiny teacher (> 10 s on 2 CPU cores); not marked slow: it is the check that 2-process
+# generation splits the suite (issue 13)
 def test_torchrun_processes_split_the_suite_byte_identical_to_one_process(tmp_path, suite):
     from t2v_turbo.testing import build_tiny_diffusers_t2v
 

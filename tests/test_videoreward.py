@@ -23,6 +23,7 @@ from rewards.videoreward import (
     save_videoreward_model,
     smart_resize,
 )
+from t2v_turbo.fileio import PickleRefusedError
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,8 @@ def test_pickle_only_behind_the_opt_in(tiny, tmp_path):
     copy = shutil.copytree(folder, tmp_path / "copy")
     path = copy / "checkpoint-7" / "non_lora_state_dict.pth"
     torch.save(TensorDict(torch.load(path, weights_only=True)), path)
-    with pytest.raises(ValueError, match="non_lora_state_dict.pth: not loadable with torch.load.*allow_pickle=true"):
+    with pytest.raises(PickleRefusedError, match="non_lora_state_dict.pth: refused: .*TensorDict.*If you trust the "
+                                                 "file, set allow_pickle: true in the reward's args"):
         build_reward("videoreward", checkpoint=copy, base_model=base)
     frames = as_pixels(uint8_video(batch=1))
     trusted = build_reward("videoreward", checkpoint=copy, base_model=base, allow_pickle=True)

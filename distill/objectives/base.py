@@ -14,7 +14,9 @@ Life cycle of an objective object:
    the config); the annotations are its schema (``t2v_turbo.schema``: types, ``Range`` bounds, ``Literal``
    choices), checked all at once in ``__post_init__`` (a ``ValueError`` naming ``objective.<key>``); the
    trainer builds it while validating the config, before any weights load.
-2. ``bind(run)``: the built run (``RunContext``): adapter, trained model, rewards, seed, device.
+2. ``bind(run)``: the built run (``RunContext``): adapter, trained model, rewards, seed, device; called once the
+   trainer has prepared the network for its engine, so that copies of trainable weights (EMA, a reference
+   snapshot) take their form (under FSDP, sharded like the parameters).
 3. ``objective(model, batch, grad_norms)`` per micro-batch -> ``ObjectiveOutput``.
 4. ``after_optimizer_step()`` after each applied optimizer step (EMA update, reference refresh).
 5. ``state_dict()`` / ``load_state_dict()``: state that must resume bit-exactly (plain tensors,
@@ -23,6 +25,9 @@ Life cycle of an objective object:
 Randomness: everything an objective draws for a sample comes from ``sample_generator(seed, position,
 stream)``, keyed by the sample's global position, so draws do not depend on the batch size, the
 number of processes, or on resuming.
+
+Sharded network (FSDP): each forward of the trained network is a collective, so an objective must call it the
+same number of times on every process whatever its samples; one that cannot says so in ``sharding_errors``.
 """
 
 from __future__ import annotations
@@ -142,7 +147,7 @@ class Objective(abc.ABC):
     def __call__(self, model: nn.Module, batch: TrainingBatch, grad_norms: bool = False) -> ObjectiveOutput:
         """The loss of one micro-batch. ``model`` is the trained network as the trainer prepared it
         (possibly a DDP wrapper) and is called with gradient; ``self.run.model.unet`` is the plain module
-        for calls without gradient."""
+        for calls without gradient (under FSDP the same sharded module)."""
 
     def after_optimizer_step(self) -> None:
         """Called after every applied optimizer step (not after skipped ones)."""
@@ -164,6 +169,11 @@ class Objective(abc.ABC):
         """Fields of ``StudentMeta`` the trained model records because of this objective (a consistency
         objective records its DDIM grid and boundary scalings, which the student's sampler needs)."""
         return {}
+
+    def sharding_errors(self) -> list[str]:
+        """Why this objective cannot train a network sharded over processes (FSDP: every process must call the
+        network the same number of times per micro-batch); empty when it can."""
+        return []
 
     def check_run(self, model_kind: str, reward_names: Sequence[str]) -> list[str]:
         """Problems of this objective with the run's model kind ("student" | "teacher") and reward names,

@@ -37,8 +37,8 @@ from distill.objectives.base import (
     TrainingBatch,
     sample_generator,
 )
-from distill.objectives.rewarding import DecodeOptions, batch_mean_terms, decode_and_score
-from distill.objectives.sampling import draw_noise, model_chain, sampler_timesteps
+from distill.objectives.rewarding import RewardDecoding, batch_mean_terms, decode_and_score
+from distill.objectives.sampling import ModelSampling, draw_noise, model_chain
 from rewards.frames import segmental_frames, temporal_attenuation_weights
 from t2v_turbo.diffusion.prediction import interpolate
 from t2v_turbo.schema import Range
@@ -63,7 +63,7 @@ def editing_start(num_steps: int, fraction: float) -> int:
 
 
 @dataclasses.dataclass
-class InstructVideoObjective(Objective):
+class InstructVideoObjective(RewardDecoding, ModelSampling, Objective):
     """Reward fine-tuning as editing: corrupt a video part way, denoise the rest, reward the result.
 
     Args:
@@ -75,54 +75,34 @@ class InstructVideoObjective(Objective):
         backprop_steps: the last steps run with gradient (1).
         segments, tar_lambda: SegVR segments (4) and the TAR lambda (1.0; null = unweighted frames).
         temporal_offset_noise: strength of the per-frame offset in the corruption noise (0.1).
-        num_frames, height, width: geometry of the videos sampled for prompt-only batches (default: the teacher's).
-        decode_chunk_size, vae_gradient_checkpointing: how the frames are decoded with gradient.
+
+    ``num_frames``, ``height``, ``width`` (``ModelSampling``) are the geometry of the videos sampled for prompt-only
+    batches; ``decode_chunk_size``, ``vae_gradient_checkpointing`` (``RewardDecoding``) how frames are decoded.
     """
 
     batch_inputs: ClassVar[str] = "videos_or_prompts"
     needs_rewards: ClassVar[bool] = True
+    full_step_steps: ClassVar[int] = 20
+    full_step_guidance: ClassVar[float] = 9.0
 
-    num_inference_steps: Annotated[int, Range(ge=1)] | None = None
     start_fraction: Annotated[float, Range(gt=0, le=1)] = 0.6
-    guidance_scale: Annotated[float, Range(ge=0)] | None = None
     eta: Annotated[float, Range(ge=0, le=1)] = 0.0
     backprop_steps: Annotated[int, Range(ge=1)] = 1
     segments: Annotated[int, Range(ge=1)] = 4
     tar_lambda: Annotated[float, Range(ge=0)] | None = 1.0
     temporal_offset_noise: Annotated[float, Range(ge=0)] = 0.1
-    num_frames: Annotated[int, Range(ge=1)] | None = None
-    height: Annotated[int, Range(ge=1)] | None = None
-    width: Annotated[int, Range(ge=1)] | None = None
-    decode_chunk_size: Annotated[int, Range(ge=1)] = 8
-    vae_gradient_checkpointing: bool = False
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.decode_options = DecodeOptions(self.decode_chunk_size, self.vae_gradient_checkpointing)
-
-    def model_meta(self) -> dict:
-        """The geometry of the sampled videos, when set, as the saved model's sampling default."""
-        geometry = {"num_frames": self.num_frames, "height": self.height, "width": self.width}
-        return {key: value for key, value in geometry.items() if value is not None}
 
     def bind(self, run: RunContext) -> None:
         super().bind(run)
-        self.adapter, meta = run.adapter, run.model.meta
-        student = meta.time_cond_proj_dim is not None
-        steps = self.num_inference_steps or (meta.num_inference_steps if student else 20)
-        self.scale = self.guidance_scale if self.guidance_scale is not None else (
-            meta.guidance_scale if student else 9.0)
-        self.timesteps = sampler_timesteps(self.adapter, meta, steps)
-        self.start = editing_start(steps, self.start_fraction)
-        remaining = steps - self.start
+        self.adapter = run.adapter
+        self.bind_sampler(self.adapter, run.model.meta)
+        self.start = editing_start(self.steps, self.start_fraction)
+        remaining = self.steps - self.start
         if self.backprop_steps > remaining:
             raise ValueError(f"objective.backprop_steps={self.backprop_steps} exceeds the {remaining} steps the edit runs")
         clip = [t.name for t in run.rewards if t.reward.granularity != "frame"]
         if clip:
             raise ValueError(f"rewards: InstructVideo scores single frames (SegVR); {clip} are clip-level rewards")
-        a = self.adapter
-        self.sample_shape = a.latent_shape(1, self.num_frames or a.default_num_frames, self.height or a.default_height,
-                                           self.width or a.default_width)[1:]
 
     @property
     def start_timestep(self) -> int:

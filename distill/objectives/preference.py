@@ -166,12 +166,13 @@ class DPOObjective(DenoisingLoss):
 
     @torch.no_grad()
     def loser_latents(self, batch: TrainingBatch) -> torch.Tensor:
-        """The rejected clips' latents: ``latents_loser`` of the batch, or its ``pixels_loser`` VAE-encoded (a
-        posterior sample from the generator of (seed, the batch's first position, LOSER_VAE_STREAM))."""
+        """The rejected clips' latents: ``latents_loser`` of the batch, or its ``pixels_loser`` VAE-encoded (sample b's
+        posterior sample from the generator of (seed, its position, LOSER_VAE_STREAM): the same draw whatever batch or
+        process the pair is in)."""
         if "latents_loser" in batch.extras:
             return batch.extras["latents_loser"].float()
-        generator = sample_generator(self.run.seed, batch.positions[0], LOSER_VAE_STREAM)
-        return self.adapter.encode_video(batch.extras["pixels_loser"], generator=generator).float()
+        generators = [sample_generator(self.run.seed, p, LOSER_VAE_STREAM) for p in batch.positions]
+        return self.adapter.encode_video(batch.extras["pixels_loser"], generator=generators).float()
 
     def dpo(self, model: nn.Module, winners: torch.Tensor, losers: torch.Tensor, text: torch.Tensor,
             positions: Sequence[int]) -> ObjectiveOutput:

@@ -15,11 +15,12 @@ absolute form stops pushing once the score reaches the target.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Annotated, Sequence
 
 import torch
 
 from rewards.base import VideoReward
+from t2v_turbo.schema import Range
 
 REWARD_LOSSES = ("linear", "abs")
 
@@ -67,6 +68,20 @@ class DecodeOptions:
 
     chunk_size: int = 8
     checkpointing: bool = False
+
+
+@dataclasses.dataclass
+class RewardDecoding:
+    """The config keys of an objective that decodes reward frames with gradient (a dataclass mixin):
+    ``decode_chunk_size`` frames per VAE call, each chunk's decoder activations recomputed in backward when
+    ``vae_gradient_checkpointing``."""
+
+    decode_chunk_size: Annotated[int, Range(ge=1)] = 8
+    vae_gradient_checkpointing: bool = False
+
+    @property
+    def decode_options(self) -> DecodeOptions:
+        return DecodeOptions(self.decode_chunk_size, self.vae_gradient_checkpointing)
 
 
 def decode_and_score(

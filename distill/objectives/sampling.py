@@ -17,7 +17,8 @@ may have wrapped, e.g. in DDP). ``first_grad_step`` picks that step the ways VAD
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import dataclasses
+from typing import Annotated, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ from t2v_turbo.diffusion.prediction import (
 )
 from t2v_turbo.diffusion.schedule import leading_timesteps, multistep_timesteps
 from t2v_turbo.diffusion.solver import guidance_scale_embedding
+from t2v_turbo.schema import Range
 
 BACKPROP_MODES = ("last", "random", "specific")
 
@@ -174,3 +176,38 @@ def model_chain(
                                  meta.sigma_data, meta.timestep_scaling, first_grad, noise)
     return ddim_cfg_chain(adapter, model, plain_model, z, timesteps, text_embedding, uncond_embedding,
                           guidance_scale, eta, first_grad, noise)
+
+
+@dataclasses.dataclass
+class ModelSampling:
+    """The config keys of an objective that samples videos with the trained model's own sampler (a dataclass
+    mixin): ``num_inference_steps`` and ``guidance_scale`` (default: a student's own; a full-step model's
+    ``full_step_steps`` DDIM steps at CFG ``full_step_guidance``, set by the objective) and the sampled videos'
+    ``num_frames``, ``height``, ``width`` (default: the teacher's), which the saved model records as its
+    sampling default."""
+
+    full_step_steps: ClassVar[int]
+    full_step_guidance: ClassVar[float]
+
+    num_inference_steps: Annotated[int, Range(ge=1)] | None = None
+    guidance_scale: Annotated[float, Range(ge=0)] | None = None
+    num_frames: Annotated[int, Range(ge=1)] | None = None
+    height: Annotated[int, Range(ge=1)] | None = None
+    width: Annotated[int, Range(ge=1)] | None = None
+
+    def model_meta(self) -> dict:
+        """The geometry of the sampled videos, when set, as the saved model's sampling default."""
+        geometry = {"num_frames": self.num_frames, "height": self.height, "width": self.width}
+        return {key: value for key, value in geometry.items() if value is not None}
+
+    def bind_sampler(self, adapter, meta) -> None:
+        """Set ``steps``, ``scale`` (the model's guidance), ``timesteps`` (``sampler_timesteps``) and
+        ``sample_shape`` (one sampled video's latent shape) for the model ``meta`` describes."""
+        student = meta.time_cond_proj_dim is not None
+        self.steps = self.num_inference_steps or (meta.num_inference_steps if student else self.full_step_steps)
+        self.scale = self.guidance_scale if self.guidance_scale is not None else (
+            meta.guidance_scale if student else self.full_step_guidance)
+        self.timesteps = sampler_timesteps(adapter, meta, self.steps)
+        self.sample_shape = adapter.latent_shape(1, self.num_frames or adapter.default_num_frames,
+                                                 self.height or adapter.default_height,
+                                                 self.width or adapter.default_width)[1:]

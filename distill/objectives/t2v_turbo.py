@@ -52,7 +52,7 @@ from distill.objectives.base import (
     TrainingBatch,
     sample_generator,
 )
-from distill.objectives.rewarding import DecodeOptions, RewardTerm, decode_and_score, pixel_grad_norms
+from distill.objectives.rewarding import RewardDecoding, RewardTerm, decode_and_score, pixel_grad_norms
 from t2v_turbo.diffusion.prediction import consistency_function, interpolate, x0_eps_from_output
 from t2v_turbo.diffusion.schedule import ddim_timesteps, previous_timestep
 from t2v_turbo.diffusion.solver import append_dims, cfg_lcm_form, guidance_scale_embedding
@@ -104,7 +104,7 @@ def video_only_mask(positions: Sequence[int], fraction: float) -> torch.Tensor:
 
 
 @dataclasses.dataclass
-class T2VTurboObjective(ConsistencySettings, Objective):
+class T2VTurboObjective(RewardDecoding, ConsistencySettings, Objective):
     """L = L_CD - sum_i beta_i R_i on a batch of latents (see the module docstring).
 
     Config keys: the consistency settings (``ConsistencySettings``: num_ddim_timesteps, w_min, w_max,
@@ -118,8 +118,6 @@ class T2VTurboObjective(ConsistencySettings, Objective):
     model_kinds: ClassVar[tuple[str, ...]] = ("student",)
 
     video_only_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.0
-    decode_chunk_size: Annotated[int, Range(ge=1)] = 8
-    vae_gradient_checkpointing: bool = False
     frame_window: Annotated[int, Range(ge=1)] | None = None
 
     def __post_init__(self):
@@ -153,6 +151,12 @@ class T2VTurboObjective(ConsistencySettings, Objective):
         return self.loss(model, batch.latents, batch.text_embedding, batch.uncond_embedding, batch.prompts,
                          batch.positions, seed=self.run.seed, target_unet=self.run.model.unet, ema=self.ema,
                          grad_norms=grad_norms)
+
+    def sharding_errors(self) -> list[str]:
+        if self.video_only_fraction > 0:  # the target forward runs only when a process's batch has a CD sample
+            return [f"objective.video_only_fraction={self.video_only_fraction}: a process whose samples are all "
+                    "video-only skips the target forward the others run; use 0 under FSDP"]
+        return []
 
     def after_optimizer_step(self) -> None:
         if self.ema is not None:
@@ -305,7 +309,7 @@ class T2VTurboObjective(ConsistencySettings, Objective):
             rows.append([b for b in range(batch) if not split or bool(video_only[b]) == clip])
         scored, decoded, latent_frames = decode_and_score(
             self.adapter, f_theta, self.rewards, prompts, frame_idx, rows,
-            options=DecodeOptions(self.decode_chunk_size, self.vae_gradient_checkpointing))
+            options=self.decode_options)
         values, by_name = {}, {}
         for term, item in zip(self.rewards, scored):
             if item is None:

@@ -38,8 +38,8 @@ from distill.objectives.base import (
     TrainingBatch,
     sample_generator,
 )
-from distill.objectives.rewarding import DecodeOptions, batch_mean_terms, decode_and_score
-from distill.objectives.sampling import draw_noise, first_grad_step, model_chain, sampler_timesteps
+from distill.objectives.rewarding import RewardDecoding, batch_mean_terms, decode_and_score
+from distill.objectives.sampling import ModelSampling, draw_noise, first_grad_step, model_chain
 from rewards.frames import preset_frames, random_frames
 from t2v_turbo.schema import Range
 
@@ -48,7 +48,7 @@ SINGLE_FRAME = ("random", "first", "middle", "last")
 
 
 @dataclasses.dataclass
-class VADERObjective(Objective):
+class VADERObjective(RewardDecoding, ModelSampling, Objective):
     """Reward fine-tuning by backpropagation through (the last steps of) the sampling chain.
 
     Args:
@@ -59,50 +59,33 @@ class VADERObjective(Objective):
         eta: DDIM stochasticity (1.0 = VADER's setting; ignored by the consistency sampler).
         backprop, backprop_steps, backprop_cutoff: the truncated backpropagation (see the module docstring).
         decode_frames: which frames are decoded and scored (see the module docstring).
-        num_frames, height, width: the sampled video's geometry (default: the teacher's).
-        decode_chunk_size, vae_gradient_checkpointing: how the frames are decoded with gradient.
+
+    The sampled videos' ``num_frames``, ``height``, ``width`` (``ModelSampling``) and ``decode_chunk_size``,
+    ``vae_gradient_checkpointing`` (``RewardDecoding``) are the shared keys of objectives that sample and decode.
     """
 
     batch_inputs: ClassVar[str] = "prompts"
     needs_rewards: ClassVar[bool] = True
+    full_step_steps: ClassVar[int] = 25
+    full_step_guidance: ClassVar[float] = 12.0
 
-    num_inference_steps: Annotated[int, Range(ge=1)] | None = None
-    guidance_scale: Annotated[float, Range(ge=0)] | None = None
     eta: Annotated[float, Range(ge=0, le=1)] = 1.0
     backprop: Literal["last", "random", "specific"] = "last"
     backprop_steps: Annotated[int, Range(ge=1)] = 1
     backprop_cutoff: Annotated[int, Range(ge=0)] | None = None
     decode_frames: Literal["reward", "random", "first", "middle", "last", "first_middle_last", "every_second",
                            "all"] = "random"
-    num_frames: Annotated[int, Range(ge=1)] | None = None
-    height: Annotated[int, Range(ge=1)] | None = None
-    width: Annotated[int, Range(ge=1)] | None = None
-    decode_chunk_size: Annotated[int, Range(ge=1)] = 8
-    vae_gradient_checkpointing: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         if self.backprop == "specific" and self.backprop_cutoff is None:
             raise ValueError("objective.backprop=specific needs objective.backprop_cutoff (a step index)")
-        self.decode_options = DecodeOptions(self.decode_chunk_size, self.vae_gradient_checkpointing)
-
-    def model_meta(self) -> dict:
-        """The geometry of the sampled videos, when set, as the saved model's sampling default."""
-        geometry = {"num_frames": self.num_frames, "height": self.height, "width": self.width}
-        return {key: value for key, value in geometry.items() if value is not None}
 
     def bind(self, run: RunContext) -> None:
         super().bind(run)
-        self.adapter, meta = run.adapter, run.model.meta
-        student = meta.time_cond_proj_dim is not None
-        self.steps = self.num_inference_steps or (meta.num_inference_steps if student else 25)
-        self.scale = self.guidance_scale if self.guidance_scale is not None else (
-            meta.guidance_scale if student else 12.0)
-        self.timesteps = sampler_timesteps(self.adapter, meta, self.steps)
+        self.adapter = run.adapter
+        self.bind_sampler(self.adapter, run.model.meta)
         first_grad_step(self.steps, self.backprop, self.backprop_steps, self.backprop_cutoff)  # checks K / cut-off
-        a = self.adapter
-        self.latent_shape = a.latent_shape(1, self.num_frames or a.default_num_frames, self.height or a.default_height,
-                                           self.width or a.default_width)[1:]
         clip = [t.name for t in run.rewards if t.reward.granularity == "clip"]
         if clip and self.decode_frames in SINGLE_FRAME:
             raise ValueError(f"objective.decode_frames={self.decode_frames!r} gives one frame, but the clip-level "
@@ -126,10 +109,10 @@ class VADERObjective(Objective):
         first_grad = first_grad_step(self.steps, self.backprop, self.backprop_steps, self.backprop_cutoff,
                                      batch_generator)
         # 1-3. z_T, then the sampler with gradient only from step `first_grad` on
-        z = draw_noise(generators, self.latent_shape).to(device)
+        z = draw_noise(generators, self.sample_shape).to(device)
         latents = model_chain(self.adapter, run.model.meta, model, run.model.unet, z, self.timesteps,
                               batch.text_embedding, batch.uncond_embedding, self.scale, self.eta, first_grad,
-                              lambda i: draw_noise(generators, self.latent_shape))
+                              lambda i: draw_noise(generators, self.sample_shape))
         # 4-5. decode the frames the rewards need, score, loss
         frames = self.frame_indices(self.adapter.pixel_frames(latents.shape[2]), batch_generator)
         scored, decoded, latent_frames = decode_and_score(self.adapter, latents, run.rewards, batch.prompts, frames,

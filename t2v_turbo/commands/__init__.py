@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class CommandError(Exception):
@@ -47,6 +47,27 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
     return value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, overrides_help: str) -> None:
+    """The positional arguments of a command that reads a run config: the YAML file and dotted overrides."""
+    parser.add_argument("config", help=config_help)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
+
+
+def resolved_run_config(args: argparse.Namespace, edit: Callable[[dict], None] | None = None) -> dict:
+    """``args.config`` with ``args.overrides`` (then ``edit(cfg)``, when given), validated and filled with the
+    defaults (``distill.trainer.resolve_run_config``); a bad config is a one-line error naming the file."""
+    from distill.trainer import resolve_run_config
+    from t2v_turbo.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if edit is not None:
+            edit(cfg)
+        return resolve_run_config(cfg)
+    except ConfigError as err:
+        raise CommandError(f"{args.config}: {err}") from err
 
 
 def check_writable(folder: str | Path, flag: str = "--out") -> Path:

@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from t2v_turbo.commands import CommandError, positive_int, trusted_config
+from t2v_turbo.commands import CommandError, add_config_arguments, positive_int, resolved_run_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run config YAML whose teacher and data are cached (see configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, as for `train` (e.g. data.csv=/data/train.csv)")
+    add_config_arguments(parser, "run config YAML whose teacher and data are cached (see configs/)",
+                         "dotted overrides, as for `train` (e.g. data.csv=/data/train.csv)")
     parser.add_argument("--out", required=True, metavar="DIR", help="cache folder (created; continued when it holds "
                         "an unfinished cache of the same configuration)")
     parser.add_argument("--shard-size", type=positive_int, default=64,
@@ -37,25 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="storage dtype of the posteriors and embeddings (float32 reproduces the video path's "
                              "loss; bfloat16 halves the size and rounds them)")
     parser.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
-    parser.add_argument("--trust-config", action="store_true",
-                        help="let the config's _component_ nodes call anything importable (as for `train`)")
 
 
 def run(args: argparse.Namespace) -> int:
-    with trusted_config(args.trust_config):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
     from distill.latent_cache import CacheMismatchError, write_cache
-    from distill.trainer import resolve_run_config
-    from t2v_turbo.config import ConfigError, load_config
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = resolve_run_config(load_config(args.config, args.overrides))
-    except ConfigError as err:
-        raise CommandError(f"{args.config}: {err}") from err
+    cfg = resolved_run_config(args)
     try:
         manifest = write_cache(cfg, args.out, shard_size=args.shard_size, batch_size=args.batch_size,
                                epochs=args.epochs, dtype=args.dtype, device=args.device)

@@ -32,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample the 50-step teacher in this run instead of using its cached MiniBench scores")
     parser.add_argument("--num-prompts", type=positive_int, default=None,
                         help="evaluate only the first N evaluation prompts (quick checks; default all 90)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    # One thread: on a shared 2-core machine two spinning OpenMP threads collapse to 12-15x slower steps when any
+    # other job runs, one thread only halves its speed (bench/bench_threads.py, bench/RESULTS.md).
+    parser.add_argument("--threads", type=positive_int, default=1,
+                        help="torch CPU threads (default %(default)s: degrades gracefully on a shared machine; "
+                             "2 is faster only on an otherwise idle machine)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="extra config overrides for the training run")
 
 

@@ -13,13 +13,12 @@ import logging
 
 import yaml
 
-from t2v_turbo.commands import CommandError, trusted_config
+from t2v_turbo.commands import CommandError, add_config_arguments, resolved_run_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="run config YAML (see configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. optimizer.lr=2e-5 train.max_steps=100 (+new.key=v adds, ~key deletes)")
+    add_config_arguments(parser, "run config YAML (see configs/)", "dotted overrides, e.g. optimizer.lr=2e-5 "
+                         "train.max_steps=100 (+new.key=v adds, ~key deletes)")
     parser.add_argument("--resume", default=None, metavar="latest|PATH",
                         help="continue from the newest checkpoint in output_dir, or from a checkpoint folder")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -27,34 +26,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train from the cache `t2v-turbo cache` wrote from this config (its data node becomes "
                              "distill.latent_cache.CachedLatents, checked against the cache's record; the text "
                              "encoder and the VAE encoder are not kept)")
-    parser.add_argument("--trust-config", action="store_true",
-                        help="let the config's _component_ nodes call anything importable (only for configs you trust; "
-                             "by default they are limited to the project's packages, torch.optim, diffusers, ...)")
 
 
 def run(args: argparse.Namespace) -> int:
-    with trusted_config(args.trust_config):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
     from distill.checkpoints import CheckpointError, CheckpointWriteError
     from distill.nonfinite import NonFiniteError
-    from distill.trainer import TrainingRecipe, resolve_run_config
-    from t2v_turbo.config import COMPONENT_KEY, ConfigError, load_config
+    from distill.trainer import TrainingRecipe
+    from t2v_turbo.config import COMPONENT_KEY, ConfigError
     from t2v_turbo.fileio import FolderInUseError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.latent_cache is not None:
-            from distill.latent_cache import check_cache_source
+    def from_latent_cache(cfg: dict) -> None:  # the data node becomes the cache, checked against its record
+        from distill.latent_cache import check_cache_source
 
-            check_cache_source(args.latent_cache, cfg.get("data"))
-            cfg["data"] = {COMPONENT_KEY: "distill.latent_cache.CachedLatents", "path": args.latent_cache}
-        resolved = resolve_run_config(cfg)
-    except ConfigError as err:
-        raise CommandError(f"{args.config}: {err}") from err
+        check_cache_source(args.latent_cache, cfg.get("data"))
+        cfg["data"] = {COMPONENT_KEY: "distill.latent_cache.CachedLatents", "path": args.latent_cache}
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    resolved = resolved_run_config(args, from_latent_cache if args.latent_cache is not None else None)
     text = yaml.safe_dump(resolved, sort_keys=False)
     if args.print_config:
         print(text, end="")
