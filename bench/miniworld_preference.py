@@ -85,14 +85,15 @@ def minibench_of(folder: Path | None, prompts: list[str], seed: int, guidance=No
     return rp.compact(minibench.evaluate(videos, prompts))
 
 
-def cached(path: Path, prompts: list[str], evaluate) -> dict:
-    """``evaluate()``'s MiniBench report, kept in ``path`` for these ``prompts`` (one file per row and seed, so
-    processes running different seeds of this bench never write the same file)."""
+def cached_minibench(path: Path, folder: Path | None, prompts: list[str], seed: int, guidance=None,
+                     scale: float = 0.0) -> dict:
+    """``minibench_of``'s report, kept in ``path`` for these ``prompts`` (one file per row and seed, so processes
+    running different seeds of this bench never write the same file)."""
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved["prompts"] == prompts:
             return saved["report"]
-    report = evaluate()
+    report = minibench_of(folder, prompts, seed, guidance, scale)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"prompts": prompts, "report": report}))
     return report
@@ -185,7 +186,8 @@ def main() -> int:
     parser.add_argument("--rm-steps", type=int, default=1000, help="reward-model training steps")
     parser.add_argument("--steps", type=int, default=200, help="policy training steps (offline DPO, online DPO, RWR)")
     parser.add_argument("--guidance-scale", type=float, default=20.0, help="reward guidance scale w")
-    parser.add_argument("--num-prompts", type=int, default=None, help="N of the evaluation prompts (a fixed draw spanning the list)")
+    parser.add_argument("--num-prompts", type=int, default=None,
+                        help="N of the evaluation prompts (a fixed draw spanning the list)")
     parser.add_argument("--write-results", action="store_true", help="write the tables into bench/RESULTS.md")
     args = parser.parse_args()
 
@@ -229,19 +231,18 @@ def main() -> int:
     rows.update({name: [] for name in variants})
     rows[f"shipped student + reward guidance (TA, w = {args.guidance_scale:g})"] = []
     for seed in seeds:
-        rows["shipped student"].append(cached(out / "minibench" / f"shipped-s{seed}.json", prompts,
-                                              lambda: minibench_of(None, prompts, seed)))
+        shipped = cached_minibench(out / "minibench" / f"shipped-s{seed}.json", None, prompts, seed)
+        rows["shipped student"].append(shipped)
         checkpoint = out / f"rm-btt-s{seed}" / "model"
         reward = f"rewards=[{{name: preference-model, weight: 1.0, args: {{checkpoint: {checkpoint}, weights: {{TA: 1.0}}}}}}]"
         for name, (config, extra) in variants.items():
             key = name.split(" (")[0].replace(",", "").replace(" ", "-").lower()
             overrides = extra + ([reward] if "DPO" not in name or "online" in name else [])
             folder = train_policy(out / f"{key}-s{seed}", config, seed, args.steps, pairs, overrides)
-            rows[name].append(cached(out / f"{key}-s{seed}" / "minibench.json", prompts,
-                                     lambda: minibench_of(folder, prompts, seed)))
+            rows[name].append(cached_minibench(out / f"{key}-s{seed}" / "minibench.json", folder, prompts, seed))
         guided = latent_guidance(out / f"latent-rm-s{seed}" / "model")
-        rows[list(rows)[-1]].append(cached(out / "minibench" / f"guided-w{args.guidance_scale:g}-s{seed}.json", prompts,
-                                           lambda: minibench_of(None, prompts, seed, guided, args.guidance_scale)))
+        path = out / "minibench" / f"guided-w{args.guidance_scale:g}-s{seed}.json"
+        rows[list(rows)[-1]].append(cached_minibench(path, None, prompts, seed, guided, args.guidance_scale))
         print(json.dumps({name: reports[-1]["held_out"] for name, reports in rows.items()}, indent=1), flush=True)
 
     results["minibench"] = {name: [{k: r[k] for k in ("overall", "seen", "held_out")} for r in reports]

@@ -303,7 +303,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps per run")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"subset of {','.join(RUNS)}")
     parser.add_argument("--eval-steps", type=int, default=10, help="DDIM steps of full-step models at evaluation (the training chain's)")
-    parser.add_argument("--num-prompts", type=int, default=None, help="N of the held-out prompts (a fixed draw spanning the list)")
+    parser.add_argument("--num-prompts", type=int, default=None,
+                        help="N of the held-out prompts (a fixed draw spanning the list)")
     parser.add_argument("--parallel", type=int, default=2, help="trainings at a time")
     parser.add_argument("--cost", action="store_true", help="measure the cost ratios instead")
     parser.add_argument("--cost-steps", type=int, default=3)
@@ -376,8 +377,9 @@ def write_results_section(text: str, summary: dict, args) -> None:
         f"Machine: {summary['machine']}. Assets: the mini world shipped in `miniworld/assets` when this ran "
         f"(sha256 prefixes: {', '.join(f'{k} {v}' for k, v in summary['assets'].items())}). Each run is "
         f"`t2v-turbo train configs/miniworld_vader.yaml | miniworld_instructvideo.yaml` for {args.steps} optimizer "
-        f"steps (batch 2, AdamW 1e-3 unless the row says lr 1e-4; from the teacher a new LoRA of rank 16 on attention q/k/v, from the student "
-        "its own LoRA, rank 16 on every linear and conv layer, and its guidance layer), "
+        "steps (batch 2, AdamW 1e-3 unless the row says lr 1e-4; from the teacher a new LoRA of rank 16 on "
+        "attention q/k/v, from the student its own LoRA, rank 16 on every linear and conv layer, and its guidance "
+        "layer), "
         f"seeds {summary['seeds']} (mean ± std, the change "
         "from the starting model in brackets). Evaluation: "
         f"{summary['num_prompts']} of the 45 held-out prompts (unseen colour-shape pairs; a fixed draw), "

@@ -545,8 +545,8 @@ def model_card(format: str, meta: StudentMeta, student_folder: Path, guidance_sc
         rows = [
             ("base model (teacher)", f"`{meta.teacher_path}` ({meta.family})"),
             ("model", f"the teacher fine-tuned ({student_kind}); no guidance layer"),
-            ("sampling", f"{'the teacher scheduler' if meta.family == 'wan' else 'DDIM'} {meta.num_inference_steps} "
-                         f"steps, classifier-free guidance scale {guidance:g}"),
+            ("sampling", (f"{'the teacher scheduler' if meta.family == 'wan' else 'DDIM'} {meta.num_inference_steps} "
+                          f"steps, classifier-free guidance scale {guidance:g}")),
             ("geometry", f"{meta.num_frames} frames, {meta.height}x{meta.width} pixels, {meta.fps} fps"),
         ]
     rows += _recipe_rows(config) if config else [("recipe", "not recorded (no run config beside the model folder)")]
