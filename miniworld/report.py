@@ -93,9 +93,20 @@ def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
+def smooth(values: Sequence[float], decay: float = 0.9) -> np.ndarray:
+    """Bias-corrected exponential moving average, as TensorBoard draws it:
+    m_k = decay m_{k-1} + (1 - decay) v_k, shown as m_k / (1 - decay^k)."""
+    out, m = [], 0.0
+    for k, v in enumerate(values, start=1):
+        m = decay * m + (1 - decay) * float(v)
+        out.append(m / (1 - decay**k))
+    return np.asarray(out)
+
+
 def plot_training(scalars: dict, path: str | Path) -> Path:
     """Training curves as a PNG: the CD loss (log axis), the total loss L = L_CD - sum beta R
-    (linear axis: it is negative once the reward terms dominate) and each reward."""
+    (linear axis: it is negative once the reward terms dominate) and each reward; each curve smoothed
+    (``smooth``) over its raw values drawn faint."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,13 +117,16 @@ def plot_training(scalars: dict, path: str | Path) -> Path:
     for ax, (tag, title, scale) in zip(axes, panels):
         if tag in scalars:
             s, v = zip(*scalars[tag])
-            ax.plot(s, v)
+            line, = ax.plot(s, v, alpha=0.25, linewidth=0.8, label="raw")
+            ax.plot(s, smooth(v), color=line.get_color(), label="smoothed (EMA 0.9)")
+            ax.legend(fontsize=7)
         ax.set_yscale(scale)
         ax.set_xlabel("step")
         ax.set_title(title)
     for tag in sorted(t for t in scalars if t.startswith("reward/")):
         s, v = zip(*scalars[tag])
-        axes[2].plot(s, v, label=tag)
+        line, = axes[2].plot(s, v, alpha=0.25, linewidth=0.8)
+        axes[2].plot(s, smooth(v), color=line.get_color(), label=tag)
     axes[2].set_xlabel("step")
     axes[2].set_title("reward (cosine)")
     if any(t.startswith("reward/") for t in scalars):
@@ -124,14 +138,47 @@ def plot_training(scalars: dict, path: str | Path) -> Path:
     return path
 
 
+ATTRIBUTE_DIMENSIONS = ("background", "colour", "shape", "motion")
+
+
+def failed_attributes(video: np.ndarray, prompt: str) -> list[str]:
+    """The MiniBench attribute dimensions (background, colour, shape, motion) one video gets wrong."""
+    scores = minibench.score_video(video, prompt)
+    return [d for d in ATTRIBUTE_DIMENSIONS if scores[d] < 1.0]
+
+
 def save_sample_grid(path_stem: str | Path, rows: dict[str, np.ndarray], prompts: Sequence[str]) -> list[Path]:
-    """A gif (one column per prompt, one row per model) and a png sheet (frames left to right)."""
+    """A gif (one column per prompt, one row per model) and a labelled png sheet: per prompt its caption, then
+    one strip of frames per model, labelled with the model and its MiniBench verdict (pass, or the attributes
+    it gets wrong)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from t2v_turbo.video_io import save_grid
 
     names = list(rows)
-    clips = [rows[n][i] for n in names for i in range(len(prompts))]
-    gif = save_grid(Path(f"{path_stem}.gif"), clips, ncols=len(prompts))
-    png = save_grid(Path(f"{path_stem}.png"), [rows[n][i] for i in range(len(prompts)) for n in names])
+    gif = save_grid(Path(f"{path_stem}.gif"), [rows[n][i] for n in names for i in range(len(prompts))],
+                    ncols=len(prompts))
+    fig, axes = plt.subplots(len(prompts) * len(names), 1, squeeze=False,
+                             figsize=(9, 0.75 * len(prompts) * len(names) + 0.3 * len(prompts)))
+    for i, prompt in enumerate(prompts):
+        for j, name in enumerate(names):
+            ax = axes[i * len(names) + j, 0]
+            ax.imshow(np.concatenate(list(rows[name][i]), axis=1), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            wrong = failed_attributes(rows[name][i], prompt)
+            verdict = "pass" if not wrong else "wrong: " + ", ".join(wrong)
+            ax.set_ylabel(f"{name}\n{verdict}", rotation=0, ha="right", va="center", fontsize=7,
+                          color="black" if not wrong else "firebrick")
+            if j == 0:
+                ax.set_title(prompt, fontsize=8, loc="left")
+    fig.tight_layout()
+    png = Path(f"{path_stem}.png")
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
     return [gif, png]
 
 

@@ -1,9 +1,12 @@
-"""The mini-world benches' helpers: the evaluation prompt subset and the reuse check of finished runs."""
+"""The mini-world benches' and quick start's helpers: the evaluation prompt subset, the reuse check of finished
+runs, the curve smoothing and the labelled sample sheet's verdicts."""
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from miniworld import world
-from miniworld.report import check_reusable_run, prompt_subset
+from miniworld.report import check_reusable_run, failed_attributes, prompt_subset, save_sample_grid, smooth
 
 
 def test_prompt_subset_spans_the_list_in_its_order():
@@ -35,3 +38,26 @@ def test_asset_fingerprint_names_each_weight_file_by_its_sha256_prefix(tmp_path)
     (tmp_path / "student" / "student.safetensors").write_bytes(b"weights")
     (tmp_path / "student" / "student.json").write_text("{}")
     assert asset_fingerprint(tmp_path) == {"student/student.safetensors": hashlib.sha256(b"weights").hexdigest()[:12]}
+
+
+def test_smooth_is_the_bias_corrected_moving_average():
+    np.testing.assert_allclose(smooth([3.0, 3.0, 3.0]), [3.0, 3.0, 3.0])  # a constant stays itself
+    # m1 = 0.1 * 1 -> 1; m2 = 0.9 * 0.1 + 0.1 * 3 = 0.39, corrected by 1 - 0.81 = 0.19
+    np.testing.assert_allclose(smooth([1.0, 3.0]), [1.0, 0.39 / 0.19])
+    np.testing.assert_allclose(smooth([1.0, 3.0], decay=0.0), [1.0, 3.0])
+
+
+def test_failed_attributes_name_what_a_video_gets_wrong():
+    caption = "a red circle moving left on a black background"
+    assert failed_attributes(world.sample_for_caption(caption).video, caption) == []
+    other = world.sample_for_caption("a blue circle moving up on a black background").video
+    assert failed_attributes(other, caption) == ["colour", "motion"]
+
+
+def test_sample_sheet_has_a_strip_per_model_and_prompt(tmp_path):
+    prompts = ["a red circle moving left on a black background", "a green square staying still on a teal background"]
+    truth = np.stack([world.sample_for_caption(p).video for p in prompts])
+    one, two = save_sample_grid(tmp_path / "a", {"ground truth": truth}, prompts), \
+        save_sample_grid(tmp_path / "b", {"ground truth": truth, "copy": truth[::-1]}, prompts)
+    assert [p.name for p in one] == ["a.gif", "a.png"]
+    assert Image.open(two[1]).height > Image.open(one[1]).height  # one more strip per prompt

@@ -91,9 +91,11 @@ def run(args: argparse.Namespace) -> int:
     scalars = rp.read_scalars(out / "run" / "logs")
     plot = rp.plot_training(scalars, out / "training.png")
     show = [i for i in (0, 10, 20, 30, 45, 55, 65, 80) if i < len(prompts)]
-    rows = {"student": student_videos[show]}
-    if teacher_videos is not None:
-        rows["teacher"] = teacher_videos[show]
+    rows = {"student (4 steps)": student_videos[show]}
+    # the teacher beside the student: sampled here for the shown prompts when its scores came from the cache
+    shown_teacher = (teacher_videos[show] if teacher_videos is not None else
+                     rp.sample_teacher(adapter, [prompts[i] for i in show], seed=cfg["seed"], guidance_scale=guidance))
+    rows["teacher (DDIM 50, CFG)"] = shown_teacher
     import numpy as np
 
     from miniworld.world import sample_for_caption
@@ -124,10 +126,13 @@ def run(args: argparse.Namespace) -> int:
         "",
         "## Samples",
         "",
-        f"![samples]({grid[0].name}) (rows: {', '.join(rows)}; one column per prompt: "
-        + "; ".join(f"`{prompts[i]}`" for i in show) + ")",
+        f"![frames]({grid[1].name})",
         "",
-        f"Frame sheet: [{grid[1].name}]({grid[1].name})",
+        "Per prompt (its caption above), one strip of frames per model, labelled with the MiniBench verdict of "
+        "that video: pass, or the attributes it gets wrong.",
+        "",
+        f"Animated: [{grid[0].name}]({grid[0].name}) (rows: {', '.join(rows)}; one column per prompt, in the order "
+        "of the sheet).",
         "",
         "## Training curves",
         "",
