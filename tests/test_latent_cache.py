@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from distill.latent_cache import (
-    CacheMismatchError,
     CachedLatents,
+    CacheMismatchError,
     check_cache_source,
     pad_rows,
     shard_name,

@@ -96,7 +96,9 @@ def test_output_dataclass_tuple_and_config_round_trip(tmp_path):
     scheduler = T2VTurboScheduler(num_ddim_timesteps=25, sigma_data=0.4, timestep_scaling=5.0, spacing="lcm")
     scheduler.save_config(tmp_path)
     restored = T2VTurboScheduler.from_pretrained(tmp_path)
-    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}
+    def public(config):
+        return {k: v for k, v in config.items() if not k.startswith("_")}
+
     assert public(restored.config) == public(scheduler.config)
     for s in (scheduler, restored):
         s.set_timesteps(4)
