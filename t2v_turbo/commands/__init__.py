@@ -55,17 +55,20 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_help: str, over
     parser.add_argument("overrides", nargs="*", metavar="key=value", help=overrides_help)
 
 
-def resolved_run_config(args: argparse.Namespace, edit: Callable[[dict], None] | None = None) -> dict:
+def resolved_run_config(args: argparse.Namespace, edit: Callable[[dict], None] | None = None,
+                        resolve: Callable[[dict], dict] | None = None) -> dict:
     """``args.config`` with ``args.overrides`` (then ``edit(cfg)``, when given), validated and filled with the
-    defaults (``distill.trainer.resolve_run_config``); a bad config is a one-line error naming the file."""
-    from distill.trainer import resolve_run_config
+    defaults by ``resolve`` (default ``distill.trainer.resolve_run_config``; ``train-reward`` passes the
+    reward-model schema's); a bad config is a one-line error naming the file."""
     from t2v_turbo.config import ConfigError, load_config
 
+    if resolve is None:
+        from distill.trainer import resolve_run_config as resolve
     try:
         cfg = load_config(args.config, args.overrides)
         if edit is not None:
             edit(cfg)
-        return resolve_run_config(cfg)
+        return resolve(cfg)
     except ConfigError as err:
         raise CommandError(f"{args.config}: {err}") from err
 

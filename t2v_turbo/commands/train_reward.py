@@ -16,13 +16,12 @@ import logging
 
 import yaml
 
-from t2v_turbo.commands import CommandError
+from t2v_turbo.commands import CommandError, add_config_arguments, resolved_run_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="reward-model run config YAML (e.g. configs/miniworld_reward_model.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. loss.name=bt train.max_steps=100 (+new.key=v adds, ~key deletes)")
+    add_config_arguments(parser, "reward-model run config YAML (e.g. configs/miniworld_reward_model.yaml)",
+                         "dotted overrides, e.g. loss.name=bt train.max_steps=100 (+new.key=v adds, ~key deletes)")
     parser.add_argument("--resume", default=None, metavar="latest|PATH",
                         help="continue from the newest checkpoint in output_dir, or from a checkpoint folder")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -31,13 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from distill.checkpoints import CheckpointError, find_resume_checkpoint
     from distill.reward_model import RewardModelRecipe, resolve_reward_model_config
-    from t2v_turbo.config import ConfigError, load_config
+    from t2v_turbo.config import ConfigError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        resolved = resolve_reward_model_config(load_config(args.config, args.overrides))
-    except ConfigError as err:
-        raise CommandError(f"{args.config}: {err}") from err
+    resolved = resolved_run_config(args, resolve=resolve_reward_model_config)
     text = yaml.safe_dump(resolved, sort_keys=False)
     if args.print_config:
         print(text, end="")
