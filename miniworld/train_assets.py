@@ -1,15 +1,19 @@
-"""Train the mini world's models with fixed seeds and write them as small shipped assets.
+"""Train the mini world's models with fixed seeds and write them as small assets.
 
 Stages (each a function; ``build`` runs them in order and records ``training_log.json``):
 
-1. ``vae``          ``train_vae``: diffusers ``AutoencoderKL`` 32x32 -> 4x8x8 on single frames; scale factor = 1 / latent std.
+1. ``vae``          ``train_vae``: diffusers ``AutoencoderKL`` 32x32 -> 8x8x8 on single frames; scale factor = 1 / latent std.
 2. ``vae_decoder``  ``finetune_vae_decoder``: sharper decoder on the frozen encoder (the latent space is unchanged).
-3. ``teacher``      ``train_teacher`` over ``TEACHER_PHASES``: diffusers ``UNet3DConditionModel`` (epsilon,
-                    scaled_linear 1000 steps) jointly with a small transformers ``CLIPTextModel`` over the word
-                    tokenizer, 10% caption dropout to the empty prompt; written as a diffusers
-                    ``TextToVideoSDPipeline`` folder.
-4. ``rewards``      ``train_rewards``: open_clip ``CLIP`` on (single frame, caption without the motion phrase) and
-                    our ViCLIP at tiny size on (clip, full caption), both contrastive.
+3. ``rewards``      ``train_rewards``: open_clip ``CLIP`` on (single frame, caption without the motion phrase) and
+                    our ViCLIP at tiny size with 2-frame tubelets on (clip, full caption), both contrastive.
+4. ``text_encoder`` ``text_encoder_from_viclip``: the video reward's text tower as a transformers ``CLIPTextModel``,
+                    the teacher's frozen text encoder (its motion words stay apart: ``text_distinctness``).
+5. ``teacher``      ``train_flow_teacher`` over ``FLOW_TEACHER_PHASES``: a tiny diffusers ``WanTransformer3DModel``
+                    trained with flow matching, 10% caption dropout for guidance; written as a flow-teacher folder
+                    (``t2v_turbo.adapters.wan.save_flow_teacher``).
+6. ``eps_teacher``  (only when named) ``train_teacher`` over ``TEACHER_PHASES``: diffusers ``UNet3DConditionModel``
+                    (epsilon, scaled_linear 1000 steps) jointly with a small ``CLIPTextModel``, written as a diffusers
+                    ``TextToVideoSDPipeline`` folder: the recipe of the shipped v1 teacher.
 
 Only the world's training split is used (the held-out (colour, shape) pairs never appear).
 """
@@ -34,7 +38,7 @@ from miniworld.tokenizer import CONTEXT_LENGTH, MiniWorldTokenizer, save_hf_toke
 log = logging.getLogger("miniworld.build")
 
 #: optimiser steps of the VAE, its decoder fine-tuning and the two reward models
-DEFAULT_STEPS = {"vae": 1200, "vae_decoder": 0, "image_reward": 1500, "video_reward": 1500}
+DEFAULT_STEPS = {"vae": 1200, "vae_decoder": 1500, "image_reward": 1500, "video_reward": 1500}
 
 #: the teacher's training phases, in order; each continues from the previous phase's EMA weights (``seed`` is
 #: added to the build's seed). This is the shipped teacher's history (``training_log.json``):
@@ -451,7 +455,7 @@ FLOW_SHIFT = 2.0
 #: the flow teacher's phases, in order; each continues from the previous one's EMA weights (``seed`` is added to
 #: the build's seed); a phase is the unit the build resumes at
 FLOW_TEACHER_PHASES: tuple[dict, ...] = tuple(
-    dict(steps=500, batch_size=32, lr=1e-3 if k < 4 else 5e-4, seed=100 + k) for k in range(8))
+    dict(steps=500, batch_size=32, lr=1e-3 if k < 8 else 5e-4, seed=100 + k) for k in range(16))
 
 
 def flow_transformer_config(latent_channels: int = 8, text_dim: int = TEXT_HIDDEN) -> dict:
@@ -481,15 +485,28 @@ def flow_scheduler():
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SHIFT)
 
 
+def flow_matching_loss(error: torch.Tensor, temporal_loss_weight: float = 0.0) -> torch.Tensor:
+    """mean |e|^2 + w mean |D e|^2 of the velocity error e = v_hat - v (B, C, T, H, W), D the difference between
+    consecutive frames: an error that is the same in every frame (appearance) cancels in D, one that changes from
+    frame to frame (a wrong displacement) does not, so motion errors get a gradient of their own instead of a
+    small share of the MSE."""
+    loss = error.square().mean()
+    if temporal_loss_weight:
+        loss = loss + temporal_loss_weight * error.diff(dim=2).square().mean()
+    return loss
+
+
 def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: torch.Tensor, labels: torch.Tensor,
                        empty_embedding: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 1e-3,
-                       caption_dropout: float = 0.1, ema_decay: float = 0.995, seed: int = 0, shift: float = FLOW_SHIFT):
+                       caption_dropout: float = 0.1, ema_decay: float = 0.995, seed: int = 0, shift: float = FLOW_SHIFT,
+                       temporal_loss_weight: float = 0.0):
     """Flow matching in place for ``steps`` (one phase: warm-up, cosine decay, EMA weights at the end).
 
     x_sigma = (1 - sigma) x0 + sigma eps and the regression target v = eps - x0 (``t2v_turbo.diffusion.flow``),
     the network conditioned on t = 1000 sigma; sigma = shift(u), u uniform. The text encoder is frozen: its
     (L, D) outputs of every training caption come precomputed in ``caption_embeddings`` (``labels[i]`` is the
     row of latent i's caption); ``caption_dropout`` of a batch gets the empty prompt's, for guidance.
+    The loss is ``flow_matching_loss`` (``temporal_loss_weight``: the weight of its frame-difference term).
     """
     from t2v_turbo.diffusion.flow import flow_add_noise, flow_model_timesteps, flow_velocity, shift_sigmas
 
@@ -511,7 +528,7 @@ def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: t
         eps = torch.randn(x0.shape, generator=g)
         pred = transformer(hidden_states=flow_add_noise(x0, eps, sigma), timestep=flow_model_timesteps(sigma.flatten()),
                            encoder_hidden_states=text, return_dict=False)[0]
-        loss = (pred - flow_velocity(x0, eps)).square().mean()
+        loss = flow_matching_loss(pred - flow_velocity(x0, eps), temporal_loss_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -524,7 +541,8 @@ def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: t
     ema.copy_to()
     transformer.eval()
     return transformer, {"steps": steps, "batch_size": batch_size, "lr": lr, "caption_dropout": caption_dropout,
-                         "ema_decay": ema_decay, "shift": shift, "seconds": time.time() - t0,
+                         "ema_decay": ema_decay, "shift": shift, "temporal_loss_weight": temporal_loss_weight,
+                         "seconds": time.time() - t0,
                          "final_loss": float(np.mean(losses[-50:])), "loss_curve": losses[:: max(1, steps // 50)]}
 
 

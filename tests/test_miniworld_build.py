@@ -44,6 +44,15 @@ def test_decoder_finetuning_changes_only_the_decoder():
     assert stats["steps"] == 2 and not any(p.requires_grad for p in vae.parameters())
 
 
+def test_flow_matching_loss_frame_difference_term_sees_only_what_changes_between_frames():
+    g = torch.Generator().manual_seed(0)
+    per_frame = torch.randn(2, 8, 1, 4, 4, generator=g)
+    static = per_frame.expand(2, 8, 8, 4, 4)  # the same error in every frame
+    assert ta.flow_matching_loss(static, 1.0) == ta.flow_matching_loss(static, 0.0) == static.square().mean()
+    flicker = static * torch.tensor([1.0, -1.0] * 4).view(1, 1, 8, 1, 1)  # same size, sign flips every frame
+    torch.testing.assert_close(ta.flow_matching_loss(flicker, 0.5), static.square().mean() * (1 + 0.5 * 4))
+
+
 EPS_PHASES = (dict(steps=2, batch_size=2, lr=1e-3, loss_weighting="v", dropout=0.0, offset_noise=0.3, seed=1),)
 FLOW_PHASES = (dict(steps=2, batch_size=2, lr=1e-3, seed=0), dict(steps=2, batch_size=2, lr=5e-4, seed=1))
 STEPS = {"vae": 2, "vae_decoder": 2, "image_reward": 2, "video_reward": 2}
