@@ -156,6 +156,17 @@ class _EMA:
             p.copy_(s)
 
 
+def _optimizer_step(loss: torch.Tensor, opt, sched, params, ema: _EMA, step: int) -> float:
+    """Backward, clip to norm 1, step the optimiser, its schedule and the EMA; returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    ema.update(step)
+    return loss.item()
+
+
 # ---- 1. VAE --------------------------------------------------------------------------------
 def vae_pixel_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """L1 + MSE on pixels in [-1, 1], 5x weight on object pixels (those far from the frame's median colour):
@@ -409,14 +420,7 @@ def train_teacher(unet, text_encoder, latents: torch.Tensor, captions: list[str]
         loss = (pred - eps).square().mean((1, 2, 3, 4))
         if loss_weighting == "v":
             loss = loss * v_loss_weight(abar[t])
-        loss = loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.update(step)
-        losses.append(loss.item())
+        losses.append(_optimizer_step(loss.mean(), opt, sched, params, ema, step))
         if step % 50 == 0:
             log.info("teacher step %d loss %.4f (%.1fs)", step, np.mean(losses[-50:]), time.time() - t0)
     ema.copy_to()
@@ -467,20 +471,10 @@ def flow_transformer_config(latent_channels: int = 8, text_dim: int = TEXT_HIDDE
     (8 frames x 4 x 4 = 128 tokens a video). Every token carries its frame in the 3D rotary positions (head
     channels split 8/8/8 over frame/height/width) and reads the caption through cross-attention, so the
     caption's motion word can move the object frame by frame (a UNet3D's temporal layers see neither)."""
-    return dict(
-        patch_size=(1, 2, 2),
-        num_attention_heads=4,
-        attention_head_dim=24,
-        in_channels=latent_channels,
-        out_channels=latent_channels,
-        text_dim=text_dim,
-        freq_dim=64,
-        ffn_dim=384,
-        num_layers=4,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    )
+    from t2v_turbo.testing import tiny_wan_transformer_config
+
+    return {**tiny_wan_transformer_config(latent_channels, text_dim), "num_attention_heads": 4, "attention_head_dim": 24,
+            "freq_dim": 64, "ffn_dim": 384, "num_layers": 4, "rope_max_seq_len": 32}
 
 
 def flow_scheduler():
@@ -533,13 +527,7 @@ def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: t
         pred = transformer(hidden_states=flow_add_noise(x0, eps, sigma), timestep=flow_model_timesteps(sigma.flatten()),
                            encoder_hidden_states=text, return_dict=False)[0]
         loss = flow_matching_loss(pred - flow_velocity(x0, eps), temporal_loss_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.update(step)
-        losses.append(loss.item())
+        losses.append(_optimizer_step(loss, opt, sched, params, ema, step))
         if step % 50 == 0:
             log.info("flow teacher step %d loss %.4f (%.1fs)", step, np.mean(losses[-50:]), time.time() - t0)
     ema.copy_to()
