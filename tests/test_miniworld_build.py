@@ -62,6 +62,7 @@ STEPS = {"vae": 2, "vae_decoder": 2, "image_reward": 2, "video_reward": 2}
 def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     from miniworld import train_rewards
     from miniworld.assets import load_teacher
+    from miniworld.report import motions_under_fixed_noise
     from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
     from t2v_turbo.adapters.wan import WanAdapter
     from t2v_turbo.pipeline import TeacherPipeline
@@ -94,6 +95,9 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     video = TeacherPipeline(adapter)(["a red circle moving left on a black background"], num_inference_steps=2,
                                      guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
     assert video.shape == (1, 3, 8, 32, 32)
+    seen = motions_under_fixed_noise(TeacherPipeline(adapter), "a red circle moving left on a black background", steps=2)
+    assert [ta.world.parse_caption(c).motion for c in seen] == list(ta.world.MOTIONS)
+    assert all(motion in (*ta.world.MOTIONS, None) for motion, _ in seen.values())
     reward = train_rewards.build_video_reward(resumed / "video_reward")
     tokens = ta.MiniWorldTokenizer()(["a red circle moving left on a black background"])
     hidden = adapter.text_encoder(tokens)[0]
