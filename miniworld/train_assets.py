@@ -460,7 +460,7 @@ FLOW_SHIFT = 2.0
 #: the build's seed); a phase is the unit the build resumes at. From the fifth phase on the loss adds the
 #: frame-difference term (``flow_matching_loss``): after 2000 steps the teacher told "still" from "moving" but
 #: took the direction from the initial noise (3500 steps with and without the term: MiniBench 0.754 / 0.747,
-#: motion 0.256 / 0.256, docs/miniworld.md)
+#: motion 0.256 / 0.256). All 16 phases: 0.851, motion 0.578 and still rising (bench/RESULTS.md, v2 progress)
 FLOW_TEACHER_PHASES: tuple[dict, ...] = tuple(
     dict(steps=500, batch_size=32, lr=1e-3 if k < 8 else 5e-4, seed=100 + k, temporal_loss_weight=1.0 if k >= 4 else 0.0)
     for k in range(16))
