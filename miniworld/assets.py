@@ -26,11 +26,19 @@ def asset_path(path: str | Path | None, default: Path) -> Path:
 
 
 def load_teacher(path: str | Path | None = None, **kwargs):
-    """The mini-world teacher (``DiffusersT2VAdapter``); default: the shipped folder."""
-    from miniworld.world import NUM_FRAMES
+    """The mini-world teacher; default: the shipped folder. A folder with ``transformer/`` is a flow teacher
+    (``WanAdapter``: ``miniworld build``'s Wan-layout DiT), one with ``unet/`` an epsilon teacher
+    (``DiffusersT2VAdapter``: the UNet3D)."""
+    from miniworld.world import FPS, HEIGHT, NUM_FRAMES, WIDTH
     from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+    from t2v_turbo.adapters.wan import WanAdapter
 
-    adapter = DiffusersT2VAdapter.from_pretrained(asset_path(path, TEACHER), **kwargs)
+    folder = asset_path(path, TEACHER)
+    if (folder / "transformer").is_dir():
+        kwargs = {"num_frames": NUM_FRAMES, "height": HEIGHT, "width": WIDTH, "fps": FPS, **kwargs}
+        adapter = WanAdapter.from_pretrained(folder, **kwargs)
+    else:
+        adapter = DiffusersT2VAdapter.from_pretrained(folder, **kwargs)
     adapter.default_num_frames = NUM_FRAMES  # the world's videos have 8 frames (32x32 comes from the UNet/VAE)
     adapter.lossless_video = True  # its small saturated shapes lose colour to yuv420p (students record it)
     return adapter

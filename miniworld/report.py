@@ -48,6 +48,22 @@ def vae_roundtrip(adapter, prompts: Sequence[str], seed: int = 0) -> np.ndarray:
     return np.stack(to_uint8_videos(adapter.decode_latents(z)))
 
 
+@torch.no_grad()
+def motions_under_fixed_noise(pipeline, caption: str, seed: int = 0, steps: int = 50, guidance_scale: float = 4.0) -> dict:
+    """The five motion variants of ``caption`` sampled from one shared initial noise x_T: caption -> (motion MiniBench
+    sees, centroid displacement first -> last frame in px). A teacher that follows motion gives five different
+    trajectories, each the captioned one; one that ignores it gives one trajectory five times."""
+    import dataclasses
+
+    attrs = world.parse_caption(caption)
+    captions = [world.caption_of(dataclasses.replace(attrs, motion=m)) for m in world.MOTIONS]
+    shape = pipeline.adapter.latent_shape(1, world.NUM_FRAMES, world.HEIGHT, world.WIDTH)
+    x_t = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).expand(len(captions), *shape[1:])
+    videos = to_uint8_videos(pipeline(captions, num_inference_steps=steps, guidance_scale=guidance_scale, latents=x_t.contiguous()))
+    seen = [minibench.analyse_video(v) for v in videos]
+    return {c: (s["motion"], s["displacement"]) for c, s in zip(captions, seen)}
+
+
 def write_videos(folder: str | Path, videos: np.ndarray, prompts: Sequence[str]) -> Path:
     """``{prompt}-{i}.mp4`` files (lossless), the naming MiniBench and VBench read."""
     folder = Path(folder)

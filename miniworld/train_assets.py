@@ -1,15 +1,19 @@
-"""Train the mini world's models with fixed seeds and write them as small shipped assets.
+"""Train the mini world's models with fixed seeds and write them as small assets.
 
 Stages (each a function; ``build`` runs them in order and records ``training_log.json``):
 
-1. ``vae``          ``train_vae``: diffusers ``AutoencoderKL`` 32x32 -> 4x8x8 on single frames; scale factor = 1 / latent std.
+1. ``vae``          ``train_vae``: diffusers ``AutoencoderKL`` 32x32 -> 8x8x8 on single frames; scale factor = 1 / latent std.
 2. ``vae_decoder``  ``finetune_vae_decoder``: sharper decoder on the frozen encoder (the latent space is unchanged).
-3. ``teacher``      ``train_teacher`` over ``TEACHER_PHASES``: diffusers ``UNet3DConditionModel`` (epsilon,
-                    scaled_linear 1000 steps) jointly with a small transformers ``CLIPTextModel`` over the word
-                    tokenizer, 10% caption dropout to the empty prompt; written as a diffusers
-                    ``TextToVideoSDPipeline`` folder.
-4. ``rewards``      ``train_rewards``: open_clip ``CLIP`` on (single frame, caption without the motion phrase) and
-                    our ViCLIP at tiny size on (clip, full caption), both contrastive.
+3. ``rewards``      ``train_rewards``: open_clip ``CLIP`` on (single frame, caption without the motion phrase) and
+                    our ViCLIP at tiny size with 2-frame tubelets on (clip, full caption), both contrastive.
+4. ``text_encoder`` ``text_encoder_from_viclip``: the video reward's text tower as a transformers ``CLIPTextModel``,
+                    the teacher's frozen text encoder (its motion words stay apart: ``text_distinctness``).
+5. ``teacher``      ``train_flow_teacher`` over ``FLOW_TEACHER_PHASES``: a tiny diffusers ``WanTransformer3DModel``
+                    trained with flow matching, 10% caption dropout for guidance; written as a flow-teacher folder
+                    (``t2v_turbo.adapters.wan.save_flow_teacher``).
+6. ``eps_teacher``  (only when named) ``train_teacher`` over ``TEACHER_PHASES``: diffusers ``UNet3DConditionModel``
+                    (epsilon, scaled_linear 1000 steps) jointly with a small ``CLIPTextModel``, written as a diffusers
+                    ``TextToVideoSDPipeline`` folder: the recipe of the shipped v1 teacher.
 
 Only the world's training split is used (the held-out (colour, shape) pairs never appear).
 """
@@ -34,7 +38,7 @@ from miniworld.tokenizer import CONTEXT_LENGTH, MiniWorldTokenizer, save_hf_toke
 log = logging.getLogger("miniworld.build")
 
 #: optimiser steps of the VAE, its decoder fine-tuning and the two reward models
-DEFAULT_STEPS = {"vae": 300, "vae_decoder": 2100, "image_reward": 1500, "video_reward": 3000}
+DEFAULT_STEPS = {"vae": 1200, "vae_decoder": 1500, "image_reward": 1500, "video_reward": 1500}
 
 #: the teacher's training phases, in order; each continues from the previous phase's EMA weights (``seed`` is
 #: added to the build's seed). This is the shipped teacher's history (``training_log.json``):
@@ -56,7 +60,9 @@ TEXT_HIDDEN = 64
 
 
 # ---- configs ----------------------------------------------------------------------------
-def vae_config() -> dict:
+def vae_config(latent_channels: int = 4) -> dict:
+    """The per-frame ``AutoencoderKL`` (32x32 -> ``latent_channels`` x 8 x 8). Four channels cap MiniBench's
+    shape score of a round trip at 0.76 (thin triangle tips and circle edges blur); eight keep it."""
     return dict(
         in_channels=3,
         out_channels=3,
@@ -64,7 +70,7 @@ def vae_config() -> dict:
         up_block_types=("UpDecoderBlock2D",) * 3,
         block_out_channels=(16, 32, 64),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=8,
         sample_size=32,
         mid_block_add_attention=False,
@@ -150,6 +156,17 @@ class _EMA:
             p.copy_(s)
 
 
+def _optimizer_step(loss: torch.Tensor, opt, sched, params, ema: _EMA, step: int) -> float:
+    """Backward, clip to norm 1, step the optimiser, its schedule and the EMA; returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    ema.update(step)
+    return loss.item()
+
+
 # ---- 1. VAE --------------------------------------------------------------------------------
 def vae_pixel_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """L1 + MSE on pixels in [-1, 1], 5x weight on object pixels (those far from the frame's median colour):
@@ -158,11 +175,12 @@ def vae_pixel_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (w * ((rec - x).abs() + (rec - x) ** 2)).mean()
 
 
-def train_vae(videos: np.ndarray, steps: int, batch_size: int = 32, lr: float = 2e-3, kl_weight: float = 1e-6, seed: int = 0):
+def train_vae(videos: np.ndarray, steps: int, batch_size: int = 32, lr: float = 2e-3, kl_weight: float = 1e-6, seed: int = 0,
+              latent_channels: int = 4):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**vae_config())
+    vae = AutoencoderKL(**vae_config(latent_channels))
     frames = torch.from_numpy(videos.reshape(-1, *videos.shape[2:])).permute(0, 3, 1, 2)  # (N*T, 3, H, W) uint8
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(30, steps))
@@ -247,6 +265,72 @@ def encode_pool(vae, videos: np.ndarray, seed: int = 0, chunk: int = 256) -> tor
     return lat.unflatten(0, (n, t)).transpose(1, 2).contiguous()
 
 
+# ---- text encoder from the video reward -----------------------------------------------------
+def text_encoder_from_viclip(text_tower):
+    """The video reward's text tower (``rewards.viclip.ViCLIPTextTransformer``) as a transformers ``CLIPTextModel``.
+
+    Both are CLIP's causal pre-LN text transformer with QuickGELU and a 4x MLP; only the names differ
+    (``attn.in_proj`` holds q, k and v stacked). The tower was trained contrastively against clips with each
+    caption's motion variants as hard negatives, so its hidden states keep the motion words apart, unlike a text
+    encoder trained jointly with a teacher that never needed them (the shipped one: motion words 0.01-0.04
+    relative L2 apart, colours 0.6). ``last_hidden_state`` equals the tower's final-LN output row for row, and
+    the end-of-text row times the tower's ``text_projection`` is the reward's text feature.
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vocab = vocabulary()
+    width = text_tower.token_embedding.embedding_dim
+    blocks = text_tower.transformer.resblocks
+    config = CLIPTextConfig(
+        vocab_size=text_tower.token_embedding.num_embeddings, hidden_size=width,
+        intermediate_size=blocks[0].mlp.c_fc.out_features, num_hidden_layers=len(blocks),
+        num_attention_heads=blocks[0].attn.num_heads, max_position_embeddings=text_tower.context_length,
+        hidden_act="quick_gelu", layer_norm_eps=blocks[0].ln_1.eps, projection_dim=text_tower.text_projection.shape[1],
+        pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[BOS]"], eos_token_id=vocab["[EOS]"],
+    )
+    state = {"embeddings.token_embedding.weight": text_tower.token_embedding.weight,
+             "embeddings.position_embedding.weight": text_tower.positional_embedding,
+             "final_layer_norm.weight": text_tower.ln_final.weight, "final_layer_norm.bias": text_tower.ln_final.bias}
+    for i, block in enumerate(blocks):
+        prefix = f"encoder.layers.{i}."
+        for part, weight, bias in zip("qkv", block.attn.in_proj_weight.chunk(3), block.attn.in_proj_bias.chunk(3)):
+            state[f"{prefix}self_attn.{part}_proj.weight"], state[f"{prefix}self_attn.{part}_proj.bias"] = weight, bias
+        for ours, theirs in (("self_attn.out_proj", block.attn.out_proj), ("layer_norm1", block.ln_1),
+                             ("layer_norm2", block.ln_2), ("mlp.fc1", block.mlp.c_fc), ("mlp.fc2", block.mlp.c_proj)):
+            state[f"{prefix}{ours}.weight"], state[f"{prefix}{ours}.bias"] = theirs.weight, theirs.bias
+    model = CLIPTextModel(config)
+    model.load_state_dict({k: v.detach().float().clone() for k, v in state.items()}, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def relative_distances(text_encoder, base: str, variants: Sequence[str]) -> list[float]:
+    """|E(v) - E(base)| / |E(base)| of the (L, D) last hidden states (``encode_clip_prompts``'s conditioning)."""
+    with torch.no_grad():
+        hidden = text_encoder(MiniWorldTokenizer()([base, *variants]))[0]
+    return [float((h - hidden[0]).norm() / hidden[0].norm()) for h in hidden[1:]]
+
+
+#: the caption the text encoder's distinctness is measured from, and its one-attribute variants
+DISTINCTNESS_BASE = "a red circle moving left on a black background"
+
+
+def text_distinctness(text_encoder, base: str = DISTINCTNESS_BASE) -> dict:
+    """Relative L2 distances (``relative_distances``) from ``base`` to each of its one-attribute variants, per
+    attribute, and the ratio min over motion / min over colour, shape and background (1 = motion words as
+    distinct as the closest other attribute)."""
+    import dataclasses
+
+    from miniworld.train_rewards import ATTRIBUTE_VALUES
+
+    attrs = world.parse_caption(base)
+    out = {}
+    for field, values in ATTRIBUTE_VALUES.items():
+        variants = [world.caption_of(dataclasses.replace(attrs, **{field: v})) for v in values if v != getattr(attrs, field)]
+        out[field] = dict(zip([v for v in values if v != getattr(attrs, field)], relative_distances(text_encoder, base, variants)))
+    others = min(d for f in ("background", "colour", "shape") for d in out[f].values())
+    return {"relative_l2_from": base, "distances": out, "motion_to_others_min_ratio": min(out["motion"].values()) / others}
+
+
 # ---- 2. teacher + text encoder ---------------------------------------------------------------
 def v_loss_weight(alphas_cumprod_t: torch.Tensor) -> torch.Tensor:
     """Per-sample weight 1 / alpha_bar_t that turns the epsilon MSE into the v-prediction MSE.
@@ -272,13 +356,14 @@ def offset_noise_like(latents: torch.Tensor, std: float, generator: torch.Genera
     return std * torch.randn((b, c) + (1,) * (latents.dim() - 2), generator=generator).expand_as(latents)
 
 
-def load_teacher_modules(folder: str | Path | None = None):
+def load_teacher_modules(folder: str | Path | None = None, latent_channels: int = 4):
     """fp32 (UNet, text encoder) from a teacher folder, or freshly initialised ones when ``folder`` is None."""
     from diffusers import UNet3DConditionModel
     from transformers import CLIPTextModel
 
     if folder is None:
-        return UNet3DConditionModel(**unet_config()), CLIPTextModel(text_encoder_config())
+        config = {**unet_config(), "in_channels": latent_channels, "out_channels": latent_channels}
+        return UNet3DConditionModel(**config), CLIPTextModel(text_encoder_config())
     return (UNet3DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=torch.float32),
             CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", dtype=torch.float32))
 
@@ -335,14 +420,7 @@ def train_teacher(unet, text_encoder, latents: torch.Tensor, captions: list[str]
         loss = (pred - eps).square().mean((1, 2, 3, 4))
         if loss_weighting == "v":
             loss = loss * v_loss_weight(abar[t])
-        loss = loss.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.update(step)
-        losses.append(loss.item())
+        losses.append(_optimizer_step(loss.mean(), opt, sched, params, ema, step))
         if step % 50 == 0:
             log.info("teacher step %d loss %.4f (%.1fs)", step, np.mean(losses[-50:]), time.time() - t0)
     ema.copy_to()
@@ -375,17 +453,150 @@ def save_teacher(folder: Path, unet, vae, text_encoder, half: bool = True) -> Pa
     return folder
 
 
+# ---- flow teacher (Wan-layout DiT) ------------------------------------------------------------
+#: shift s of the flow teacher's sigmas, in training (sigma = s u / (1 + (s - 1) u), u uniform) and sampling
+FLOW_SHIFT = 2.0
+#: the flow teacher's phases, in order; each continues from the previous one's EMA weights (``seed`` is added to
+#: the build's seed); a phase is the unit the build resumes at. From the fifth phase on the loss adds the
+#: frame-difference term (``flow_matching_loss``): after 2000 steps the teacher told "still" from "moving" but
+#: took the direction from the initial noise (3500 steps with and without the term: MiniBench 0.754 / 0.747,
+#: motion 0.256 / 0.256). All 16 phases: 0.851, motion 0.578 and still rising (bench/RESULTS.md, v2 progress)
+FLOW_TEACHER_PHASES: tuple[dict, ...] = tuple(
+    dict(steps=500, batch_size=32, lr=1e-3 if k < 8 else 5e-4, seed=100 + k, temporal_loss_weight=1.0 if k >= 4 else 0.0)
+    for k in range(16))
+
+
+def flow_transformer_config(latent_channels: int = 8, text_dim: int = TEXT_HIDDEN) -> dict:
+    """The flow teacher: a ``WanTransformer3DModel`` with 4 blocks of 4 heads x 24 channels over 2x2 latent patches
+    (8 frames x 4 x 4 = 128 tokens a video). Every token carries its frame in the 3D rotary positions (head
+    channels split 8/8/8 over frame/height/width) and reads the caption through cross-attention, so the
+    caption's motion word can move the object frame by frame (a UNet3D's temporal layers see neither)."""
+    from t2v_turbo.testing import tiny_wan_transformer_config
+
+    return {**tiny_wan_transformer_config(latent_channels, text_dim), "num_attention_heads": 4, "attention_head_dim": 24,
+            "freq_dim": 64, "ffn_dim": 384, "num_layers": 4, "rope_max_seq_len": 32}
+
+
+def flow_scheduler():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SHIFT)
+
+
+def flow_matching_loss(error: torch.Tensor, temporal_loss_weight: float = 0.0) -> torch.Tensor:
+    """mean |e|^2 + w mean |D e|^2 of the velocity error e = v_hat - v (B, C, T, H, W), D the difference between
+    consecutive frames: an error that is the same in every frame (appearance) cancels in D, one that changes from
+    frame to frame (a wrong displacement) does not, so motion errors get a gradient of their own instead of a
+    small share of the MSE."""
+    loss = error.square().mean()
+    if temporal_loss_weight:
+        loss = loss + temporal_loss_weight * error.diff(dim=2).square().mean()
+    return loss
+
+
+def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: torch.Tensor, labels: torch.Tensor,
+                       empty_embedding: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 1e-3,
+                       caption_dropout: float = 0.1, ema_decay: float = 0.995, seed: int = 0, shift: float = FLOW_SHIFT,
+                       temporal_loss_weight: float = 0.0):
+    """Flow matching in place for ``steps`` (one phase: warm-up, cosine decay, EMA weights at the end).
+
+    x_sigma = (1 - sigma) x0 + sigma eps and the regression target v = eps - x0 (``t2v_turbo.diffusion.flow``),
+    the network conditioned on t = 1000 sigma; sigma = shift(u), u uniform. The text encoder is frozen: its
+    (L, D) outputs of every training caption come precomputed in ``caption_embeddings`` (``labels[i]`` is the
+    row of latent i's caption); ``caption_dropout`` of a batch gets the empty prompt's, for guidance.
+    The loss is ``flow_matching_loss`` (``temporal_loss_weight``: the weight of its frame-difference term).
+    """
+    from t2v_turbo.diffusion.flow import flow_add_noise, flow_model_timesteps, flow_velocity, shift_sigmas
+
+    torch.manual_seed(seed)
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(30, steps))
+    ema = _EMA([transformer], ema_decay)
+    g = torch.Generator().manual_seed(seed + 1)
+    losses = []
+    t0 = time.time()
+    transformer.train()
+    for step in tqdm(range(steps), desc="flow teacher", mininterval=10):
+        idx = torch.randint(len(latents), (batch_size,), generator=g)
+        x0 = latents[idx]
+        text = caption_embeddings[labels[idx]].clone()
+        text[torch.rand(batch_size, generator=g) < caption_dropout] = empty_embedding
+        sigma = shift_sigmas(torch.rand(batch_size, generator=g), shift).view(-1, 1, 1, 1, 1)
+        eps = torch.randn(x0.shape, generator=g)
+        pred = transformer(hidden_states=flow_add_noise(x0, eps, sigma), timestep=flow_model_timesteps(sigma.flatten()),
+                           encoder_hidden_states=text, return_dict=False)[0]
+        loss = flow_matching_loss(pred - flow_velocity(x0, eps), temporal_loss_weight)
+        losses.append(_optimizer_step(loss, opt, sched, params, ema, step))
+        if step % 50 == 0:
+            log.info("flow teacher step %d loss %.4f (%.1fs)", step, np.mean(losses[-50:]), time.time() - t0)
+    ema.copy_to()
+    transformer.eval()
+    return transformer, {"steps": steps, "batch_size": batch_size, "lr": lr, "caption_dropout": caption_dropout,
+                         "ema_decay": ema_decay, "shift": shift, "temporal_loss_weight": temporal_loss_weight,
+                         "seconds": time.time() - t0,
+                         "final_loss": float(np.mean(losses[-50:])), "loss_curve": losses[:: max(1, steps // 50)]}
+
+
 # ---- the whole build --------------------------------------------------------------------------
+#: the build's stages, in order; ``eps_teacher`` (the UNet3D epsilon teacher over ``TEACHER_PHASES``) is not run
+#: by default
+STAGES = ("vae", "vae_decoder", "rewards", "text_encoder", "teacher", "eps_teacher")
+DEFAULT_STAGES = STAGES[:5]
+#: latent channels of the world's VAE
+LATENT_CHANNELS = 8
+
+
+def _resume_phases(record: dict, key: str, checkpoint: Path, log_path: Path, modules: dict) -> list:
+    """The finished phases of ``record[key]``, with ``modules`` loaded from ``checkpoint`` when there are any."""
+    done = record.setdefault(key, [])
+    if done:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"{log_path} records {len(done)} finished {key} but {checkpoint} is missing; "
+                                    f"remove {key!r} from the log to train from scratch")
+        state = torch.load(checkpoint, weights_only=True)
+        for name, module in modules.items():
+            module.load_state_dict(state[name])
+    return done
+
+
+def _save_checkpoint(checkpoint: Path, modules: dict) -> None:
+    tmp = checkpoint.with_suffix(".tmp")
+    torch.save({name: module.state_dict() for name, module in modules.items()}, tmp)
+    tmp.replace(checkpoint)  # atomic: a crash never leaves half a checkpoint
+
+
+def caption_embeddings(text_encoder, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(unique captions' (K, L, D) conditioning, (N,) row of each caption, the empty prompt's (L, D)), encoded as
+    the adapters encode prompts (``encode_clip_prompts`` over the teacher's tokenizer)."""
+    from miniworld.tokenizer import build_hf_tokenizer
+    from t2v_turbo.adapters.diffusers_t2v import encode_clip_prompts
+
+    unique = sorted(set(captions))
+    row = {c: i for i, c in enumerate(unique)}
+    tokenizer = build_hf_tokenizer()
+    with torch.no_grad():
+        table = encode_clip_prompts(tokenizer, text_encoder, unique + [""])
+    return table[:-1], torch.tensor([row[c] for c in captions]), table[-1]
+
+
 def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos: int = 5000,
-          stages=("vae", "vae_decoder", "teacher", "rewards"), threads: int = 1,
-          teacher_phases: Sequence[dict] = TEACHER_PHASES) -> dict:
+          stages: Sequence[str] = DEFAULT_STAGES, threads: int = 1,
+          teacher_phases: Sequence[dict] = FLOW_TEACHER_PHASES, eps_teacher_phases: Sequence[dict] = TEACHER_PHASES,
+          latent_channels: int = LATENT_CHANNELS) -> dict:
     """Run ``stages`` into ``out`` and record every model's statistics in ``out/training_log.json``.
 
-    The teacher stage is resumable: after each phase the fp32 weights go to ``_teacher_fp32.pt`` and the phase's
-    statistics to the log, and a re-run continues after the last finished phase.
+    Order: VAE, rewards (the video reward's text tower becomes the teacher's frozen text encoder), text encoder,
+    flow teacher. The teacher stages are resumable: after each phase the fp32 weights go to a checkpoint and the
+    phase's statistics to the log, and a re-run continues after the last finished phase. A new VAE or text
+    encoder discards the teachers' progress (it was trained on the old latents / conditioning).
     """
     from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
 
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown build stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
     torch.set_num_threads(threads)
     steps = {**DEFAULT_STEPS, **(steps or {})}
     out = Path(out)
@@ -400,20 +611,41 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
     def save():
         log_path.write_text(json.dumps(record, indent=2))
 
-    vae_dir, teacher_dir = out / "_vae_fp32", out / "teacher"
+    vae_dir, text_dir, teacher_dir = out / "_vae_fp32", out / "_text_encoder", out / "teacher"
+    flow_checkpoint, eps_checkpoint = out / "_flow_teacher_fp32.pt", out / "_teacher_fp32.pt"
+
+    def discard_teachers(latents_too: bool):
+        if latents_too:
+            (out / "_latents.pt").unlink(missing_ok=True)
+        for path, key in ((flow_checkpoint, "flow_teacher_phases"), (eps_checkpoint, "teacher_phases")):
+            path.unlink(missing_ok=True)
+            record.pop(key, None)
+
     if "vae" in stages:
-        vae, record["vae"] = train_vae(videos, steps["vae"], seed=seed)
+        vae, record["vae"] = train_vae(videos, steps["vae"], seed=seed, latent_channels=latent_channels)
         vae.save_pretrained(vae_dir)
-        # a new encoder invalidates the encoded pool and every teacher phase trained on it
-        (out / "_latents.pt").unlink(missing_ok=True)
-        (out / "_teacher_fp32.pt").unlink(missing_ok=True)
-        record.pop("teacher_phases", None)
+        discard_teachers(latents_too=True)
         save()
-    if "vae_decoder" in stages:
+    if "vae_decoder" in stages and steps["vae_decoder"]:
         vae, record["vae_decoder"] = finetune_vae_decoder(AutoencoderKL.from_pretrained(vae_dir), videos, steps["vae_decoder"], seed=seed)
         vae.save_pretrained(vae_dir)
         save()
-    if "teacher" in stages:
+    if "rewards" in stages:
+        from miniworld import train_rewards
+
+        record["image_reward"] = train_rewards.train_and_save_image_reward(out / "image_reward", videos, captions, steps["image_reward"], seed)
+        save()
+        record["video_reward"] = train_rewards.train_and_save_video_reward(out / "video_reward", videos, captions, steps["video_reward"], seed)
+        save()
+    if "text_encoder" in stages:
+        from miniworld.train_rewards import build_video_reward
+
+        text_encoder = text_encoder_from_viclip(build_video_reward(out / "video_reward").model.text_encoder)
+        text_encoder.save_pretrained(text_dir)
+        record["text_encoder"] = {"source": "video_reward text tower", **text_distinctness(text_encoder)}
+        discard_teachers(latents_too=False)
+        save()
+    if "teacher" in stages or "eps_teacher" in stages:
         vae = AutoencoderKL.from_pretrained(vae_dir)
         cache = out / "_latents.pt"  # the encoded pool (the encoder never changes after the "vae" stage)
         if cache.is_file():
@@ -422,32 +654,38 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
             lat = encode_pool(vae, videos, seed)
             torch.save(lat, cache)
         record["latent_std_after_scaling"] = float(lat.std())
-        done = record.setdefault("teacher_phases", [])
-        checkpoint = out / "_teacher_fp32.pt"
-        unet, text_encoder = load_teacher_modules()
-        if done:
-            if not checkpoint.is_file():
-                raise FileNotFoundError(f"{log_path} records {len(done)} finished teacher phases but {checkpoint} is missing; "
-                                        "remove 'teacher_phases' from the log to train the teacher from scratch")
-            state = torch.load(checkpoint, weights_only=True)
-            unet.load_state_dict(state["unet"])
-            text_encoder.load_state_dict(state["text_encoder"])
+    if "teacher" in stages:
+        from diffusers import WanTransformer3DModel
+
+        from miniworld.tokenizer import build_hf_tokenizer
+        from t2v_turbo.adapters.wan import save_flow_teacher
+
+        text_encoder = CLIPTextModel.from_pretrained(text_dir).eval().requires_grad_(False)
+        table, labels, empty = caption_embeddings(text_encoder, captions)
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(**flow_transformer_config(lat.shape[1], text_encoder.config.hidden_size))
+        modules = {"transformer": transformer}
+        done = _resume_phases(record, "flow_teacher_phases", flow_checkpoint, log_path, modules)
         for phase in teacher_phases[len(done):]:
             phase = dict(phase)
             phase_seed = seed + phase.pop("seed")
-            unet, text_encoder, stats = train_teacher(unet, text_encoder, lat, captions, seed=phase_seed, **phase)
-            torch.save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()}, checkpoint.with_suffix(".tmp"))
-            checkpoint.with_suffix(".tmp").replace(checkpoint)  # atomic: a crash never leaves half a checkpoint
+            transformer, stats = train_flow_teacher(transformer, lat, table, labels, empty, seed=phase_seed, **phase)
+            _save_checkpoint(flow_checkpoint, modules)
             done.append({**stats, "seed": phase_seed, "threads": threads})
             save()
-        save_teacher(teacher_dir, unet, vae, text_encoder)
-    if "rewards" in stages:
-        from miniworld import train_rewards
-
-        record["image_reward"] = train_rewards.train_and_save_image_reward(out / "image_reward", videos, captions, steps["image_reward"], seed)
-        save()
-        record["video_reward"] = train_rewards.train_and_save_video_reward(out / "video_reward", videos, captions, steps["video_reward"], seed)
-        save()
+        save_flow_teacher(teacher_dir, transformer, vae, text_encoder, build_hf_tokenizer(), flow_scheduler())
+    if "eps_teacher" in stages:
+        unet, text_encoder = load_teacher_modules(latent_channels=lat.shape[1])
+        modules = {"unet": unet, "text_encoder": text_encoder}
+        done = _resume_phases(record, "teacher_phases", eps_checkpoint, log_path, modules)
+        for phase in eps_teacher_phases[len(done):]:
+            phase = dict(phase)
+            phase_seed = seed + phase.pop("seed")
+            unet, text_encoder, stats = train_teacher(unet, text_encoder, lat, captions, seed=phase_seed, **phase)
+            _save_checkpoint(eps_checkpoint, modules)
+            done.append({**stats, "seed": phase_seed, "threads": threads})
+            save()
+        save_teacher(out / "eps_teacher", unet, vae, text_encoder)
     record["total_seconds"] = record.get("total_seconds", 0.0) + time.time() - t0
     save()
     return record

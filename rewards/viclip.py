@@ -9,7 +9,9 @@ Architecture (the ``"l14"`` config):
 - vision: a ViT-L/14 on 8 frames of 224x224. ``conv1`` is a bias-free Conv3d with kernel
   (1, 14, 14), applied per frame. Patch tokens get the spatial ``positional_embedding`` and, per
   patch, the ``temporal_positional_embedding`` of their frame; they are ordered (patch, frame),
-  i.e. all frames of patch 0 first. One frame-independent class token is prepended, then
+  i.e. all frames of patch 0 first. Optional ``tubelet_size`` k (default 1, the released layout):
+  the kernel is (k, p, p), so a token covers k consecutive frames and sees motion inside it (the
+  mini world's reward: 2 frames x 8 px). One frame-independent class token is prepended, then
   ``ln_pre``, 24 pre-LN blocks (QuickGELU), ``ln_post`` and the class row times ``proj``.
 - text: CLIP's causal text transformer with a context of **32** tokens (not 77); the feature is
   the row of the end-of-text token (the largest id) times ``text_projection``.
@@ -137,18 +139,21 @@ class ViCLIPVisionTransformer(nn.Module):
     """Joint space-time ViT: one sequence of (patches x frames) tokens plus a class token."""
 
     def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int,
-                 output_dim: int, num_frames: int):
+                 output_dim: int, num_frames: int, tubelet_size: int = 1):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"`image_size` {image_size} is not a multiple of `patch_size` {patch_size}")
+        if tubelet_size < 1 or num_frames % tubelet_size:
+            raise ValueError(f"`num_frames` {num_frames} is not a multiple of `tubelet_size` {tubelet_size}")
         self.image_size, self.num_frames = image_size, num_frames
         num_patches = (image_size // patch_size) ** 2
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(num_patches + 1, width))
-        self.temporal_positional_embedding = nn.Parameter(torch.zeros(1, num_frames, width))
+        self.temporal_positional_embedding = nn.Parameter(torch.zeros(1, num_frames // tubelet_size, width))
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
-        self.conv1 = nn.Conv3d(3, width, (1, patch_size, patch_size), (1, patch_size, patch_size), bias=False)
+        kernel = (tubelet_size, patch_size, patch_size)
+        self.conv1 = nn.Conv3d(3, width, kernel, kernel, bias=False)
         self.ln_pre = nn.LayerNorm(width)
         self.transformer = Transformer(width, layers, heads)
         self.ln_post = nn.LayerNorm(width)
@@ -161,8 +166,8 @@ class ViCLIPVisionTransformer(nn.Module):
                 f"ViCLIP takes (B, {self.num_frames}, 3, {self.image_size}, {self.image_size}) videos, "
                 f"got {tuple(video.shape)}"
             )
-        patches = self.conv1(video.permute(0, 2, 1, 3, 4))  # (B, C, T, h, w)
-        patches = patches.flatten(3).permute(0, 2, 3, 1)  # (B, T, N, C)
+        patches = self.conv1(video.permute(0, 2, 1, 3, 4))  # (B, C, T / tubelet, h, w)
+        patches = patches.flatten(3).permute(0, 2, 3, 1)  # (B, T / tubelet, N, C)
         patches = patches + self.positional_embedding[1:]
         patches = patches + self.temporal_positional_embedding.unsqueeze(2)
         tokens = patches.transpose(1, 2).flatten(1, 2)  # (B, N*T, C), patch-major

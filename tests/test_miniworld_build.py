@@ -44,10 +44,17 @@ def test_decoder_finetuning_changes_only_the_decoder():
     assert stats["steps"] == 2 and not any(p.requires_grad for p in vae.parameters())
 
 
-PHASES = (
-    dict(steps=2, batch_size=2, lr=1e-3, loss_weighting="uniform", dropout=0.1, seed=0),
-    dict(steps=2, batch_size=2, lr=1e-3, loss_weighting="v", dropout=0.0, offset_noise=0.3, seed=1),
-)
+def test_flow_matching_loss_frame_difference_term_sees_only_what_changes_between_frames():
+    g = torch.Generator().manual_seed(0)
+    per_frame = torch.randn(2, 8, 1, 4, 4, generator=g)
+    static = per_frame.expand(2, 8, 8, 4, 4)  # the same error in every frame
+    assert ta.flow_matching_loss(static, 1.0) == ta.flow_matching_loss(static, 0.0) == static.square().mean()
+    flicker = static * torch.tensor([1.0, -1.0] * 4).view(1, 1, 8, 1, 1)  # same size, sign flips every frame
+    torch.testing.assert_close(ta.flow_matching_loss(flicker, 0.5), static.square().mean() * (1 + 0.5 * 4))
+
+
+EPS_PHASES = (dict(steps=2, batch_size=2, lr=1e-3, loss_weighting="v", dropout=0.0, offset_noise=0.3, seed=1),)
+FLOW_PHASES = (dict(steps=2, batch_size=2, lr=1e-3, seed=0), dict(steps=2, batch_size=2, lr=5e-4, seed=1))
 STEPS = {"vae": 2, "vae_decoder": 2, "image_reward": 2, "video_reward": 2}
 
 
@@ -55,33 +62,94 @@ STEPS = {"vae": 2, "vae_decoder": 2, "image_reward": 2, "video_reward": 2}
 def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     from miniworld import train_rewards
     from miniworld.assets import load_teacher
+    from miniworld.report import motions_under_fixed_noise
+    from t2v_turbo.adapters.diffusers_t2v import DiffusersT2VAdapter
+    from t2v_turbo.adapters.wan import WanAdapter
+    from t2v_turbo.pipeline import TeacherPipeline
 
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
-    record = ta.build(resumed, steps=STEPS, num_videos=8, teacher_phases=PHASES[:1])
-    assert [p["loss_weighting"] for p in record["teacher_phases"]] == ["uniform"]
+    record = ta.build(resumed, steps=STEPS, num_videos=8, teacher_phases=FLOW_PHASES[:1])
+    assert [p["lr"] for p in record["flow_teacher_phases"]] == [1e-3]
     assert set(record["video_reward"]["attribute_accuracy"]) == {"background", "colour", "shape", "motion"}
-    first = record["teacher_phases"][0]
+    assert set(record["text_encoder"]["distances"]["motion"]) == {"right", "up", "down", "still"}
+    first = record["flow_teacher_phases"][0]
 
-    record = ta.build(resumed, steps=STEPS, num_videos=8, stages=("teacher",), teacher_phases=PHASES)
-    assert len(record["teacher_phases"]) == 2 and record["teacher_phases"][0] == first
-    assert json.loads((resumed / "training_log.json").read_text())["teacher_phases"][1]["dropout"] == 0.0
+    record = ta.build(resumed, steps=STEPS, num_videos=8, stages=("teacher",), teacher_phases=FLOW_PHASES)
+    assert len(record["flow_teacher_phases"]) == 2 and record["flow_teacher_phases"][0] == first
+    assert json.loads((resumed / "training_log.json").read_text())["flow_teacher_phases"][1]["lr"] == 5e-4
 
     # an uninterrupted build of both phases ends with the same weights as the interrupted one
-    ta.build(straight, steps=STEPS, num_videos=8, stages=("vae", "vae_decoder", "teacher"), teacher_phases=PHASES)
-    a, b = torch.load(resumed / "_teacher_fp32.pt"), torch.load(straight / "_teacher_fp32.pt")
-    for part in ("unet", "text_encoder"):
-        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    ta.build(straight, steps=STEPS, num_videos=8, stages=ta.DEFAULT_STAGES, teacher_phases=FLOW_PHASES)
+    a, b = torch.load(resumed / "_flow_teacher_fp32.pt"), torch.load(straight / "_flow_teacher_fp32.pt")
+    assert all(torch.equal(a["transformer"][k], b["transformer"][k]) for k in a["transformer"])
 
     # a lost checkpoint is named, not silently replaced by a fresh teacher
-    (straight / "_teacher_fp32.pt").unlink()
-    with pytest.raises(FileNotFoundError, match="_teacher_fp32.pt"):
-        ta.build(straight, steps=STEPS, num_videos=8, stages=("teacher",), teacher_phases=PHASES)
+    (straight / "_flow_teacher_fp32.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="_flow_teacher_fp32.pt"):
+        ta.build(straight, steps=STEPS, num_videos=8, stages=("teacher",), teacher_phases=FLOW_PHASES)
 
-    # the written folders load through the public loaders
+    # the written folders load through the public loaders: the flow teacher on the 8-channel VAE with the
+    # video reward's text tower, and the optional epsilon teacher on the same VAE
     adapter = load_teacher(resumed / "teacher")
-    z = torch.randn(1, 4, 8, 8, 8)
-    assert adapter.decode_latents(z).shape == (1, 3, 8, 32, 32)
+    assert isinstance(adapter, WanAdapter) and adapter.prediction_type == "flow"
+    video = TeacherPipeline(adapter)(["a red circle moving left on a black background"], num_inference_steps=2,
+                                     guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
+    assert video.shape == (1, 3, 8, 32, 32)
+    seen = motions_under_fixed_noise(TeacherPipeline(adapter), "a red circle moving left on a black background", steps=2)
+    assert [ta.world.parse_caption(c).motion for c in seen] == list(ta.world.MOTIONS)
+    assert all(motion in (*ta.world.MOTIONS, None) for motion, _ in seen.values())
+    reward = train_rewards.build_video_reward(resumed / "video_reward")
+    tokens = ta.MiniWorldTokenizer()(["a red circle moving left on a black background"])
+    hidden = adapter.text_encoder(tokens)[0]
+    torch.testing.assert_close(hidden[0, tokens.argmax(-1)] @ reward.model.text_encoder.text_projection.float(),
+                               reward.model.encode_text(tokens), rtol=1e-3, atol=1e-3)  # fp16 reward weights
+    ta.build(resumed, steps=STEPS, num_videos=8, stages=("eps_teacher",), eps_teacher_phases=EPS_PHASES)
+    eps_adapter = load_teacher(resumed / "eps_teacher")
+    assert isinstance(eps_adapter, DiffusersT2VAdapter)
+    assert eps_adapter.decode_latents(torch.randn(1, ta.LATENT_CHANNELS, 8, 8, 8)).shape == (1, 3, 8, 32, 32)
     assert train_rewards.build_video_reward(resumed / "video_reward").score(torch.zeros(1, 3, 8, 32, 32), ["a red circle moving left on a black background"]).shape == (1,)
+
+
+def test_text_encoder_from_the_video_reward_is_its_text_tower():
+    """The converted ``CLIPTextModel``'s end-of-text row times the tower's projection is the reward's text
+    feature, and its hidden states are the tower's (what the teacher cross-attends to)."""
+    from miniworld import train_rewards
+
+    torch.manual_seed(0)
+    model = train_rewards.build_video_reward(None).model
+    with torch.no_grad():
+        for p in model.text_encoder.parameters():
+            p.normal_(0, 0.3)  # away from the near-identity init, so every weight's mapping matters
+    encoder = ta.text_encoder_from_viclip(model.text_encoder)
+    captions = ["a red circle moving left on a black background", "a white triangle staying still on a teal background"]
+    tokens = ta.MiniWorldTokenizer()(captions)
+    with torch.no_grad():
+        out = encoder(tokens)
+        torch.testing.assert_close(out.pooler_output @ model.text_encoder.text_projection, model.encode_text(tokens))
+    assert encoder.config.hidden_act == "quick_gelu" and not any(p.requires_grad for p in encoder.parameters())
+    distances = ta.text_distinctness(encoder)
+    assert set(distances["distances"]) == {"background", "colour", "shape", "motion"}
+    assert len(distances["distances"]["colour"]) == len(ta.world.COLOURS) - 1
+    others = min(d for f in ("background", "colour", "shape") for d in distances["distances"][f].values())
+    assert distances["motion_to_others_min_ratio"] == pytest.approx(min(distances["distances"]["motion"].values()) / others)
+
+
+def test_viclip_tubelets_cover_consecutive_frames():
+    from miniworld.train_rewards import video_model_config
+    from rewards.viclip import build_viclip
+
+    config = video_model_config()
+    model = build_viclip(config)
+    assert model.vision_encoder.conv1.weight.shape[2:] == (2, 8, 8)
+    assert model.vision_encoder.temporal_positional_embedding.shape == (1, 4, 64)
+    torch.manual_seed(0)
+    video = torch.randn(2, 8, 3, 32, 32)
+    with torch.no_grad():
+        base = model.encode_video(video)
+        swapped_inside = model.encode_video(video[:, [1, 0, 2, 3, 4, 5, 6, 7]])  # order inside the first tubelet
+    assert base.shape == (2, 64) and not torch.allclose(base, swapped_inside)
+    with pytest.raises(ValueError, match="tubelet_size"):
+        build_viclip({**config, "vision": {**config["vision"], "tubelet_size": 3}})
 
 
 def test_variant_sets_and_attribute_accuracy():

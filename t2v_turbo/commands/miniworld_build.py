@@ -1,11 +1,12 @@
-"""``t2v-turbo miniworld build [--out DIR] [--stages ...] [--steps vae=300,...]``: train the mini world's models.
+"""``t2v-turbo miniworld build [--out DIR] [--stages ...] [--steps vae=1200,...]``: train the mini world's models.
 
-Trains, with fixed seeds and on the world's training split only, the VAE (then its decoder alone),
-the teacher UNet with its text encoder (+ word tokenizer) over the phases of
-``train_assets.TEACHER_PHASES``, the image-text reward and the video-text reward, and writes
-them in the layout the shipped assets use (``teacher/`` diffusers folder, ``image_reward/``,
-``video_reward/``, ``training_log.json``). Default output: a new folder, never the shipped assets;
-copy the result over ``miniworld/assets/`` to update them.
+Trains, with fixed seeds and on the world's training split only: the VAE (8 latent channels), the
+image-text and video-text rewards, the teacher's frozen text encoder (the video reward's text tower
+as a ``CLIPTextModel``) and the flow teacher (a Wan-layout DiT) over the phases of
+``train_assets.FLOW_TEACHER_PHASES``; ``--stages ...,eps_teacher`` also trains the UNet3D epsilon
+teacher (``train_assets.TEACHER_PHASES``) into ``eps_teacher/``. Writes the layout the shipped assets
+use (``teacher/``, ``image_reward/``, ``video_reward/``, ``training_log.json``). Re-running resumes a
+teacher after its last finished phase. Default output: a new folder, never the shipped assets.
 """
 
 from __future__ import annotations
@@ -16,14 +17,18 @@ import logging
 
 from t2v_turbo.commands import CommandError, positive_int
 
-STAGES = ("vae", "vae_decoder", "teacher", "rewards")
+#: ``miniworld.train_assets.STAGES`` (named here so that building the parser imports no torch)
+STAGES = ("vae", "vae_decoder", "rewards", "text_encoder", "teacher", "eps_teacher")
+DEFAULT_STAGES = STAGES[:5]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/miniworld-assets", help="output folder (default runs/miniworld-assets)")
-    parser.add_argument("--steps", default="", help="optimiser steps per model, e.g. vae=300,vae_decoder=600,image_reward=1500,video_reward=1200 "
-                        "(default: train_assets.DEFAULT_STEPS; the teacher's phases are train_assets.TEACHER_PHASES)")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated stages to run, in this order: {', '.join(STAGES)}")
+    parser.add_argument("--steps", default="", help="optimiser steps per model, e.g. vae=1200,vae_decoder=0,image_reward=1500,video_reward=1500 "
+                        "(default: train_assets.DEFAULT_STEPS; the teachers' phases are train_assets.FLOW_TEACHER_PHASES "
+                        "and TEACHER_PHASES)")
+    parser.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                        help=f"comma-separated stages to run, in this order: {', '.join(STAGES)} (default: all but eps_teacher)")
     parser.add_argument("--num-videos", type=positive_int, default=5000, help="size of the rendered training pool (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the rendered pool and of every model's training")
     parser.add_argument("--threads", type=positive_int, default=1,
