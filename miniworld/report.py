@@ -154,7 +154,8 @@ def plot_training(scalars: dict, path: str | Path) -> Path:
     return path
 
 
-ATTRIBUTE_DIMENSIONS = ("background", "colour", "shape", "motion")
+#: the MiniBench dimensions scored right or wrong per video (the other two are fractions)
+ATTRIBUTE_DIMENSIONS = minibench.DIMENSIONS[:4]
 
 
 def failed_attributes(video: np.ndarray, prompt: str) -> list[str]:
