@@ -610,9 +610,9 @@ class TrainingRecipe:
         if meta.is_student:
             scheduler = T2VTurboScheduler.from_adapter(self.adapter, num_ddim_timesteps=meta.num_ddim_timesteps,
                                                        sigma_data=meta.sigma_data, timestep_scaling=meta.timestep_scaling)
-            pipeline = T2VTurboPipeline(self.adapter, self.network, scheduler)
+            pipeline = T2VTurboPipeline(self.adapter, self.network, scheduler, inference_mode=False)
         else:
-            pipeline = TeacherPipeline(self.adapter, self.network)
+            pipeline = TeacherPipeline(self.adapter, self.network, inference_mode=False)
         generator = torch.Generator().manual_seed(val["seed"])
         videos = pipeline(val["prompts"], num_inference_steps=val["num_inference_steps"],
                           guidance_scale=val["guidance_scale"], num_frames=val["num_frames"], generator=generator)

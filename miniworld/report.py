@@ -154,6 +154,29 @@ def plot_training(scalars: dict, path: str | Path) -> Path:
     return path
 
 
+def plot_minibench_curve(points: Sequence[dict], path: str | Path) -> Path:
+    """MiniBench against training steps as a PNG: the total and each dimension, one line each
+    (``points``: dicts with ``step`` and the overall scores)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [p["step"] for p in points]
+    for key in ["total", *minibench.DIMENSIONS]:
+        ax.plot(steps, [p[key] for p in points], marker="o", linewidth=2.0 if key == "total" else 1.0, label=key)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("MiniBench")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 #: the MiniBench dimensions scored right or wrong per video (the other two are fractions)
 ATTRIBUTE_DIMENSIONS = minibench.DIMENSIONS[:4]
 
@@ -201,6 +224,34 @@ def save_sample_grid(path_stem: str | Path, rows: dict[str, np.ndarray], prompts
 
 def results_table(reports: dict[str, dict]) -> str:
     return minibench.TABLE_HEADER + "\n" + "\n".join(minibench.table_row(n, r) for n, r in reports.items()) + "\n"
+
+
+def seed_statistics(reports: Sequence[dict]) -> dict:
+    """Mean and sample standard deviation (ddof 1; 0 for a single report) over seeds of each dimension and the
+    total, for overall, seen and held-out: ``{"overall": {"colour": (mean, std), ...}, "seen": ..., ...}``
+    (a part none of the prompts fall in is left empty)."""
+    out = {}
+    for part in ("overall", "seen", "held_out"):
+        out[part] = {}
+        for key in [*minibench.DIMENSIONS, "total"]:
+            values = [r[part].get(key) for r in reports]
+            if any(v is None for v in values):
+                continue
+            values = np.asarray(values, dtype=float)
+            out[part][key] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0)
+    return out
+
+
+def seeds_table(statistics: dict[str, dict]) -> str:
+    """A Markdown table, one row per model, of ``seed_statistics``: each dimension and the total as mean ± std,
+    then the seen and held-out totals."""
+    def cell(part: dict, key: str) -> str:
+        return f"{part[key][0]:.3f} ± {part[key][1]:.3f}" if key in part else "-"
+
+    rows = [f"| {name} | " + " | ".join([cell(st["overall"], k) for k in [*minibench.DIMENSIONS, "total"]]
+                                        + [cell(st["seen"], "total"), cell(st["held_out"], "total")]) + " |"
+            for name, st in statistics.items()]
+    return minibench.TABLE_HEADER + "\n" + "\n".join(rows) + "\n"
 
 
 def compact(report: dict) -> dict:

@@ -22,6 +22,7 @@ and run by stock diffusers with the same random draws reproduces our samples.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -58,15 +59,34 @@ def frames_from_batch(flat: torch.Tensor, batch_size: int) -> torch.Tensor:
     return flat.unflatten(0, (batch_size, -1)).transpose(1, 2)
 
 
+def _sampling(call):
+    """Run a pipeline's ``__call__`` under ``torch.inference_mode`` when the pipeline allows it
+    (``inference_mode``) and no ``reward_guidance`` needs gradients, else under ``torch.no_grad``.
+    Inference mode skips autograd's bookkeeping altogether (the 4-step mini-world student samples about
+    2.5 % faster than under no_grad, bench/RESULTS.md); its tensors can never enter autograd later, which
+    is why a network that is being trained samples with ``inference_mode=False``."""
+
+    @functools.wraps(call)
+    def wrapper(self, *args, **kwargs):
+        use_inference_mode = self.inference_mode and kwargs.get("reward_guidance") is None
+        with torch.inference_mode() if use_inference_mode else torch.no_grad():
+            return call(self, *args, **kwargs)
+
+    return wrapper
+
+
 class _VideoPipelineBase:
     """Shared geometry, initial noise and decoding of the two pipelines."""
 
-    def __init__(self, adapter, unet: nn.Module, scheduler, meta=None):
+    def __init__(self, adapter, unet: nn.Module, scheduler, meta=None, inference_mode: bool = True):
         self.adapter = adapter
         self.unet = unet
         self.scheduler = scheduler
         #: the trained model's ``StudentMeta`` (sampling defaults and geometry), or None
         self.meta = meta
+        #: sample under ``torch.inference_mode`` (False for a network in training: under FSDP its gathered
+        #: parameters would become inference tensors, which its next training step cannot use)
+        self.inference_mode = inference_mode
         #: UNet forward passes and batch rows evaluated since construction (for benchmarks)
         self.unet_calls = 0
         self.unet_evaluations = 0
@@ -129,13 +149,13 @@ class T2VTurboPipeline(_VideoPipelineBase):
     """
 
     def __init__(self, adapter, unet: nn.Module, scheduler=None, spacing: str = "t2v_turbo",
-                 num_ddim_timesteps: int = 50, meta=None):
+                 num_ddim_timesteps: int = 50, meta=None, inference_mode: bool = True):
         """``scheduler`` defaults to ``T2VTurboScheduler`` (epsilon students, spacing in its config) or
         diffusers' ``FlowMatchLCMScheduler`` (flow students, ``spacing`` and ``num_ddim_timesteps`` here)."""
         if scheduler is None:
             flow = adapter.prediction_type == "flow"
             scheduler = flow_consistency_scheduler(adapter) if flow else T2VTurboScheduler.from_adapter(adapter)
-        super().__init__(adapter, unet, scheduler, meta)
+        super().__init__(adapter, unet, scheduler, meta, inference_mode)
         self.spacing = spacing
         self.num_ddim_timesteps = num_ddim_timesteps
 
@@ -145,7 +165,7 @@ class T2VTurboPipeline(_VideoPipelineBase):
         """The student saved in ``student_folder`` on its teacher (see ``load_student_pipeline``)."""
         return load_student_pipeline(student_folder, device=device, dtype=dtype, spacing=spacing, fuse_lora=fuse_lora)
 
-    @torch.no_grad()
+    @_sampling
     def __call__(
         self,
         prompts: str | Sequence[str],
@@ -161,6 +181,7 @@ class T2VTurboPipeline(_VideoPipelineBase):
         timesteps: list[int] | None = None,
         frame_chunk_size: int = 8,
         return_dict: bool = False,
+        *,
         reward_guidance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         reward_guidance_scale: float = 1.0,
     ):
@@ -177,7 +198,7 @@ class T2VTurboPipeline(_VideoPipelineBase):
             guidance_scale = self.meta.guidance_scale if self.meta else 7.5
         warning = self.meta.guidance_warning(guidance_scale) if self.meta else None
         if warning:
-            warnings.warn(warning, GuidanceRangeWarning, stacklevel=2)
+            warnings.warn(warning, GuidanceRangeWarning, stacklevel=3)  # past the `_sampling` wrapper
         num_frames, height, width, fps = self._geometry(num_frames, height, width, fps)
         device, dtype = self.adapter.device, next(self.unet.parameters()).dtype
         text = self.adapter.encode_prompts(prompts).to(device=device, dtype=dtype)
@@ -210,15 +231,15 @@ class TeacherPipeline(_VideoPipelineBase):
     """The teacher's DDIM (eta = 0) sampler with classifier-free guidance, standard scale s:
     eps = eps_u + s (eps_c - eps_u). Conditional and unconditional rows share one UNet call."""
 
-    def __init__(self, adapter, unet: nn.Module | None = None, scheduler=None, meta=None):
+    def __init__(self, adapter, unet: nn.Module | None = None, scheduler=None, meta=None, inference_mode: bool = True):
         """``scheduler`` defaults to ``DDIMCFGScheduler`` (epsilon teachers) or the flow teacher's own
         scheduler (Wan: ``UniPCMultistepScheduler`` with flow sigmas) built from its config."""
         if scheduler is None:
             scheduler = teacher_flow_scheduler(adapter) if adapter.prediction_type == "flow" else (
                 DDIMCFGScheduler.from_adapter(adapter))
-        super().__init__(adapter, unet if unet is not None else adapter.unet, scheduler, meta)
+        super().__init__(adapter, unet if unet is not None else adapter.unet, scheduler, meta, inference_mode)
 
-    @torch.no_grad()
+    @_sampling
     def __call__(
         self,
         prompts: str | Sequence[str],
@@ -234,6 +255,7 @@ class TeacherPipeline(_VideoPipelineBase):
         negative_prompts: Sequence[str] | None = None,
         frame_chunk_size: int = 8,
         return_dict: bool = False,
+        *,
         reward_guidance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
         reward_guidance_scale: float = 1.0,
     ):

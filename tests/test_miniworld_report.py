@@ -1,12 +1,14 @@
 """The mini-world benches' and quick start's helpers: the evaluation prompt subset, the reuse check of finished
-runs, the curve smoothing and the labelled sample sheet's verdicts."""
+runs, the curve smoothing, the labelled sample sheet's verdicts and the ablation's statistics over seeds."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from miniworld import world
-from miniworld.report import check_reusable_run, failed_attributes, prompt_subset, save_sample_grid, smooth
+from miniworld import minibench
+from miniworld.report import (check_reusable_run, failed_attributes, plot_minibench_curve, prompt_subset,
+                              save_sample_grid, seed_statistics, seeds_table, smooth)
 
 
 def test_prompt_subset_spans_the_list_in_its_order():
@@ -61,3 +63,36 @@ def test_sample_sheet_has_a_strip_per_model_and_prompt(tmp_path):
         save_sample_grid(tmp_path / "b", {"ground truth": truth, "copy": truth[::-1]}, prompts)
     assert [p.name for p in one] == ["a.gif", "a.png"]
     assert Image.open(two[1]).height > Image.open(one[1]).height  # one more strip per prompt
+
+
+def _report(total: float, motion: float, held_out_total: float | None) -> dict:
+    overall = {**{k: 0.5 for k in minibench.DIMENSIONS}, "motion": motion, "total": total}
+    return {"overall": overall, "seen": {**overall, "total": total + 0.1},
+            "held_out": {**{k: None for k in overall}, "total": held_out_total}}
+
+
+def test_seed_statistics_are_the_mean_and_sample_std_over_seeds():
+    stats = seed_statistics([_report(0.7, 0.2, 0.6), _report(0.8, 0.4, 0.7), _report(0.9, 0.9, 0.8)])
+    mean, std = stats["overall"]["total"]
+    assert mean == pytest.approx(0.8) and std == pytest.approx(0.1)  # sqrt(((-0.1)^2 + 0 + 0.1^2) / (3 - 1))
+    mean, std = stats["overall"]["motion"]
+    assert mean == pytest.approx(0.5) and std == pytest.approx(np.std([0.2, 0.4, 0.9], ddof=1))
+    assert stats["seen"]["total"][0] == pytest.approx(0.9)
+    assert set(stats["held_out"]) == {"total"}  # the dimensions no report has are left out
+    assert seed_statistics([_report(0.7, 0.2, 0.6)])["overall"]["total"] == (pytest.approx(0.7), 0.0)
+
+
+def test_seeds_table_writes_mean_plus_minus_std_under_minibench_columns():
+    table = seeds_table({"VCM": seed_statistics([_report(0.7, 0.2, None), _report(0.9, 0.4, None)])})
+    header, rule, row = table.strip().splitlines()
+    assert header == minibench.TABLE_HEADER.splitlines()[0]
+    cells = [c.strip() for c in row.strip("| ").split("|")]
+    assert cells[0] == "VCM" and len(cells) == len(header.strip("| ").split("|"))
+    assert cells[4] == "0.300 ± 0.141"  # motion: mean 0.3, std 0.1 * sqrt(2)
+    assert cells[7] == "0.800 ± 0.141" and cells[8] == "0.900 ± 0.141" and cells[9] == "-"
+
+
+def test_minibench_curve_is_written_as_an_image(tmp_path):
+    points = [{"step": s, **_report(0.6 + s / 1000, 0.2, None)["overall"]} for s in (50, 100, 150)]
+    path = plot_minibench_curve(points, tmp_path / "curve.png")
+    assert Image.open(path).size[0] > 100

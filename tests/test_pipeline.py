@@ -38,6 +38,21 @@ def test_student_pipeline_shapes_range_calls_and_determinism(adapter, student):
     assert pipe.scheduler.timesteps.tolist() == [999, 759, 519, 279]
 
 
+def test_sampling_runs_in_inference_mode_unless_the_network_is_in_training(adapter, student):
+    """Inference mode by default (no autograd bookkeeping); a pipeline over a network in training
+    (``inference_mode=False``, as the trainer's validation and online DPO build it) returns ordinary tensors that
+    a training step can use, and the samples are the same either way."""
+    kwargs = dict(num_inference_steps=2, generator=None, output_type="latent", **GEOMETRY)
+    fast = T2VTurboPipeline(adapter, student)(["a cat"], **{**kwargs, "generator": torch.Generator().manual_seed(0)})
+    plain = T2VTurboPipeline(adapter, student, inference_mode=False)(
+        ["a cat"], **{**kwargs, "generator": torch.Generator().manual_seed(0)})
+    assert torch.is_inference(fast) and not torch.is_inference(plain)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=0)
+    teacher = TeacherPipeline(adapter, inference_mode=False)(["a cat"], guidance_scale=3.0, **{**kwargs, "generator": None})
+    assert not torch.is_inference(teacher)
+    assert torch.is_inference(TeacherPipeline(adapter)(["a cat"], guidance_scale=3.0, **kwargs))
+
+
 def test_guidance_scale_reaches_the_student(adapter, student):
     pipe = T2VTurboPipeline(adapter, student)
     latents = [

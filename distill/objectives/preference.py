@@ -243,10 +243,11 @@ class OnlineDPOObjective(DPOObjective):
                 scheduler = T2VTurboScheduler.from_adapter(adapter, num_ddim_timesteps=meta.num_ddim_timesteps,
                                                            sigma_data=meta.sigma_data,
                                                            timestep_scaling=meta.timestep_scaling)
-            pipeline = T2VTurboPipeline(adapter, unet, scheduler, num_ddim_timesteps=meta.num_ddim_timesteps)
+            pipeline = T2VTurboPipeline(adapter, unet, scheduler, num_ddim_timesteps=meta.num_ddim_timesteps,
+                                        inference_mode=False)
             scale = self.guidance_scale
         else:
-            pipeline, scale = TeacherPipeline(adapter, unet), self.sample_guidance_scale
+            pipeline, scale = TeacherPipeline(adapter, unet, inference_mode=False), self.sample_guidance_scale
         generator = sample_generator(self.run.seed, position, CHAIN_STREAM)
         with eval_mode(unet):
             latents = pipeline([prompt] * self.num_samples, num_inference_steps=self.num_inference_steps,
