@@ -5,10 +5,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from miniworld import world
-from miniworld import minibench
-from miniworld.report import (check_reusable_run, failed_attributes, plot_minibench_curve, prompt_subset,
-                              save_sample_grid, seed_statistics, seeds_table, smooth)
+from miniworld import minibench, world
+from miniworld.report import (
+    check_reusable_run,
+    failed_attributes,
+    plot_minibench_curve,
+    prompt_subset,
+    save_sample_grid,
+    seed_statistics,
+    seeds_table,
+    smooth,
+)
 
 
 def test_prompt_subset_spans_the_list_in_its_order():
@@ -96,3 +103,53 @@ def test_minibench_curve_is_written_as_an_image(tmp_path):
     points = [{"step": s, **_report(0.6 + s / 1000, 0.2, None)["overall"]} for s in (50, 100, 150)]
     path = plot_minibench_curve(points, tmp_path / "curve.png")
     assert Image.open(path).size[0] > 100
+
+
+def _ablation_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "miniworld_ablation.py"
+    spec = importlib.util.spec_from_file_location("miniworld_ablation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_variants_are_valid_run_configs_that_differ_only_in_rewards(tmp_path):
+    from distill.trainer import resolve_run_config
+    from t2v_turbo.config import load_config
+
+    ablation = _ablation_module()
+    config = ablation.REPO / "configs" / "miniworld.yaml"
+    shipped = {key: resolve_run_config(load_config(config, ablation.variant_overrides(key, None)))
+               for key in ablation.KEYS.values()}
+    assert {k: [(r["name"], r["weight"]) for r in c["rewards"]] for k, c in shipped.items()} == {
+        "vcm": [], "img": [("miniworld-image", 1.0)], "vid": [("miniworld-video", 2.0)],
+        "both": [("miniworld-image", 1.0), ("miniworld-video", 2.0)]}
+    assert all({k: v for k, v in c.items() if k != "rewards"} == {k: v for k, v in shipped["vcm"].items() if k != "rewards"}
+               for c in shipped.values())
+    built = resolve_run_config(load_config(config, ablation.variant_overrides("both", tmp_path)))
+    assert built["teacher"]["path"] == str(tmp_path / "teacher")
+    assert [r["args"]["checkpoint"] for r in built["rewards"]] == [str(tmp_path / "image_reward"), str(tmp_path / "video_reward")]
+
+
+def test_ablation_claims_compare_means_with_the_seed_spread():
+    ablation = _ablation_module()
+
+    def stats(total, motion, motion_std, colour=0.9, shape=0.6):
+        return {"overall": {"total": (total, 0.01), "motion": (motion, motion_std), "colour": (colour, 0.0),
+                            "shape": (shape, 0.0)}}
+    teacher = {"overall": {"total": 0.80}}
+    measured = {"vcm": stats(0.75, 0.30, 0.02), "img": stats(0.78, 0.30, 0.02, colour=0.95),
+                "vid": stats(0.79, 0.36, 0.02), "both": stats(0.805, 0.37, 0.03)}
+    claims = ablation.claims(measured, teacher, 21.0)
+    assert claims["vcm_over_teacher"]["value"] == pytest.approx(0.75 / 0.80) and claims["vcm_over_teacher"]["met"]
+    assert claims["t2v_turbo_minus_teacher"]["met"]
+    gain = claims["video_reward_motion_gain_over_vcm"]
+    assert gain["value"] == pytest.approx(0.06) and gain["two_std"] == pytest.approx(0.04) and gain["met"]
+    assert claims["image_reward_colour_plus_shape_gain_over_vcm"]["value"] == pytest.approx(0.05)
+    assert claims["t2v_turbo_minus_best_other_student"]["met"] and claims["speedup_vs_teacher"]["met"]
+    measured["vid"] = stats(0.79, 0.33, 0.02)  # a gain of 0.03 is within twice the seeds' spread
+    assert not ablation.claims(measured, teacher, 19.0)["video_reward_motion_gain_over_vcm"]["met"]
+    assert not ablation.claims(measured, teacher, 19.0)["speedup_vs_teacher"]["met"]
