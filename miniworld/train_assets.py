@@ -494,10 +494,42 @@ def flow_matching_loss(error: torch.Tensor, temporal_loss_weight: float = 0.0) -
     return loss
 
 
+def _draw_flow_batch(latents: torch.Tensor, labels: torch.Tensor, size: int, caption_dropout: float, shift: float,
+                     g: torch.Generator) -> tuple:
+    """(x0, caption rows, caption-dropout mask, sigma (size, 1, 1, 1, 1), eps) of ``size`` random pool videos,
+    drawn from ``g`` in this order."""
+    from t2v_turbo.diffusion.flow import shift_sigmas
+
+    idx = torch.randint(len(latents), (size,), generator=g)
+    x0 = latents[idx]
+    dropped = torch.rand(size, generator=g) < caption_dropout
+    sigma = shift_sigmas(torch.rand(size, generator=g), shift).view(-1, 1, 1, 1, 1)
+    return x0, labels[idx], dropped, sigma, torch.randn(x0.shape, generator=g)
+
+
+def with_time_reversed_pairs(x0: torch.Tensor, rows: torch.Tensor, dropped: torch.Tensor, sigma: torch.Tensor,
+                             eps: torch.Tensor, reversed_rows: torch.Tensor) -> tuple:
+    """A flow batch followed by itself played backwards: the frames (dim 2) of x0 and eps reversed, each caption
+    row replaced by its time-reversed caption's (``reversed_rows``), sigma and the caption dropout repeated."""
+    return (torch.cat([x0, x0.flip(2)]), torch.cat([rows, reversed_rows[rows]]), dropped.repeat(2),
+            sigma.repeat(2, 1, 1, 1, 1), torch.cat([eps, eps.flip(2)]))
+
+
+def time_reversal_rows(captions: Sequence[str]) -> torch.Tensor:
+    """Row i: the index in ``captions`` of captions[i] played backwards (``world.time_reversed_caption``); raises
+    naming the caption whose reversal is missing."""
+    row = {c: i for i, c in enumerate(captions)}
+    missing = [c for c in captions if world.time_reversed_caption(c) not in row]
+    if missing:
+        raise ValueError(f"time-reversal pairs: the reversal of {missing[0]!r} is not among the training captions")
+    return torch.tensor([row[world.time_reversed_caption(c)] for c in captions])
+
+
 def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: torch.Tensor, labels: torch.Tensor,
                        empty_embedding: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 1e-3,
                        caption_dropout: float = 0.1, ema_decay: float = 0.995, seed: int = 0, shift: float = FLOW_SHIFT,
-                       temporal_loss_weight: float = 0.0):
+                       temporal_loss_weight: float = 0.0, time_reversal_pairs: bool = False,
+                       reversed_rows: torch.Tensor | None = None):
     """Flow matching in place for ``steps`` (one phase: warm-up, cosine decay, EMA weights at the end).
 
     x_sigma = (1 - sigma) x0 + sigma eps and the regression target v = eps - x0 (``t2v_turbo.diffusion.flow``),
@@ -505,8 +537,15 @@ def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: t
     (L, D) outputs of every training caption come precomputed in ``caption_embeddings`` (``labels[i]`` is the
     row of latent i's caption); ``caption_dropout`` of a batch gets the empty prompt's, for guidance.
     The loss is ``flow_matching_loss`` (``temporal_loss_weight``: the weight of its frame-difference term).
+
+    ``time_reversal_pairs``: the second half of each batch is the first half played backwards (frames reversed)
+    under the time-reversed caption (``reversed_rows[i]``: the row of caption i's, ``time_reversal_rows``), with
+    the same noise reversed and the same sigma and caption dropout. The two inputs of a pair then differ only in
+    frame order, so the caption's motion sign is the one thing that tells the network which target it has: a
+    direct gradient for the direction, which the plain loss left to the noise (the world's distribution is
+    unchanged, time reversal being one of its symmetries).
     """
-    from t2v_turbo.diffusion.flow import flow_add_noise, flow_model_timesteps, flow_velocity, shift_sigmas
+    from t2v_turbo.diffusion.flow import flow_add_noise, flow_model_timesteps, flow_velocity
 
     torch.manual_seed(seed)
     params = [p for p in transformer.parameters() if p.requires_grad]
@@ -517,13 +556,16 @@ def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: t
     losses = []
     t0 = time.time()
     transformer.train()
+    if time_reversal_pairs and (reversed_rows is None or batch_size % 2):
+        raise ValueError("time_reversal_pairs needs reversed_rows and an even batch_size")
     for step in tqdm(range(steps), desc="flow teacher", mininterval=10):
-        idx = torch.randint(len(latents), (batch_size,), generator=g)
-        x0 = latents[idx]
-        text = caption_embeddings[labels[idx]].clone()
-        text[torch.rand(batch_size, generator=g) < caption_dropout] = empty_embedding
-        sigma = shift_sigmas(torch.rand(batch_size, generator=g), shift).view(-1, 1, 1, 1, 1)
-        eps = torch.randn(x0.shape, generator=g)
+        if time_reversal_pairs:
+            half = _draw_flow_batch(latents, labels, batch_size // 2, caption_dropout, shift, g)
+            x0, rows, dropped, sigma, eps = with_time_reversed_pairs(*half, reversed_rows)
+        else:
+            x0, rows, dropped, sigma, eps = _draw_flow_batch(latents, labels, batch_size, caption_dropout, shift, g)
+        text = caption_embeddings[rows].clone()
+        text[dropped] = empty_embedding
         pred = transformer(hidden_states=flow_add_noise(x0, eps, sigma), timestep=flow_model_timesteps(sigma.flatten()),
                            encoder_hidden_states=text, return_dict=False)[0]
         loss = flow_matching_loss(pred - flow_velocity(x0, eps), temporal_loss_weight)
@@ -534,6 +576,7 @@ def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: t
     transformer.eval()
     return transformer, {"steps": steps, "batch_size": batch_size, "lr": lr, "caption_dropout": caption_dropout,
                          "ema_decay": ema_decay, "shift": shift, "temporal_loss_weight": temporal_loss_weight,
+                         "time_reversal_pairs": time_reversal_pairs,
                          "seconds": time.time() - t0,
                          "final_loss": float(np.mean(losses[-50:])), "loss_curve": losses[:: max(1, steps // 50)]}
 
@@ -666,10 +709,14 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
         transformer = WanTransformer3DModel(**flow_transformer_config(lat.shape[1], text_encoder.config.hidden_size))
         modules = {"transformer": transformer}
         done = _resume_phases(record, "flow_teacher_phases", flow_checkpoint, log_path, modules)
+        reversed_rows = None  # the table's rows are the sorted unique captions (``caption_embeddings``)
+        if any(phase.get("time_reversal_pairs") for phase in teacher_phases[len(done):]):
+            reversed_rows = time_reversal_rows(sorted(set(captions)))
         for phase in teacher_phases[len(done):]:
             phase = dict(phase)
             phase_seed = seed + phase.pop("seed")
-            transformer, stats = train_flow_teacher(transformer, lat, table, labels, empty, seed=phase_seed, **phase)
+            transformer, stats = train_flow_teacher(transformer, lat, table, labels, empty, seed=phase_seed,
+                                                    reversed_rows=reversed_rows, **phase)
             _save_checkpoint(flow_checkpoint, modules)
             done.append({**stats, "seed": phase_seed, "threads": threads})
             save()

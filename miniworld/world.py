@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import itertools
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -85,6 +85,16 @@ def caption_of(attrs: Attributes, with_motion: bool = True) -> str:
 def strip_motion(caption: str) -> str:
     """Caption without its motion phrase: ``a red circle moving left on ...`` -> ``a red circle on ...``."""
     return caption_of(parse_caption(caption), with_motion=False)
+
+
+def time_reversed_caption(caption: str) -> str:
+    """The caption of the video played backwards: left <-> right, up <-> down, still stays. Time reversal is a
+    symmetry of the world: a reversed clip has the same colour, shape and background, i.i.d. background noise, and
+    a start inside the range its reversed motion allows, so it is as likely under that caption as any other."""
+    attrs = parse_caption(caption)
+    dx, dy = DIRECTIONS[attrs.motion]
+    reversed_motion = next(m for m, d in DIRECTIONS.items() if d == (-dx, -dy))
+    return caption_of(replace(attrs, motion=reversed_motion))
 
 
 def parse_caption(caption: str) -> Attributes:

@@ -88,6 +88,11 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     with pytest.raises(FileNotFoundError, match="_flow_teacher_fp32.pt"):
         ta.build(straight, steps=STEPS, num_videos=8, stages=("teacher",), teacher_phases=FLOW_PHASES)
 
+    # time-reversal pairs need the reversal of every training caption in the pool, which 8 videos lack: named
+    with pytest.raises(ValueError, match="time-reversal pairs: the reversal of 'a "):
+        ta.build(resumed, steps=STEPS, num_videos=8, stages=("teacher",),
+                 teacher_phases=FLOW_PHASES + (dict(FLOW_PHASES[1], time_reversal_pairs=True),))
+
     # the written folders load through the public loaders: the flow teacher on the 8-channel VAE with the
     # video reward's text tower, and the optional epsilon teacher on the same VAE
     adapter = load_teacher(resumed / "teacher")
@@ -172,3 +177,34 @@ def test_variant_sets_and_attribute_accuracy():
     accuracy = train_rewards.attribute_accuracy(blind, texts)
     assert accuracy["colour"] == accuracy["shape"] == accuracy["background"] == 1.0
     assert accuracy["motion"] == pytest.approx(1 / len(world.MOTIONS))
+
+
+def test_time_reversal_rows_pair_each_caption_with_its_reversal():
+    captions = sorted(["a red circle moving left on a black background", "a red circle moving right on a black background",
+                       "a blue square staying still on a teal background", "a green triangle moving up on a gray background",
+                       "a green triangle moving down on a gray background"])
+    rows = ta.time_reversal_rows(captions)
+    assert [ta.world.time_reversed_caption(c) for c in captions] == [captions[i] for i in rows]
+    assert torch.equal(rows[rows], torch.arange(len(captions)))  # reversing twice is the identity
+    without_right = [c for c in captions if "moving right" not in c]
+    with pytest.raises(ValueError, match="reversal of 'a red circle moving left on a black background'"):
+        ta.time_reversal_rows(without_right)
+
+
+def test_time_reversed_pairs_repeat_the_batch_backwards_under_the_reversed_captions():
+    g = torch.Generator().manual_seed(0)
+    latents, labels = torch.randn(6, 8, 8, 4, 4, generator=g), torch.tensor([0, 1, 2, 0, 1, 2])
+    half = ta._draw_flow_batch(latents, labels, 3, caption_dropout=0.5, shift=2.0, g=g)
+    x0, rows, dropped, sigma, eps = ta.with_time_reversed_pairs(*half, reversed_rows=torch.tensor([1, 0, 2]))
+    assert x0.shape == (6, 8, 8, 4, 4) and eps.shape == x0.shape
+    for k in range(8):  # frame k of a clip's reversal is frame 7 - k of the clip
+        torch.testing.assert_close(x0[3:, :, k], x0[:3, :, 7 - k], rtol=0, atol=0)
+        torch.testing.assert_close(eps[3:, :, k], eps[:3, :, 7 - k], rtol=0, atol=0)
+    assert rows[3:].tolist() == [[1, 0, 2][r] for r in rows[:3].tolist()]
+    assert torch.equal(dropped[3:], dropped[:3]) and torch.equal(sigma[3:], sigma[:3])
+    # the pair's noisy inputs are each other's reversal, so only the caption tells their targets apart
+    from t2v_turbo.diffusion.flow import flow_add_noise, flow_velocity
+
+    noisy, target = flow_add_noise(x0, eps, sigma), flow_velocity(x0, eps)
+    torch.testing.assert_close(noisy[3:], noisy[:3].flip(2), rtol=0, atol=0)
+    torch.testing.assert_close(target[3:], target[:3].flip(2), rtol=0, atol=0)

@@ -84,3 +84,16 @@ def test_dataset_writer_is_lossless(tmp_path):
     assert [r["caption"] for r in rows] == [world.sample_at(i, 5).caption for i in range(3)]
     for i, r in enumerate(rows):
         assert np.array_equal(read_video(tmp_path / r["video"]), world.sample_at(i, 5).video)
+
+
+@pytest.mark.parametrize("motion", world.MOTIONS)
+def test_a_clip_played_backwards_shows_its_time_reversed_caption(motion):
+    from miniworld import minibench
+
+    caption = f"a green square moving {motion} on a black background" if motion != "still" else \
+        "a green square staying still on a black background"
+    reversed_caption = world.time_reversed_caption(caption)
+    assert world.time_reversed_caption(reversed_caption) == caption
+    assert reversed_caption.replace(world.parse_caption(reversed_caption).motion, "") == caption.replace(motion, "")
+    clip = world.sample_for_caption(caption).video
+    assert minibench.analyse_video(clip[::-1].copy())["motion"] == world.parse_caption(reversed_caption).motion
