@@ -30,19 +30,24 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 KEYS = {"VCM (CD only)": "vcm", "CD + image reward": "img", "CD + video reward": "vid", "T2V-Turbo (CD + both)": "both"}
-#: the rewards of each variant (beta_img = 1, beta_vid = 2, the paper's VC2 setting)
+#: the reward kinds of each variant; their weights and arguments are the config's (beta_img 1, beta_vid 2 in
+#: configs/miniworld.yaml, the paper's VC2 setting)
 REWARDS = {"vcm": (), "img": ("image",), "vid": ("video",), "both": ("image", "video")}
 BEGIN, END = "<!-- miniworld-ablation:begin -->", "<!-- miniworld-ablation:end -->"
 
 
-def variant_overrides(key: str, world: Path | None) -> list[str]:
-    """The config overrides of one variant: its rewards (and, for a built world, its teacher and reward folders)."""
-    terms = {"image": {"name": "miniworld-image", "weight": 1.0, "args": {"num_frames": 4}},
-             "video": {"name": "miniworld-video", "weight": 2.0, "args": {}}}
+def variant_overrides(key: str, config_rewards: list[dict], world: Path | None) -> list[str]:
+    """The config overrides of one variant: the config's own reward terms of its kinds (image, video), and for a
+    built world its teacher and reward folders."""
+    kinds = {"miniworld-image": "image", "miniworld-video": "video"}
+    terms = [json.loads(json.dumps(t)) for t in config_rewards if kinds.get(t["name"]) in REWARDS[key]]
+    if len(terms) != len(REWARDS[key]):
+        raise ValueError(f"variant {key!r} needs the config's rewards {REWARDS[key]} (miniworld-image / miniworld-video); "
+                         f"the config has {[t['name'] for t in config_rewards]}")
     if world is not None:
-        terms["image"]["args"]["checkpoint"] = str(world / "image_reward")
-        terms["video"]["args"]["checkpoint"] = str(world / "video_reward")
-    overrides = [f"rewards={json.dumps([terms[r] for r in REWARDS[key]])}"]
+        for term in terms:
+            term.setdefault("args", {})["checkpoint"] = str(world / f"{kinds[term['name']]}_reward")
+    overrides = [f"rewards={json.dumps(terms)}"]
     return overrides + ([f"teacher.path={world / 'teacher'}"] if world is not None else [])
 
 
@@ -150,7 +155,7 @@ def main() -> int:
     names = {k: n for n, k in KEYS.items()}
     prompts = evaluation_prompts()[: args.num_prompts]
     jobs = [(seed, key) for seed in seeds for key in keys]
-    overrides = {job: args.overrides + variant_overrides(job[1], world) for job in jobs}
+    overrides = {job: args.overrides + variant_overrides(job[1], cfg["rewards"], world) for job in jobs}
     curve_job = (seeds[0], "both") if args.curve_every and "both" in keys else None
     if curve_job:
         overrides[curve_job] += [f"train.checkpoint_every={args.curve_every}", "train.keep_checkpoints=1000"]

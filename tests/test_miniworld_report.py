@@ -122,16 +122,20 @@ def test_ablation_variants_are_valid_run_configs_that_differ_only_in_rewards(tmp
 
     ablation = _ablation_module()
     config = ablation.REPO / "configs" / "miniworld.yaml"
-    shipped = {key: resolve_run_config(load_config(config, ablation.variant_overrides(key, None)))
+    rewards = load_config(config, [])["rewards"]
+    shipped = {key: resolve_run_config(load_config(config, ablation.variant_overrides(key, rewards, None)))
                for key in ablation.KEYS.values()}
     assert {k: [(r["name"], r["weight"]) for r in c["rewards"]] for k, c in shipped.items()} == {
         "vcm": [], "img": [("miniworld-image", 1.0)], "vid": [("miniworld-video", 2.0)],
         "both": [("miniworld-image", 1.0), ("miniworld-video", 2.0)]}
     assert all({k: v for k, v in c.items() if k != "rewards"} == {k: v for k, v in shipped["vcm"].items() if k != "rewards"}
                for c in shipped.values())
-    built = resolve_run_config(load_config(config, ablation.variant_overrides("both", tmp_path)))
+    assert [r["args"] for r in shipped["both"]["rewards"]] == [r.get("args", {}) for r in rewards]  # the config's own
+    built = resolve_run_config(load_config(config, ablation.variant_overrides("both", rewards, tmp_path)))
     assert built["teacher"]["path"] == str(tmp_path / "teacher")
     assert [r["args"]["checkpoint"] for r in built["rewards"]] == [str(tmp_path / "image_reward"), str(tmp_path / "video_reward")]
+    with pytest.raises(ValueError, match="needs the config's rewards"):
+        ablation.variant_overrides("both", rewards[:1], None)
 
 
 def test_ablation_claims_compare_means_with_the_seed_spread():
