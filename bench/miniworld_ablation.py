@@ -138,7 +138,7 @@ def main() -> int:
     torch.set_num_threads(1)
     from miniworld import minibench
     from miniworld import report as rp
-    from miniworld.assets import ASSETS, evaluation_prompts, load_teacher, training_dataset
+    from miniworld.assets import evaluation_prompts, load_teacher, teacher_scores_path, training_dataset
     from t2v_turbo.config import load_config
     from t2v_turbo.pipeline import load_student_pipeline
 
@@ -191,8 +191,9 @@ def main() -> int:
     trainer.join()
     if failures:
         raise failures[0]
-    if args.write_teacher_cache:
-        rp.save_json(ASSETS / "teacher_minibench.json", json.loads(teacher_json.read_text()))
+    if args.write_teacher_cache:  # beside the teacher folder the quick start reads
+        cache = world / "teacher_minibench.json" if world else teacher_scores_path(cfg["teacher"].get("path"))
+        rp.save_json(cache, json.loads(teacher_json.read_text()))
 
     per_seed: dict[str, list[dict]] = {k: [] for k in keys}
     speed = None
