@@ -138,7 +138,7 @@ def main() -> int:
     torch.set_num_threads(1)
     from miniworld import minibench
     from miniworld import report as rp
-    from miniworld.assets import evaluation_prompts, load_teacher, teacher_scores_path, training_dataset
+    from miniworld.assets import TEACHER, asset_path, evaluation_prompts, load_teacher, training_dataset
     from t2v_turbo.config import load_config
     from t2v_turbo.pipeline import load_student_pipeline
 
@@ -179,8 +179,9 @@ def main() -> int:
     reports["VAE reconstruction of ground truth (ceiling of latent models)"] = rp.compact(
         minibench.evaluate(rp.vae_roundtrip(adapter, prompts, seed=sample_seed), prompts))
     teacher_json = out / "teacher_minibench.json"
-    settings = (f"teacher {world / 'teacher' if world else 'shipped'}, 50 steps, CFG {teacher_guidance}, "
-                f"seed {sample_seed}, one video per prompt, {len(prompts)} prompts")
+    teacher_weights = rp.asset_fingerprint(world / "teacher" if world else asset_path(cfg["teacher"].get("path"), TEACHER))
+    settings = (f"50 steps, CFG {teacher_guidance}, seed {sample_seed}, one video per prompt, {len(prompts)} prompts, "
+                f"teacher weights {teacher_weights}")
     if teacher_json.is_file() and json.loads(teacher_json.read_text())["settings"] == settings:
         reports["teacher (50 steps + CFG)"] = json.loads(teacher_json.read_text())["report"]
     else:
@@ -191,9 +192,9 @@ def main() -> int:
     trainer.join()
     if failures:
         raise failures[0]
-    if args.write_teacher_cache:  # beside the teacher folder the quick start reads
-        cache = world / "teacher_minibench.json" if world else teacher_scores_path(cfg["teacher"].get("path"))
-        rp.save_json(cache, json.loads(teacher_json.read_text()))
+    if args.write_teacher_cache:  # beside the teacher folder, where the quick start reads it
+        teacher_dir = world / "teacher" if world else asset_path(cfg["teacher"].get("path"), TEACHER)
+        rp.save_json(teacher_dir.parent / "teacher_minibench.json", json.loads(teacher_json.read_text()))
 
     per_seed: dict[str, list[dict]] = {k: [] for k in keys}
     speed = None
@@ -217,7 +218,7 @@ def main() -> int:
     stats = {key: rp.seed_statistics(values) for key, values in per_seed.items()}
     result = {
         "machine": "2-core CPU (shared with other jobs), no GPU",
-        "world": str(world) if world else "shipped assets",
+        "world": f"the build `{world.name}`" if world else "shipped assets", "teacher_weights": teacher_weights,
         "student_steps": steps, "batch_size": cfg["dataloader"]["batch_size"], "seeds": seeds, "sample_seed": sample_seed,
         "student_guidance_scale": guidance, "teacher_guidance_scale": teacher_guidance,
         "train_seconds": {f"seed{s}/{k}": v for (s, k), v in trainings.items()},
