@@ -138,7 +138,14 @@ def main() -> int:
     torch.set_num_threads(1)
     from miniworld import minibench
     from miniworld import report as rp
-    from miniworld.assets import TEACHER, asset_path, evaluation_prompts, load_teacher, training_dataset
+    from miniworld.assets import (
+        TEACHER,
+        asset_path,
+        evaluation_prompts,
+        load_teacher,
+        teacher_scores_path,
+        training_dataset,
+    )
     from t2v_turbo.config import load_config
     from t2v_turbo.pipeline import load_student_pipeline
 
@@ -193,8 +200,8 @@ def main() -> int:
     if failures:
         raise failures[0]
     if args.write_teacher_cache:  # beside the teacher folder, where the quick start reads it
-        teacher_dir = world / "teacher" if world else asset_path(cfg["teacher"].get("path"), TEACHER)
-        rp.save_json(teacher_dir.parent / "teacher_minibench.json", json.loads(teacher_json.read_text()))
+        teacher = world / "teacher" if world else cfg["teacher"].get("path")
+        rp.save_json(teacher_scores_path(teacher), json.loads(teacher_json.read_text()))
 
     per_seed: dict[str, list[dict]] = {k: [] for k in keys}
     speed = None

@@ -1,6 +1,15 @@
 """Paths of the shipped mini-world assets and builders that configs name as ``_component_``.
 
-Paths are resolved relative to the installed package, so configs work from any directory.
+Paths are resolved relative to the installed package, so configs work from any directory (``pkg:v2/teacher``
+in a config is ``miniworld/assets/v2/teacher``). Two worlds are shipped:
+
+- ``assets/v2/`` (``V2``): the world ``configs/miniworld.yaml`` and the quick start use: a flow-matching DiT
+  teacher in diffusers' Wan layout that follows every attribute, motion included, on an 8-channel VAE, with the
+  video reward's text tower as its text encoder; the tubelet ViCLIP video reward; the image reward; the
+  quick-start student, one seed of the ablation (bench/RESULTS.md).
+- ``assets/`` itself (``TEACHER``, ``STUDENT``, ``IMAGE_REWARD``, ``VIDEO_REWARD``): the first world, an
+  epsilon-prediction UNet3D teacher (the code path of ModelScope / VideoCrafter2) that ignores motion; the
+  recipe configs (VADER, InstructVideo, DPO, RWR, the reward model) and their measured tables use it.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ TEACHER = ASSETS / "teacher"
 IMAGE_REWARD = ASSETS / "image_reward"
 VIDEO_REWARD = ASSETS / "video_reward"
 STUDENT = ASSETS / "student"
+V2 = ASSETS / "v2"
 EVAL_PROMPTS = Path(__file__).resolve().parent / "data" / "eval_prompts.txt"
 
 
@@ -23,6 +33,12 @@ def asset_path(path: str | Path | None, default: Path) -> Path:
     if text.startswith("pkg:"):
         return ASSETS / text[4:]
     return Path(text)
+
+
+def teacher_scores_path(teacher: str | Path | None = None) -> Path:
+    """The cached MiniBench scores of a shipped teacher (``teacher_minibench.json`` beside its folder), which the
+    quick start shows instead of sampling the teacher again."""
+    return asset_path(teacher, TEACHER).parent / "teacher_minibench.json"
 
 
 def load_teacher(path: str | Path | None = None, **kwargs):
@@ -97,14 +113,17 @@ def evaluation_prompts() -> list[str]:
 
 
 def load_shipped_student(folder: str | Path | None = None, teacher: str | Path | None = None):
-    """A ``T2VTurboPipeline`` of the shipped quick-start student on the shipped teacher, with the
-    world's 8-frame default geometry."""
+    """A ``T2VTurboPipeline`` of a shipped quick-start student (default: the first world's) on its teacher
+    (default: the first world's), with the world's 8-frame default geometry; the sampler follows the teacher's
+    prediction type (``load_student_pipeline``'s choice)."""
     from t2v_turbo.pipeline import T2VTurboPipeline
     from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
     from t2v_turbo.student import load_student
 
     adapter = load_teacher(teacher)
     unet, meta = load_student(asset_path(folder, STUDENT), adapter)
+    if adapter.prediction_type == "flow":
+        return T2VTurboPipeline(adapter, unet, num_ddim_timesteps=meta.num_ddim_timesteps, meta=meta)
     scheduler = T2VTurboScheduler.from_adapter(adapter, num_ddim_timesteps=meta.num_ddim_timesteps,
                                                sigma_data=meta.sigma_data, timestep_scaling=meta.timestep_scaling)
     return T2VTurboPipeline(adapter, unet, scheduler)

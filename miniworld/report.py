@@ -255,8 +255,9 @@ def seeds_table(statistics: dict[str, dict]) -> str:
 
 
 def compact(report: dict) -> dict:
-    """A report without its per-video rows (for caching and JSON summaries)."""
-    return {k: v for k, v in report.items() if k != "videos"}
+    """A report without its per-video rows and the folder it was read from (for caching and JSON summaries that
+    travel: shipped score caches, bench/RESULTS.md)."""
+    return {k: v for k, v in report.items() if k not in ("videos", "folder")}
 
 
 def save_json(path: str | Path, data) -> Path:

@@ -458,12 +458,12 @@ def save_teacher(folder: Path, unet, vae, text_encoder, half: bool = True) -> Pa
 FLOW_SHIFT = 2.0
 #: the flow teacher's phases, in order; each continues from the previous one's EMA weights (``seed`` is added to
 #: the build's seed); a phase is the unit the build resumes at. From the fifth phase on the loss adds the
-#: frame-difference term (``flow_matching_loss``): after 2000 steps the teacher told "still" from "moving" but
-#: took the direction from the initial noise (3500 steps with and without the term: MiniBench 0.754 / 0.747,
-#: motion 0.256 / 0.256). All 16 phases: 0.851, motion 0.578 and still rising (bench/RESULTS.md, v2 progress)
+#: frame-difference term (``flow_matching_loss``). The teacher learns the motion last: "still" against "moving"
+#: by 2,000 steps, the axis by 5,000, the sign between 11,000 and 15,000 (motion 0.52 -> 0.86); the shipped
+#: teacher is all 38 phases, 19,000 steps: MiniBench 0.946, motion 1.000 (bench/RESULTS.md, mini world v2)
 FLOW_TEACHER_PHASES: tuple[dict, ...] = tuple(
     dict(steps=500, batch_size=32, lr=1e-3 if k < 8 else 5e-4, seed=100 + k, temporal_loss_weight=1.0 if k >= 4 else 0.0)
-    for k in range(16))
+    for k in range(38))
 
 
 def flow_transformer_config(latent_channels: int = 8, text_dim: int = TEXT_HIDDEN) -> dict:

@@ -1,4 +1,6 @@
-"""The shipped mini-world assets load through the public loaders and generate videos of the right shape."""
+"""The shipped mini-world assets load through the public loaders and generate videos of the right shape: the
+first world (epsilon UNet3D teacher, ``miniworld/assets/``) and the mini world v2 (flow DiT teacher that follows
+motion, ``miniworld/assets/v2/``), whose models are checked for the properties they were rebuilt for."""
 
 import json
 
@@ -100,7 +102,7 @@ def test_shipped_student_samples():
 
 def test_asset_size_is_small():
     total = sum(p.stat().st_size for p in assets.ASSETS.rglob("*") if p.is_file())
-    assert total < 12 * 2**20, f"shipped mini-world assets are {total / 2**20:.1f} MiB"
+    assert total < 20 * 2**20, f"shipped mini-world assets (both worlds) are {total / 2**20:.1f} MiB"
 
 
 def test_shipped_student_samples_through_the_cli_from_any_directory(tmp_path, monkeypatch):
@@ -133,3 +135,71 @@ def test_sample_folder_of_the_shipped_student_is_what_minibench_reads(tmp_path):
     assert videos.shape == (2, 3, 8, 32, 32)
     in_memory = minibench.evaluate(videos, PROMPTS)
     assert from_files["overall"] == in_memory["overall"]  # lossless files: the same pixels, the same scores
+
+
+# ---- the mini world v2 ------------------------------------------------------------------------
+V2_TEACHER = assets.V2 / "teacher"
+#: captions whose five motion variants the v2 teacher is checked on (a held-out composition among them)
+MOTION_CAPTIONS = ["a red circle moving left on a black background", "a green square moving up on a teal background",
+                   "a blue circle moving down on a gray background"]
+
+
+def test_v2_teacher_is_a_flow_dit_on_the_8_channel_vae():
+    from t2v_turbo.adapters.wan import WanAdapter
+    from t2v_turbo.pipeline import TeacherPipeline
+
+    adapter = assets.load_teacher(V2_TEACHER)
+    assert isinstance(adapter, WanAdapter) and adapter.prediction_type == "flow"
+    assert adapter.vae.config.latent_channels == 8
+    video = TeacherPipeline(adapter)(PROMPTS, num_inference_steps=3, guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
+    assert video.shape == (2, 3, 8, 32, 32) and video.abs().max() <= 1.5
+
+
+@pytest.mark.parametrize("caption", MOTION_CAPTIONS)
+def test_v2_teacher_follows_the_captioned_motion_from_one_initial_noise(caption):
+    """The five motion variants of a caption sampled from the same x_T (50 Euler steps, CFG 4) move as their
+    captions say: five different trajectories, each the captioned one (the first world's teacher gave one
+    trajectory five times)."""
+    from miniworld.report import motions_under_fixed_noise
+    from t2v_turbo.pipeline import TeacherPipeline
+
+    seen = motions_under_fixed_noise(TeacherPipeline(assets.load_teacher(V2_TEACHER)), caption)
+    assert {c: motion for c, (motion, _) in seen.items()} == {c: world.parse_caption(c).motion for c in seen}
+
+
+def test_v2_text_encoder_keeps_the_motion_words_as_apart_as_the_other_attributes():
+    from transformers import CLIPTextModel
+
+    from miniworld.train_assets import text_distinctness
+
+    distinctness = text_distinctness(CLIPTextModel.from_pretrained(V2_TEACHER / "text_encoder"))
+    assert distinctness["motion_to_others_min_ratio"] > 0.5  # the first world's encoder: 0.064
+    assert min(distinctness["distances"]["motion"].values()) > 0.2
+
+
+def test_v2_video_reward_tells_the_motion_apart():
+    from miniworld.train_rewards import _gallery, attribute_accuracy
+    from rewards import build_reward
+
+    video = build_reward("miniworld-video", checkpoint=str(assets.V2 / "video_reward"))
+    videos, captions = _gallery()
+    with torch.no_grad():
+        sim = video.model.encode_video(video.preprocess_clip(world.to_pixels(videos)), normalize=True) @ video.encode_prompts(captions).T
+    accuracy = attribute_accuracy(sim, captions)
+    assert accuracy["motion"] >= 0.9 and accuracy["colour"] > 0.9 and accuracy["background"] > 0.9
+
+
+def test_v2_student_samples_with_its_own_defaults_and_the_training_log_records_the_build():
+    from t2v_turbo.pipeline import T2VTurboPipeline
+
+    pipe = T2VTurboPipeline.from_pretrained(assets.V2 / "student")
+    assert pipe.adapter.prediction_type == "flow" and pipe.meta.num_inference_steps == 4
+    video = pipe(PROMPTS, generator=torch.Generator().manual_seed(0))
+    assert video.shape == (2, 3, 8, 32, 32)
+    torch.testing.assert_close(assets.load_shipped_student(assets.V2 / "student", V2_TEACHER)(
+        PROMPTS, num_inference_steps=4, guidance_scale=pipe.meta.guidance_scale, generator=torch.Generator().manual_seed(0)),
+        T2VTurboPipeline.from_pretrained(assets.V2 / "student", fuse_lora=False)(PROMPTS, generator=torch.Generator().manual_seed(0)),
+        rtol=0, atol=1e-5)
+    log = json.loads((assets.V2 / "training_log.json").read_text())
+    assert len(log["flow_teacher_phases"]) >= 16 and all(p["seconds"] > 0 for p in log["flow_teacher_phases"])
+    assert log["video_reward"]["attribute_accuracy"]["motion"] >= 0.9

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
     from miniworld import minibench
     from miniworld import report as rp
-    from miniworld.assets import ASSETS, evaluation_prompts, load_teacher
+    from miniworld.assets import evaluation_prompts, load_teacher, teacher_scores_path
     from t2v_turbo.cli import main as cli_main
     from t2v_turbo.config import load_config
     from t2v_turbo.pipeline import load_student_pipeline
@@ -73,17 +73,17 @@ def run(args: argparse.Namespace) -> int:
     sample_seconds = time.time() - t0
     rp.write_videos(out / "videos" / "student", student_videos, prompts)
     reports = {"ground truth": minibench.ground_truth_report(prompts)}
-    teacher_cache = ASSETS / "teacher_minibench.json"
+    teacher_cache = teacher_scores_path(cfg["teacher"].get("path"))
     adapter = load_teacher(cfg["teacher"].get("path"))
     teacher_videos = None
     if args.sample_teacher or not teacher_cache.is_file() or args.num_prompts is not None:
         teacher_videos = rp.sample_teacher(adapter, prompts, seed=cfg["seed"], guidance_scale=guidance)
         rp.write_videos(out / "videos" / "teacher", teacher_videos, prompts)
-        reports["teacher (DDIM 50, CFG)"] = minibench.evaluate_folder(out / "videos" / "teacher")
+        reports["teacher (50 steps + CFG)"] = minibench.evaluate_folder(out / "videos" / "teacher")
         teacher_note = f"sampled in this run (seed {cfg['seed']}, guidance {guidance})"
     else:
         cached = json.loads(teacher_cache.read_text())
-        reports["teacher (DDIM 50, CFG)"] = cached["report"]
+        reports["teacher (50 steps + CFG)"] = cached["report"]
         teacher_note = f"cached scores from {teacher_cache.name} ({cached['settings']})"
     reports["T2V-Turbo student (4 steps)"] = minibench.evaluate_folder(out / "videos" / "student")
     speed = rp.time_sampling(pipeline, adapter, prompts[:8], guidance_scale=guidance)
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     # the teacher beside the student: sampled here for the shown prompts when its scores came from the cache
     shown_teacher = (teacher_videos[show] if teacher_videos is not None else
                      rp.sample_teacher(adapter, [prompts[i] for i in show], seed=cfg["seed"], guidance_scale=guidance))
-    rows["teacher (DDIM 50, CFG)"] = shown_teacher
+    rows["teacher (50 steps + CFG)"] = shown_teacher
     import numpy as np
 
     from miniworld.world import sample_for_caption
