@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -58,34 +57,15 @@ def run_dir(out: Path, seed: int, key: str) -> Path:
 def train_all(out: Path, jobs: list[tuple[int, str]], steps: int, overrides: dict, parallel: int) -> dict:
     """Train every (seed, variant key) job whose student is not there yet, ``parallel`` at a time (one torch
     thread each); returns the wall seconds of each. A failed run stops the others and raises, naming its log."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    pending = [job for job in jobs if not (run_dir(out, *job) / "student" / "student.json").is_file()]
-    running, seconds = {}, {}
-    try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                seed, key = job = pending.pop(0)
-                log_path = run_dir(out, seed, key).with_suffix(".log")
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                command = [sys.executable, "-m", "t2v_turbo.cli", "train", str(REPO / "configs" / "miniworld.yaml"),
-                           f"output_dir={run_dir(out, seed, key)}", f"data.folder={out / 'data'}", f"seed={seed}",
-                           f"train.max_steps={steps}", "logging.tensorboard=true", *overrides[job]]
-                log = open(log_path, "w")
-                running[job] = (subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), time.time(), log)
-            for job, (proc, started, log) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log.close()
-                del running[job]
-                if proc.returncode:
-                    raise RuntimeError(f"training {job} failed (exit {proc.returncode}); see {log.name}")
-                seconds[job] = time.time() - started
-            time.sleep(1)
-    finally:
-        for proc, _, log in running.values():
-            proc.terminate()
-            log.close()
-    return seconds
+    from miniworld.report import run_commands
+
+    commands = {
+        (seed, key): ([sys.executable, "-m", "t2v_turbo.cli", "train", str(REPO / "configs" / "miniworld.yaml"),
+                       f"output_dir={run_dir(out, seed, key)}", f"data.folder={out / 'data'}", f"seed={seed}",
+                       f"train.max_steps={steps}", "logging.tensorboard=true", *overrides[(seed, key)]],
+                      run_dir(out, seed, key).with_suffix(".log"))
+        for seed, key in jobs if not (run_dir(out, seed, key) / "student" / "student.json").is_file()}
+    return run_commands(commands, parallel, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
 def claims(stats: dict, teacher: dict, speedup: float | None) -> dict:

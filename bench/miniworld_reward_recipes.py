@@ -74,7 +74,7 @@ def train_all(jobs: list[tuple[str, int]], steps: int, root: Path, parallel: int
 
     training_dataset(root / "data", num_videos=1000, seed=0)  # written once, before runs that read it
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    from miniworld.report import check_reusable_run
+    from miniworld.report import check_reusable_run, run_commands
 
     pending = []
     for key, seed in jobs:
@@ -83,25 +83,10 @@ def train_all(jobs: list[tuple[str, int]], steps: int, root: Path, parallel: int
             check_reusable_run(run, steps)
         else:
             pending.append((key, seed))
-    running, seconds = {}, {}
-    while pending or running:
-        while pending and len(running) < parallel:
-            key, seed = pending.pop(0)
-            out = root / key / f"seed{seed}"
-            out.mkdir(parents=True, exist_ok=True)
-            log = open(out / "train.log", "w")
-            running[(key, seed)] = (subprocess.Popen(train_command(key, seed, steps, out), env=env, cwd=REPO,
-                                                     stdout=log, stderr=subprocess.STDOUT), time.time(), log)
-        for job, (proc, t0, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            log.close()
-            del running[job]
-            if proc.returncode:
-                raise RuntimeError(f"training {job} failed (exit {proc.returncode}); see {root / job[0] / f'seed{job[1]}' / 'train.log'}")
-            seconds[f"{job[0]}/seed{job[1]}"] = time.time() - t0
-        time.sleep(2)
-    return seconds
+    commands = {job: (train_command(*job, steps, root / job[0] / f"seed{job[1]}"), root / job[0] / f"seed{job[1]}" / "train.log")
+                for job in pending}
+    seconds = run_commands(commands, parallel, env=env, cwd=REPO)
+    return {f"{key}/seed{seed}": value for (key, seed), value in seconds.items()}
 
 
 def model_folder(run: Path) -> Path:

@@ -254,6 +254,38 @@ def seeds_table(statistics: dict[str, dict]) -> str:
     return minibench.TABLE_HEADER + "\n" + "\n".join(rows) + "\n"
 
 
+def run_commands(commands: dict, parallel: int, env: dict | None = None, cwd: str | Path | None = None) -> dict:
+    """Run ``commands`` (``{job: (argv, log path)}``, in their order) as subprocesses, ``parallel`` at a time, each
+    writing to its log; returns each job's wall seconds. A failing command stops the running ones and raises,
+    naming its log (the mini-world benches' trainings, one torch thread each)."""
+    import subprocess
+
+    pending, running, seconds = list(commands), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                job = pending.pop(0)
+                argv, log_path = commands[job]
+                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+                log = open(log_path, "w")
+                running[job] = (subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT),
+                                time.time(), log)
+            for job, (proc, started, log) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[job]
+                if proc.returncode:
+                    raise RuntimeError(f"{job} failed (exit {proc.returncode}); see {log.name}")
+                seconds[job] = time.time() - started
+            time.sleep(0.2)
+    finally:
+        for proc, _, log in running.values():
+            proc.terminate()
+            log.close()
+    return seconds
+
+
 def compact(report: dict) -> dict:
     """A report without its per-video rows and the folder it was read from (for caching and JSON summaries that
     travel: shipped score caches, bench/RESULTS.md)."""

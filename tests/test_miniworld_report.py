@@ -11,6 +11,7 @@ from miniworld.report import (
     failed_attributes,
     plot_minibench_curve,
     prompt_subset,
+    run_commands,
     save_sample_grid,
     seed_statistics,
     seeds_table,
@@ -157,3 +158,17 @@ def test_ablation_claims_compare_means_with_the_seed_spread():
     measured["vid"] = stats(0.79, 0.33, 0.02)  # a gain of 0.03 is within twice the seeds' spread
     assert not ablation.claims(measured, teacher, 19.0)["video_reward_motion_gain_over_vcm"]["met"]
     assert not ablation.claims(measured, teacher, 19.0)["speedup_vs_teacher"]["met"]
+
+
+def test_run_commands_runs_every_job_into_its_log_and_names_a_failure(tmp_path):
+    import sys
+
+    def echo(text, code=0):
+        return [sys.executable, "-c", f"print({text!r}); raise SystemExit({code})"]
+
+    seconds = run_commands({"a": (echo("one"), tmp_path / "a" / "a.log"), "b": (echo("two"), tmp_path / "b.log"),
+                            "c": (echo("three"), tmp_path / "c.log")}, parallel=2)
+    assert sorted(seconds) == ["a", "b", "c"] and all(s >= 0 for s in seconds.values())
+    assert [(tmp_path / p).read_text() for p in ("a/a.log", "b.log", "c.log")] == ["one\n", "two\n", "three\n"]
+    with pytest.raises(RuntimeError, match=r"bad failed \(exit 3\); see .*bad\.log"):
+        run_commands({"bad": (echo("no", 3), tmp_path / "bad.log")}, parallel=1)
