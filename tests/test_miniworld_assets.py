@@ -203,3 +203,14 @@ def test_v2_student_samples_with_its_own_defaults_and_the_training_log_records_t
     log = json.loads((assets.V2 / "training_log.json").read_text())
     assert len(log["flow_teacher_phases"]) >= 16 and all(p["seconds"] > 0 for p in log["flow_teacher_phases"])
     assert log["video_reward"]["attribute_accuracy"]["motion"] >= 0.9
+
+
+def test_v2_teacher_scores_cache_was_measured_on_the_shipped_teacher():
+    """The quick start shows the cached teacher row instead of sampling the teacher; the cache names the weights it
+    was measured on, which must be the shipped ones (a rebuilt teacher needs a new cache:
+    ``bench/miniworld_ablation.py --write-teacher-cache``)."""
+    from miniworld.report import asset_fingerprint
+
+    cache = json.loads(assets.teacher_scores_path(V2_TEACHER).read_text())
+    assert f"teacher weights {asset_fingerprint(V2_TEACHER)}" in cache["settings"]
+    assert cache["report"]["overall"]["count"] == 90 and cache["report"]["overall"]["motion"] >= 0.85
