@@ -601,18 +601,11 @@ class TrainingRecipe:
         # under FSDP each forward of the network is a collective: every process samples, the main one writes
         if not val["prompts"] or not (self.accelerator.is_main_process or self.sharded):
             return None
-        from t2v_turbo.pipeline import T2VTurboPipeline, TeacherPipeline
-        from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
+        from t2v_turbo.pipeline import model_pipeline
         from t2v_turbo.video_io import save_grid
 
-        meta = self.model_meta()
         self.network.eval()
-        if meta.is_student:
-            scheduler = T2VTurboScheduler.from_adapter(self.adapter, num_ddim_timesteps=meta.num_ddim_timesteps,
-                                                       sigma_data=meta.sigma_data, timestep_scaling=meta.timestep_scaling)
-            pipeline = T2VTurboPipeline(self.adapter, self.network, scheduler, inference_mode=False)
-        else:
-            pipeline = TeacherPipeline(self.adapter, self.network, inference_mode=False)
+        pipeline = model_pipeline(self.adapter, self.network, self.model_meta(), inference_mode=False)
         generator = torch.Generator().manual_seed(val["seed"])
         videos = pipeline(val["prompts"], num_inference_steps=val["num_inference_steps"],
                           guidance_scale=val["guidance_scale"], num_frames=val["num_frames"], generator=generator)

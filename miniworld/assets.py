@@ -113,20 +113,14 @@ def evaluation_prompts() -> list[str]:
 
 
 def load_shipped_student(folder: str | Path | None = None, teacher: str | Path | None = None):
-    """A ``T2VTurboPipeline`` of a shipped quick-start student (default: the first world's) on its teacher
-    (default: the first world's), with the world's 8-frame default geometry; the sampler follows the teacher's
-    prediction type (``load_student_pipeline``'s choice)."""
-    from t2v_turbo.pipeline import T2VTurboPipeline
-    from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
+    """A pipeline of a shipped quick-start student (default: the first world's) on its teacher (default: the first
+    world's, loaded by ``load_teacher`` with the world's 8-frame default geometry), LoRA kept unmerged."""
+    from t2v_turbo.pipeline import model_pipeline
     from t2v_turbo.student import load_student
 
     adapter = load_teacher(teacher)
     unet, meta = load_student(asset_path(folder, STUDENT), adapter)
-    if adapter.prediction_type == "flow":
-        return T2VTurboPipeline(adapter, unet, num_ddim_timesteps=meta.num_ddim_timesteps, meta=meta)
-    scheduler = T2VTurboScheduler.from_adapter(adapter, num_ddim_timesteps=meta.num_ddim_timesteps,
-                                               sigma_data=meta.sigma_data, timestep_scaling=meta.timestep_scaling)
-    return T2VTurboPipeline(adapter, unet, scheduler)
+    return model_pipeline(adapter, unet, meta)
 
 
 def ship_student(trained: str | Path, folder: Path = STUDENT) -> Path:

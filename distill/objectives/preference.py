@@ -233,21 +233,11 @@ class OnlineDPOObjective(DPOObjective):
     def sample(self, prompt: str, position: int) -> torch.Tensor:
         """K latents of ``prompt`` from the current policy (its own sampler), from the generator of (seed,
         position, CHAIN_STREAM)."""
-        from t2v_turbo.pipeline import T2VTurboPipeline, TeacherPipeline
-        from t2v_turbo.sampler.scheduling_t2v_turbo import T2VTurboScheduler
+        from t2v_turbo.pipeline import model_pipeline
 
-        unet, meta, adapter = self.run.model.unet, self.run.model.meta, self.adapter
-        if meta.is_student:
-            scheduler = None
-            if adapter.prediction_type != "flow":
-                scheduler = T2VTurboScheduler.from_adapter(adapter, num_ddim_timesteps=meta.num_ddim_timesteps,
-                                                           sigma_data=meta.sigma_data,
-                                                           timestep_scaling=meta.timestep_scaling)
-            pipeline = T2VTurboPipeline(adapter, unet, scheduler, num_ddim_timesteps=meta.num_ddim_timesteps,
-                                        inference_mode=False)
-            scale = self.guidance_scale
-        else:
-            pipeline, scale = TeacherPipeline(adapter, unet, inference_mode=False), self.sample_guidance_scale
+        unet, meta = self.run.model.unet, self.run.model.meta
+        pipeline = model_pipeline(self.adapter, unet, meta, inference_mode=False)
+        scale = self.guidance_scale if meta.is_student else self.sample_guidance_scale
         generator = sample_generator(self.run.seed, position, CHAIN_STREAM)
         with eval_mode(unet):
             latents = pipeline([prompt] * self.num_samples, num_inference_steps=self.num_inference_steps,
