@@ -136,6 +136,7 @@ def main() -> int:
     sample_seed = cfg["seed"]  # every model samples the evaluation prompts from the same noise
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [sample_seed]
     world = Path(args.world).resolve() if args.world else None
+    teacher_dir = world / "teacher" if world else asset_path(cfg["teacher"].get("path"), TEACHER)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     keys = [k for k in KEYS.values() if k in args.variants.split(",")]
@@ -162,15 +163,16 @@ def main() -> int:
     trainer = threading.Thread(target=train)
     trainer.start()  # the teacher samples while the students train
     reports = {"ground truth": minibench.ground_truth_report(prompts)}
-    adapter = load_teacher(str(world / "teacher") if world else cfg["teacher"].get("path"))
+    adapter = load_teacher(teacher_dir)
     reports["VAE reconstruction of ground truth (ceiling of latent models)"] = rp.compact(
         minibench.evaluate(rp.vae_roundtrip(adapter, prompts, seed=sample_seed), prompts))
     teacher_json = out / "teacher_minibench.json"
-    teacher_weights = rp.asset_fingerprint(world / "teacher" if world else asset_path(cfg["teacher"].get("path"), TEACHER))
+    teacher_weights = rp.asset_fingerprint(teacher_dir)
     settings = (f"50 steps, CFG {teacher_guidance}, seed {sample_seed}, one video per prompt, {len(prompts)} prompts, "
                 f"teacher weights {teacher_weights}")
-    if teacher_json.is_file() and json.loads(teacher_json.read_text())["settings"] == settings:
-        reports["teacher (50 steps + CFG)"] = json.loads(teacher_json.read_text())["report"]
+    cached = json.loads(teacher_json.read_text()) if teacher_json.is_file() else {}
+    if cached.get("settings") == settings:
+        reports["teacher (50 steps + CFG)"] = cached["report"]
     else:
         videos = rp.sample_teacher(adapter, prompts, seed=sample_seed, guidance_scale=teacher_guidance)
         rp.write_videos(out / "videos" / "teacher", videos, prompts)
@@ -180,8 +182,7 @@ def main() -> int:
     if failures:
         raise failures[0]
     if args.write_teacher_cache:  # beside the teacher folder, where the quick start reads it
-        teacher = world / "teacher" if world else cfg["teacher"].get("path")
-        rp.save_json(teacher_scores_path(teacher), json.loads(teacher_json.read_text()))
+        rp.save_json(teacher_scores_path(teacher_dir), json.loads(teacher_json.read_text()))
 
     per_seed: dict[str, list[dict]] = {k: [] for k in keys}
     speed = None

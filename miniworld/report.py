@@ -48,7 +48,6 @@ def vae_roundtrip(adapter, prompts: Sequence[str], seed: int = 0) -> np.ndarray:
     return np.stack(to_uint8_videos(adapter.decode_latents(z)))
 
 
-@torch.no_grad()
 def motions_under_fixed_noise(pipeline, caption: str, seed: int = 0, steps: int = 50, guidance_scale: float = 4.0) -> dict:
     """The five motion variants of ``caption`` sampled from one shared initial noise x_T: caption -> (motion MiniBench
     sees, centroid displacement first -> last frame in px). A teacher that follows motion gives five different

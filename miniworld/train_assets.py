@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from miniworld import world
 from miniworld.tokenizer import CONTEXT_LENGTH, MiniWorldTokenizer, save_hf_tokenizer, vocabulary
+from t2v_turbo.diffusion.flow import shift_sigmas
 
 log = logging.getLogger("miniworld.build")
 
@@ -498,8 +499,6 @@ def _draw_flow_batch(latents: torch.Tensor, labels: torch.Tensor, size: int, cap
                      g: torch.Generator) -> tuple:
     """(x0, caption rows, caption-dropout mask, sigma (size, 1, 1, 1, 1), eps) of ``size`` random pool videos,
     drawn from ``g`` in this order."""
-    from t2v_turbo.diffusion.flow import shift_sigmas
-
     idx = torch.randint(len(latents), (size,), generator=g)
     x0 = latents[idx]
     dropped = torch.rand(size, generator=g) < caption_dropout

@@ -208,3 +208,10 @@ def test_time_reversed_pairs_repeat_the_batch_backwards_under_the_reversed_capti
     noisy, target = flow_add_noise(x0, eps, sigma), flow_velocity(x0, eps)
     torch.testing.assert_close(noisy[3:], noisy[:3].flip(2), rtol=0, atol=0)
     torch.testing.assert_close(target[3:], target[:3].flip(2), rtol=0, atol=0)
+
+
+def test_the_build_commands_stage_names_are_the_builds():
+    """The CLI names the stages without importing torch; its copy must stay the build's."""
+    from t2v_turbo.commands import miniworld_build
+
+    assert miniworld_build.STAGES == ta.STAGES and miniworld_build.DEFAULT_STAGES == ta.DEFAULT_STAGES
