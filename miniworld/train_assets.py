@@ -39,7 +39,7 @@ from t2v_turbo.diffusion.flow import shift_sigmas
 log = logging.getLogger("miniworld.build")
 
 #: optimiser steps of the VAE, its decoder fine-tuning and the two reward models
-DEFAULT_STEPS = {"vae": 1200, "vae_decoder": 1500, "image_reward": 1500, "video_reward": 1500}
+DEFAULT_STEPS = {"vae": 1200, "vae_decoder": 1500, "image_reward": 1500, "video_reward": 1500, "video_reward_variants": 1000}
 
 #: the teacher's training phases, in order; each continues from the previous phase's EMA weights (``seed`` is
 #: added to the build's seed). This is the shipped teacher's history (``training_log.json``):
@@ -61,15 +61,20 @@ TEXT_HIDDEN = 64
 
 
 # ---- configs ----------------------------------------------------------------------------
-def vae_config(latent_channels: int = 4) -> dict:
-    """The per-frame ``AutoencoderKL`` (32x32 -> ``latent_channels`` x 8 x 8). Four channels cap MiniBench's
-    shape score of a round trip at 0.76 (thin triangle tips and circle edges blur); eight keep it."""
+#: channels of the VAE's levels (each level after the first halves the frame: three levels give 8x8 latents)
+VAE_BLOCKS = (16, 32, 64)
+
+
+def vae_config(latent_channels: int = 4, block_out_channels: Sequence[int] = VAE_BLOCKS) -> dict:
+    """The per-frame ``AutoencoderKL`` (32x32 -> ``latent_channels`` x s x s, s = 32 / 2^(levels - 1)). Four
+    channels on the 8x8 grid cap MiniBench's shape score of a round trip at 0.76 (thin triangle tips and circle
+    edges blur); eight keep it better (0.87)."""
     return dict(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(16, 32, 64),
+        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
+        block_out_channels=tuple(block_out_channels),
         layers_per_block=1,
         latent_channels=latent_channels,
         norm_num_groups=8,
@@ -130,6 +135,23 @@ def training_pool(num_videos: int, seed: int = 0) -> tuple[np.ndarray, list[str]
     return np.stack(videos), captions, attrs
 
 
+def off_palette_clips(num_videos: int, seed: int = 0, min_distance: float = 100.0) -> np.ndarray:
+    """uint8 (N, T, H, W, 3) training-split clips with the object painted in a random colour at RGB distance
+    >= ``min_distance`` from every palette colour. The VAE decoder sees each shape in many colours, so it does not
+    learn the palette's colour-shape pairs as a prior (a red triangle, a held-out pair, decoded rounder); none of
+    these clips is a held-out composition, nor a palette colour at all."""
+    rng = np.random.default_rng([seed, 31337])
+    palette = np.array(list(world.COLOURS.values()), dtype=np.float64)
+    attributes = world.train_attributes()
+    clips = []
+    for _ in range(num_videos):
+        rgb = rng.uniform(0, 255, 3)
+        while np.linalg.norm(palette - rgb, axis=1).min() < min_distance:
+            rgb = rng.uniform(0, 255, 3)
+        clips.append(world.make_sample(attributes[rng.integers(len(attributes))], rng, object_rgb=rgb).video)
+    return np.stack(clips)
+
+
 def _lr_lambda(warmup: int, total: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -177,11 +199,11 @@ def vae_pixel_loss(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def train_vae(videos: np.ndarray, steps: int, batch_size: int = 32, lr: float = 2e-3, kl_weight: float = 1e-6, seed: int = 0,
-              latent_channels: int = 4):
+              latent_channels: int = 4, block_out_channels: Sequence[int] = VAE_BLOCKS):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(**vae_config(latent_channels))
+    vae = AutoencoderKL(**vae_config(latent_channels, block_out_channels))
     frames = torch.from_numpy(videos.reshape(-1, *videos.shape[2:])).permute(0, 3, 1, 2)  # (N*T, 3, H, W) uint8
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(30, steps))
@@ -467,15 +489,17 @@ FLOW_TEACHER_PHASES: tuple[dict, ...] = tuple(
     for k in range(38))
 
 
-def flow_transformer_config(latent_channels: int = 8, text_dim: int = TEXT_HIDDEN) -> dict:
-    """The flow teacher: a ``WanTransformer3DModel`` with 4 blocks of 4 heads x 24 channels over 2x2 latent patches
-    (8 frames x 4 x 4 = 128 tokens a video). Every token carries its frame in the 3D rotary positions (head
-    channels split 8/8/8 over frame/height/width) and reads the caption through cross-attention, so the
-    caption's motion word can move the object frame by frame (a UNet3D's temporal layers see neither)."""
+def flow_transformer_config(latent_channels: int = 8, text_dim: int = TEXT_HIDDEN, latent_size: int = 8) -> dict:
+    """The flow teacher: a ``WanTransformer3DModel`` with 4 blocks of 4 heads x 24 channels over latent patches of
+    a quarter of the latent frame (2x2 on 8x8 latents: 8 frames x 4 x 4 = 128 tokens a video). Every token
+    carries its frame in the 3D rotary positions (head channels split 8/8/8 over frame/height/width) and reads the
+    caption through cross-attention, so the caption's motion word can move the object frame by frame (a UNet3D's
+    temporal layers see neither)."""
     from t2v_turbo.testing import tiny_wan_transformer_config
 
+    patch = latent_size // 4
     return {**tiny_wan_transformer_config(latent_channels, text_dim), "num_attention_heads": 4, "attention_head_dim": 24,
-            "freq_dim": 64, "ffn_dim": 384, "num_layers": 4, "rope_max_seq_len": 32}
+            "freq_dim": 64, "ffn_dim": 384, "num_layers": 4, "rope_max_seq_len": 32, "patch_size": (1, patch, patch)}
 
 
 def flow_scheduler():
@@ -583,8 +607,8 @@ def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: t
 # ---- the whole build --------------------------------------------------------------------------
 #: the build's stages, in order; ``eps_teacher`` (the UNet3D epsilon teacher over ``TEACHER_PHASES``) is not run
 #: by default
-STAGES = ("vae", "vae_decoder", "rewards", "text_encoder", "teacher", "eps_teacher")
-DEFAULT_STAGES = STAGES[:5]
+STAGES = ("vae", "vae_decoder", "rewards", "text_encoder", "video_reward", "teacher", "eps_teacher")
+DEFAULT_STAGES = STAGES[:6]
 #: latent channels of the world's VAE
 LATENT_CHANNELS = 8
 
@@ -625,11 +649,14 @@ def caption_embeddings(text_encoder, captions: Sequence[str]) -> tuple[torch.Ten
 def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos: int = 5000,
           stages: Sequence[str] = DEFAULT_STAGES, threads: int = 1,
           teacher_phases: Sequence[dict] = FLOW_TEACHER_PHASES, eps_teacher_phases: Sequence[dict] = TEACHER_PHASES,
-          latent_channels: int = LATENT_CHANNELS) -> dict:
+          latent_channels: int = LATENT_CHANNELS, vae_blocks: Sequence[int] = VAE_BLOCKS, decoder_off_palette: int = 0) -> dict:
     """Run ``stages`` into ``out`` and record every model's statistics in ``out/training_log.json``.
 
-    Order: VAE, rewards (the video reward's text tower becomes the teacher's frozen text encoder), text encoder,
-    flow teacher. The teacher stages are resumable: after each phase the fp32 weights go to a checkpoint and the
+    Order: VAE, rewards (the image reward and the video reward's first phase, contrastive over captions), text
+    encoder (the first phase's text tower, frozen for the teacher), the video reward's second phase (adds videos
+    that differ in one attribute as negatives, ``train_rewards.sample_ranking_loss``), flow teacher.
+    ``vae_blocks`` sets the VAE's levels (``(16, 32)``: 16x16 latents, on which the teacher's patches are 4x4);
+    ``decoder_off_palette`` adds that many ``off_palette_clips`` to the decoder stage's clips. The teacher stages are resumable: after each phase the fp32 weights go to a checkpoint and the
     phase's statistics to the log, and a re-run continues after the last finished phase. A new VAE or text
     encoder discards the teachers' progress (it was trained on the old latents / conditioning).
     """
@@ -664,12 +691,14 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
             record.pop(key, None)
 
     if "vae" in stages:
-        vae, record["vae"] = train_vae(videos, steps["vae"], seed=seed, latent_channels=latent_channels)
+        vae, record["vae"] = train_vae(videos, steps["vae"], seed=seed, latent_channels=latent_channels, block_out_channels=vae_blocks)
         vae.save_pretrained(vae_dir)
         discard_teachers(latents_too=True)
         save()
     if "vae_decoder" in stages and steps["vae_decoder"]:
-        vae, record["vae_decoder"] = finetune_vae_decoder(AutoencoderKL.from_pretrained(vae_dir), videos, steps["vae_decoder"], seed=seed)
+        decoder_videos = np.concatenate([videos, off_palette_clips(decoder_off_palette, seed)]) if decoder_off_palette else videos
+        vae, record["vae_decoder"] = finetune_vae_decoder(AutoencoderKL.from_pretrained(vae_dir), decoder_videos, steps["vae_decoder"], seed=seed)
+        record["vae_decoder"]["off_palette_clips"] = decoder_off_palette
         vae.save_pretrained(vae_dir)
         save()
     if "rewards" in stages:
@@ -677,15 +706,22 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
 
         record["image_reward"] = train_rewards.train_and_save_image_reward(out / "image_reward", videos, captions, steps["image_reward"], seed)
         save()
-        record["video_reward"] = train_rewards.train_and_save_video_reward(out / "video_reward", videos, captions, steps["video_reward"], seed)
+        record["video_reward_base"] = train_rewards.train_and_save_video_reward(
+            out / "_video_reward_base", videos, captions, steps["video_reward"], seed, variant_fields=())
         save()
     if "text_encoder" in stages:
         from miniworld.train_rewards import build_video_reward
 
-        text_encoder = text_encoder_from_viclip(build_video_reward(out / "video_reward").model.text_encoder)
+        text_encoder = text_encoder_from_viclip(build_video_reward(out / "_video_reward_base").model.text_encoder)
         text_encoder.save_pretrained(text_dir)
-        record["text_encoder"] = {"source": "video_reward text tower", **text_distinctness(text_encoder)}
+        record["text_encoder"] = {"source": "text tower of the video reward's first phase", **text_distinctness(text_encoder)}
         discard_teachers(latents_too=False)
+        save()
+    if "video_reward" in stages:
+        from miniworld import train_rewards
+
+        record["video_reward"] = train_rewards.train_and_save_video_reward(
+            out / "video_reward", videos, captions, steps["video_reward_variants"], seed, lr=5e-4, init=out / "_video_reward_base")
         save()
     if "teacher" in stages or "eps_teacher" in stages:
         vae = AutoencoderKL.from_pretrained(vae_dir)
@@ -705,7 +741,7 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
         text_encoder = CLIPTextModel.from_pretrained(text_dir).eval().requires_grad_(False)
         table, labels, empty = caption_embeddings(text_encoder, captions)
         torch.manual_seed(seed)
-        transformer = WanTransformer3DModel(**flow_transformer_config(lat.shape[1], text_encoder.config.hidden_size))
+        transformer = WanTransformer3DModel(**flow_transformer_config(lat.shape[1], text_encoder.config.hidden_size, lat.shape[-1]))
         modules = {"transformer": transformer}
         done = _resume_phases(record, "flow_teacher_phases", flow_checkpoint, log_path, modules)
         reversed_rows = None  # the table's rows are the sorted unique captions (``caption_embeddings``)

@@ -7,8 +7,12 @@
 
 Both are trained contrastively: each sample's embedding against the text embeddings of every
 training caption (cross-entropy with a learned temperature), so repeated captions in a batch are
-never false negatives. Inputs go through the reward's own preprocessing, so training and scoring
-see the same pixels. Held-out captions never appear in training.
+never false negatives; and each caption against its sample and videos that differ from the sample in
+one attribute (``sample_ranking_loss``), because a student raises a reward by changing its video under
+a fixed prompt: a reward trained only to rank captions ranked a caption's own video first among its
+shape variants 66% of the time (video reward) and rewarded shapes the world does not draw. Inputs go
+through the reward's own preprocessing, so training and scoring see the same pixels. Held-out
+captions and compositions never appear in training.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -70,27 +75,72 @@ def _unfreeze(module):
     return module
 
 
+def _parse(text: str) -> tuple[world.Attributes, bool]:
+    """The attributes of a full or motion-free caption (a motion-free one parses as ``still``), and whether it
+    has its motion phrase."""
+    with_motion = " moving " in text or " staying still " in text
+    return world.parse_caption(text if with_motion else text.replace(" on a ", " staying still on a ", 1)), with_motion
+
+
 def variant_sets(texts: list[str], field: str) -> torch.Tensor:
     """(len(texts), K) indices into ``texts``: per caption, itself first, then every caption of ``texts`` that
-    differs from it in ``field`` only (the hard negatives a reward must tell apart)."""
+    differs from it in ``field`` only (the hard negatives a reward must tell apart), padded with -1 where that
+    variant is a held-out composition (in no training data). ``texts`` are full captions, or motion-free ones
+    (``world.strip_motion``) for the image reward."""
     values = ATTRIBUTE_VALUES[field]
     index = {c: i for i, c in enumerate(texts)}
     rows = []
     for text in texts:
-        attrs = world.parse_caption(text)
-        others = [world.caption_of(dataclasses.replace(attrs, **{field: v})) for v in values if v != getattr(attrs, field)]
-        row = [index[text]] + [index[o] for o in others if o in index]
-        if len(row) != len(values):
-            raise ValueError(f"variant_sets: the training captions lack {field} variants of {text!r}")
-        rows.append(row)
+        attrs, with_motion = _parse(text)
+        variants = [dataclasses.replace(attrs, **{field: v}) for v in values if v != getattr(attrs, field)]
+        missing = [world.caption_of(a, with_motion) for a in variants
+                   if world.caption_of(a, with_motion) not in index and not a.held_out]
+        if missing:
+            raise ValueError(f"variant_sets: the training captions lack the {field} variant(s) {missing} of {text!r}")
+        others = [index[c] for c in (world.caption_of(a, with_motion) for a in variants) if c in index]
+        rows.append([index[text]] + others + [-1] * (len(values) - 1 - len(others)))
     return torch.tensor(rows)
 
 
+def variant_videos(attributes: Sequence[world.Attributes], fields: Sequence[str], seed: int = 0
+                   ) -> tuple[np.ndarray, list[list[world.Attributes]]]:
+    """uint8 (N, len(fields), T, H, W, 3) and their attributes: per sample and field, a fresh video whose
+    attributes equal the sample's but in that field, which takes another value drawn at random among those that
+    keep the composition out of the held-out pairs (no held-out composition enters training)."""
+    rng = np.random.default_rng([seed, 4242])
+    out = np.empty((len(attributes), len(fields), world.NUM_FRAMES, world.HEIGHT, world.WIDTH, 3), np.uint8)
+    chosen = []
+    for i, attrs in enumerate(tqdm(attributes, desc="render variant videos", mininterval=10)):
+        chosen.append([])
+        for j, field in enumerate(fields):
+            variants = [dataclasses.replace(attrs, **{field: v}) for v in ATTRIBUTE_VALUES[field] if v != getattr(attrs, field)]
+            variants = [a for a in variants if not a.held_out]
+            chosen[-1].append(variants[rng.integers(len(variants))])
+            out[i, j] = world.make_sample(chosen[-1][-1], rng).video
+    return out, chosen
+
+
+def sample_ranking_loss(samples: torch.Tensor, variants: torch.Tensor, captions: torch.Tensor, scale) -> torch.Tensor:
+    """Cross-entropy of each caption over its own sample and that sample's variants, the sample first:
+
+        loss = mean_b -log softmax_k(scale * <c_b, x_bk>)_0,   x_b0 = sample b,  x_bk = its variant k (k >= 1)
+
+    ``samples`` (B, D), ``variants`` (B, F, D), ``captions`` (B, D), all unit-normalised."""
+    sims = torch.cat([(samples * captions).sum(-1, keepdim=True), torch.einsum("bfd,bd->bf", variants, captions)], dim=1)
+    return F.cross_entropy(scale * sims, torch.zeros(len(samples), dtype=torch.long))
+
+
 def _contrastive_loop(name, embed_samples, embed_texts, params, logit_scale, num_samples, texts, labels, steps, batch_size, lr, seed,
-                      hard_sets: torch.Tensor | None = None):
-    """Cross-entropy of each sample against every training caption; with ``hard_sets`` (``variant_sets``) plus a
-    second cross-entropy among the caption's own variants, so that the one attribute they differ in gets its own
-    gradient instead of a small share of the all-caption loss."""
+                      hard_sets: Sequence[torch.Tensor] = (), embed_variants=None):
+    """Cross-entropy of each sample against every training caption (the caption ranks captions), plus:
+
+    - for each of ``hard_sets`` (``variant_sets`` of one field) a cross-entropy among the caption's own variants in
+      that field, so that the one attribute they differ in gets its own gradient;
+    - with ``embed_variants(idx, g) -> (B, F, D)`` (embeddings of ``variant_videos``) a cross-entropy of the caption
+      over its sample and the sample's F variants (the caption ranks samples). A reward model is used the second way:
+      a student raises the score of its own video under a fixed prompt, so the score must fall when one attribute
+      of the video leaves the prompt's, which the first loss alone does not teach (it compares captions for a fixed
+      video)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(labels)
@@ -102,9 +152,13 @@ def _contrastive_loop(name, embed_samples, embed_texts, params, logit_scale, num
         t = F.normalize(embed_texts(texts), dim=-1)
         logits = logit_scale().exp().clamp(max=100) * s @ t.T
         loss = F.cross_entropy(logits, labels[idx])
-        if hard_sets is not None:
-            options = hard_sets[labels[idx]]  # (B, K), the true caption in column 0
-            loss = loss + F.cross_entropy(logits.gather(1, options), torch.zeros(len(idx), dtype=torch.long))
+        if embed_variants is not None:
+            loss = loss + sample_ranking_loss(s, F.normalize(embed_variants(idx, g), dim=-1), t[labels[idx]],
+                                              logit_scale().exp().clamp(max=100))
+        for sets in hard_sets:
+            options = sets[labels[idx]]  # (B, K), the true caption in column 0, -1 for no caption
+            variant_logits = logits.gather(1, options.clamp(min=0)).masked_fill(options < 0, float("-inf"))
+            loss = loss + F.cross_entropy(variant_logits, torch.zeros(len(idx), dtype=torch.long))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -139,16 +193,17 @@ def attribute_accuracy(sim: torch.Tensor, gallery: list[str], fields=("backgroun
     """Per attribute: how often a video's own caption scores highest among the captions that differ from it
     in that attribute only (chance 1/3 for background and shape, 1/6 colour, 1/5 motion).
 
-    ``sim``: (videos, captions) similarities over ``gallery``, one video per caption in the same order.
+    ``sim``: (videos, captions) similarities over ``gallery``, one video per caption in the same order. Given
+    the transpose, (captions, videos), it measures the other direction, the one a student optimising a reward
+    meets: how often a caption scores its own video highest among the videos that differ in that attribute only.
     """
     index = {c: i for i, c in enumerate(gallery)}
-    values = ATTRIBUTE_VALUES
     out = {}
     for field in fields:
         hits = []
         for i, caption in enumerate(gallery):
-            attrs = world.parse_caption(caption)
-            options = [index[world.caption_of(dataclasses.replace(attrs, **{field: v}))] for v in values[field]]
+            attrs, with_motion = _parse(caption)
+            options = [index[world.caption_of(dataclasses.replace(attrs, **{field: v}), with_motion)] for v in ATTRIBUTE_VALUES[field]]
             hits.append(options[int(sim[i, options].argmax())] == i)
         out[field] = float(np.mean(hits))
     return out
@@ -165,8 +220,17 @@ def build_image_reward(folder: str | Path | None = None):
                           preprocess=dict(IMAGE_PREPROCESS))
 
 
+#: the caption fields a frame shows (the image reward's captions have no motion)
+IMAGE_FIELDS = ("background", "colour", "shape")
+#: the fields of each reward's hard negatives: captions that differ from the sample's in that field only
+#: (``variant_sets``), and videos that differ from the sample in that field only (``variant_videos``)
+IMAGE_HARD_FIELDS, IMAGE_VARIANT_FIELDS = (), IMAGE_FIELDS
+VIDEO_HARD_FIELDS, VIDEO_VARIANT_FIELDS = ("motion",), ("background", "colour", "shape", "motion")
+
+
 def train_and_save_image_reward(folder, videos: np.ndarray, captions: list[str], steps: int, seed: int = 0,
-                                batch_size: int = 64, lr: float = 1e-3) -> dict:
+                                batch_size: int = 64, lr: float = 1e-3, hard_fields: Sequence[str] = IMAGE_HARD_FIELDS,
+                                variant_fields: Sequence[str] = IMAGE_VARIANT_FIELDS) -> dict:
     from safetensors.torch import save_file
 
     if (Path(folder) / STATS_FILE).is_file():  # already trained by an earlier (or parallel) run of the build
@@ -178,13 +242,24 @@ def train_and_save_image_reward(folder, videos: np.ndarray, captions: list[str],
     labels = [texts.index(world.strip_motion(c)) for c in captions]
     frames = torch.from_numpy(videos).permute(0, 1, 4, 2, 3)  # (N, T, 3, H, W) uint8
 
+    if variant_fields:
+        variants = torch.from_numpy(variant_videos([world.parse_caption(c) for c in captions], variant_fields, seed)[0])
+        variants = variants.permute(0, 1, 2, 5, 3, 4)  # (N, F, T, 3, H, W)
+
+    def embed_frames(x):  # (..., 3, H, W) uint8 -> (..., D)
+        return model.encode_image(reward.preprocess(x.flatten(0, -4).float() / 255.0)).unflatten(0, x.shape[:-3])
+
     def embed_samples(idx, g):
-        t = torch.randint(frames.shape[1], (len(idx),), generator=g)
-        return model.encode_image(reward.preprocess(frames[idx, t].float() / 255.0))
+        return embed_frames(frames[idx, torch.randint(frames.shape[1], (len(idx),), generator=g)])
+
+    def embed_variants(idx, g):
+        return embed_frames(variants[idx, :, torch.randint(frames.shape[1], (1,), generator=g).item()])
 
     stats = _contrastive_loop("image_reward", embed_samples, lambda tx: model.encode_text(reward.tokenizer(tx)),
                               list(model.parameters()), lambda: model.logit_scale, len(frames), texts, labels, steps,
-                              batch_size, lr, seed)
+                              batch_size, lr, seed, hard_sets=[variant_sets(texts, f) for f in hard_fields],
+                              embed_variants=embed_variants if variant_fields else None)
+    stats["hard_negatives"] = {"captions": list(hard_fields), "videos": list(variant_fields)}
     model.eval()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,6 +284,8 @@ def train_and_save_image_reward(folder, videos: np.ndarray, captions: list[str],
         "seen": float(np.mean([h for h, o in zip(hits, held) if not o])),
         "held_out": float(np.mean([h for h, o in zip(hits, held) if o])),
     }
+    stats["attribute_accuracy"] = attribute_accuracy(sim.T, query, IMAGE_FIELDS)
+    stats["ranking_accuracy"] = attribute_accuracy(sim, query, IMAGE_FIELDS)
     stats["config"] = image_model_config()
     stats["num_parameters"] = sum(p.numel() for p in model.parameters())
     log.info("image reward retrieval %s", stats["retrieval_text_to_frame"])
@@ -228,26 +305,38 @@ def build_video_reward(folder: str | Path | None = None):
 
 
 def train_and_save_video_reward(folder, videos: np.ndarray, captions: list[str], steps: int, seed: int = 0,
-                                batch_size: int = 32, lr: float = 1e-3) -> dict:
+                                batch_size: int = 32, lr: float = 1e-3, hard_fields: Sequence[str] = VIDEO_HARD_FIELDS,
+                                variant_fields: Sequence[str] = VIDEO_VARIANT_FIELDS, init: str | Path | None = None) -> dict:
+    """Train the video reward contrastively into ``folder``; ``init``: a saved video reward folder to start from
+    (the build's second video-reward phase starts from the first, whose text tower became the teacher's text
+    encoder)."""
     from safetensors.torch import save_file
 
     if (Path(folder) / STATS_FILE).is_file():
         return json.loads((Path(folder) / STATS_FILE).read_text())
     torch.manual_seed(seed)
-    reward = build_video_reward(None)
+    reward = build_video_reward(init)
     model = _unfreeze(reward.model)
     # every training-split caption is a class, so each one's motion variants exist even in a small pool
     texts = sorted(world.caption_of(a) for a in world.train_attributes())
     labels = [texts.index(c) for c in captions]
 
+    variants = variant_videos([world.parse_caption(c) for c in captions], variant_fields, seed)[0] if variant_fields else None
+
     def embed_samples(idx, g):
         pixels = world.to_pixels(videos[idx.numpy()])
         return model.encode_video(reward.preprocess_clip(pixels))
 
+    def embed_variants(idx, g):
+        clips = variants[idx.numpy()]  # (B, F, T, H, W, 3)
+        return model.encode_video(reward.preprocess_clip(world.to_pixels(clips.reshape(-1, *clips.shape[2:])))).unflatten(0, clips.shape[:2])
+
     stats = _contrastive_loop("video_reward", embed_samples, lambda tx: model.encode_text(reward.tokenizer(tx)),
                               list(model.parameters()), lambda: _temp(model),
-                              len(videos), texts, labels, steps, batch_size, lr, seed, hard_sets=variant_sets(texts, "motion"))
-    stats["hard_negatives"] = "motion variants of each caption (second cross-entropy)"
+                              len(videos), texts, labels, steps, batch_size, lr, seed,
+                              hard_sets=[variant_sets(texts, f) for f in hard_fields],
+                              embed_variants=embed_variants if variant_fields else None)
+    stats["hard_negatives"] = {"captions": list(hard_fields), "videos": list(variant_fields)}
     model.eval()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -260,6 +349,7 @@ def train_and_save_video_reward(folder, videos: np.ndarray, captions: list[str],
         txt = loaded.encode_prompts(gc)
     stats["retrieval_text_to_video"] = {"gallery": f"{len(gc)} videos, one per caption", **_retrieval(txt @ vid.T, gc, gc)}
     stats["attribute_accuracy"] = attribute_accuracy(vid @ txt.T, gc)
+    stats["ranking_accuracy"] = attribute_accuracy(txt @ vid.T, gc)
     stats["config"] = video_model_config()
     stats["num_parameters"] = sum(p.numel() for p in model.parameters())
     log.info("video reward retrieval %s, per attribute %s", stats["retrieval_text_to_video"], stats["attribute_accuracy"])

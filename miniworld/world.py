@@ -176,10 +176,12 @@ def _coverage(shape: str, cx: float, cy: float, r: float) -> np.ndarray:
     return inside.reshape(HEIGHT, s, WIDTH, s).mean(axis=(1, 3))
 
 
-def render(attrs: Attributes, radius: float, speed: float, start: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
-    """uint8 video (T, H, W, 3) of one object moving at ``speed`` px/frame from centre ``start``."""
+def render(attrs: Attributes, radius: float, speed: float, start: tuple[float, float], rng: np.random.Generator,
+           object_rgb: Sequence[float] | None = None) -> np.ndarray:
+    """uint8 video (T, H, W, 3) of one object moving at ``speed`` px/frame from centre ``start``; ``object_rgb``
+    paints the object in a colour outside the palette instead of ``attrs.colour`` (VAE training clips only)."""
     bg = np.asarray(BACKGROUNDS[attrs.background], dtype=np.float64)
-    fg = np.asarray(COLOURS[attrs.colour], dtype=np.float64)
+    fg = np.asarray(COLOURS[attrs.colour] if object_rgb is None else object_rgb, dtype=np.float64)
     dx, dy = DIRECTIONS[attrs.motion]
     frames = []
     for t in range(NUM_FRAMES):
@@ -191,8 +193,9 @@ def render(attrs: Attributes, radius: float, speed: float, start: tuple[float, f
     return np.stack(frames)
 
 
-def make_sample(attrs: Attributes, rng: np.random.Generator) -> Sample:
-    """Draw radius, speed and a start position that keeps the object inside all frames, then render."""
+def make_sample(attrs: Attributes, rng: np.random.Generator, object_rgb: Sequence[float] | None = None) -> Sample:
+    """Draw radius, speed and a start position that keeps the object inside all frames, then render
+    (``object_rgb``: see ``render``)."""
     r = float(rng.uniform(*RADIUS_RANGE))
     speed = float(rng.uniform(*SPEED_RANGE)) if attrs.motion != "still" else 0.0
     dx, dy = DIRECTIONS[attrs.motion]
@@ -207,7 +210,7 @@ def make_sample(attrs: Attributes, rng: np.random.Generator) -> Sample:
         return float(rng.uniform(lo, hi))
 
     start = (axis_start(dx, WIDTH), axis_start(dy, HEIGHT))
-    video = render(attrs, r, speed, start, rng)
+    video = render(attrs, r, speed, start, rng, object_rgb)
     return Sample(video, caption_of(attrs), attrs, r, speed, start)
 
 

@@ -3,6 +3,7 @@ end-to-end build whose teacher stage resumes after its last finished phase."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,7 +56,7 @@ def test_flow_matching_loss_frame_difference_term_sees_only_what_changes_between
 
 EPS_PHASES = (dict(steps=2, batch_size=2, lr=1e-3, loss_weighting="v", dropout=0.0, offset_noise=0.3, seed=1),)
 FLOW_PHASES = (dict(steps=2, batch_size=2, lr=1e-3, seed=0), dict(steps=2, batch_size=2, lr=5e-4, seed=1))
-STEPS = {"vae": 2, "vae_decoder": 2, "image_reward": 2, "video_reward": 2}
+STEPS = {"vae": 2, "vae_decoder": 2, "image_reward": 2, "video_reward": 2, "video_reward_variants": 2}
 
 
 @pytest.mark.slow  # > 10 s on 2 CPU cores
@@ -71,6 +72,9 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     record = ta.build(resumed, steps=STEPS, num_videos=8, teacher_phases=FLOW_PHASES[:1])
     assert [p["lr"] for p in record["flow_teacher_phases"]] == [1e-3]
     assert set(record["video_reward"]["attribute_accuracy"]) == {"background", "colour", "shape", "motion"}
+    assert record["video_reward_base"]["hard_negatives"] == {"captions": ["motion"], "videos": []}
+    assert record["video_reward"]["hard_negatives"]["videos"] == ["background", "colour", "shape", "motion"]
+    assert record["image_reward"]["hard_negatives"]["videos"] == ["background", "colour", "shape"]
     assert set(record["text_encoder"]["distances"]["motion"]) == {"right", "up", "down", "still"}
     first = record["flow_teacher_phases"][0]
 
@@ -94,7 +98,7 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
                  teacher_phases=FLOW_PHASES + (dict(FLOW_PHASES[1], time_reversal_pairs=True),))
 
     # the written folders load through the public loaders: the flow teacher on the 8-channel VAE with the
-    # video reward's text tower, and the optional epsilon teacher on the same VAE
+    # text tower of the video reward's first phase, and the optional epsilon teacher on the same VAE
     adapter = load_teacher(resumed / "teacher")
     assert isinstance(adapter, WanAdapter) and adapter.prediction_type == "flow"
     video = TeacherPipeline(adapter)(["a red circle moving left on a black background"], num_inference_steps=2,
@@ -103,7 +107,7 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     seen = motions_under_fixed_noise(TeacherPipeline(adapter), "a red circle moving left on a black background", steps=2)
     assert [ta.world.parse_caption(c).motion for c in seen] == list(ta.world.MOTIONS)
     assert all(motion in (*ta.world.MOTIONS, None) for motion, _ in seen.values())
-    reward = train_rewards.build_video_reward(resumed / "video_reward")
+    reward = train_rewards.build_video_reward(resumed / "_video_reward_base")
     tokens = ta.MiniWorldTokenizer()(["a red circle moving left on a black background"])
     hidden = adapter.text_encoder(tokens)[0]
     torch.testing.assert_close(hidden[0, tokens.argmax(-1)] @ reward.model.text_encoder.text_projection.float(),
@@ -167,7 +171,7 @@ def test_variant_sets_and_attribute_accuracy():
         attrs = [world.parse_caption(texts[i]) for i in row]
         assert len({a.motion for a in attrs}) == len(world.MOTIONS)
         assert len({(a.colour, a.shape, a.background) for a in attrs}) == 1
-    with pytest.raises(ValueError, match="lack motion variants"):
+    with pytest.raises(ValueError, match="lack the motion variant"):
         train_rewards.variant_sets([t for t in texts if "moving up" not in t], "motion")
 
     fields = ("background", "colour", "shape", "motion")
@@ -177,6 +181,91 @@ def test_variant_sets_and_attribute_accuracy():
     accuracy = train_rewards.attribute_accuracy(blind, texts)
     assert accuracy["colour"] == accuracy["shape"] == accuracy["background"] == 1.0
     assert accuracy["motion"] == pytest.approx(1 / len(world.MOTIONS))
+
+
+def test_variant_sets_of_motion_free_captions_pad_the_held_out_compositions():
+    from miniworld import train_rewards, world
+
+    texts = sorted({world.strip_motion(c) for c in world.all_captions() if not world.parse_caption(c).held_out})
+    sets = train_rewards.variant_sets(texts, "shape")
+    assert sets.shape == (len(texts), len(world.SHAPES)) and torch.equal(sets[:, 0], torch.arange(len(texts)))
+    red_circle = texts.index("a red circle on a black background")
+    assert [texts[i] for i in sets[red_circle] if i >= 0] == ["a red circle on a black background", "a red square on a black background"]
+    assert sets[red_circle, -1] == -1  # red triangle is held out: no caption, padded
+    padded = (sets < 0).sum(1)
+    assert padded.max() == 1 and padded.sum() == 2 * 3 * len(world.BACKGROUNDS)  # per held-out pair: two seen shapes lose it
+    gallery = sorted({world.strip_motion(c) for c in world.all_captions()})
+    assert train_rewards.attribute_accuracy(torch.eye(len(gallery)), gallery, ("background", "colour", "shape"))["shape"] == 1.0
+
+
+def test_variant_videos_change_one_field_and_never_render_a_held_out_composition():
+    from miniworld import minibench, train_rewards, world
+
+    attrs = [world.parse_caption(c) for c in ("a red circle moving left on a black background",
+                                              "a blue square staying still on a teal background",
+                                              "a yellow triangle moving up on a gray background")]
+    fields = ("background", "colour", "shape", "motion")
+    videos, chosen = train_rewards.variant_videos(attrs, fields, seed=0)
+    assert videos.shape == (3, 4, world.NUM_FRAMES, world.HEIGHT, world.WIDTH, 3) and videos.dtype == np.uint8
+    for source, row in zip(attrs, chosen):
+        for field, variant in zip(fields, row):
+            changed = [f for f in fields if getattr(variant, f) != getattr(source, f)]
+            assert changed == [field] and not variant.held_out
+    # each rendered variant is a ground-truth video of its own caption
+    scores = minibench.evaluate(videos.reshape(-1, *videos.shape[2:]), [world.caption_of(a) for row in chosen for a in row])
+    assert scores["overall"]["total"] >= 0.95
+    again, _ = train_rewards.variant_videos(attrs, fields, seed=0)
+    assert np.array_equal(videos, again)
+
+
+def test_sample_ranking_loss_is_the_caption_cross_entropy_over_its_sample_and_variants():
+    from miniworld.train_rewards import sample_ranking_loss
+
+    g = torch.Generator().manual_seed(0)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)  # noqa: E731
+    samples, variants, captions = unit(4, 8), unit(4, 3, 8), unit(4, 8)
+    loss = sample_ranking_loss(samples, variants, captions, 10.0)
+    expected = 0.0
+    for b in range(4):
+        sims = torch.stack([samples[b] @ captions[b]] + [variants[b, k] @ captions[b] for k in range(3)])
+        expected += -torch.log_softmax(10.0 * sims, 0)[0] / 4
+    torch.testing.assert_close(loss, expected)
+    # a sample that matches its caption far better than any variant costs almost nothing
+    assert sample_ranking_loss(captions, -captions[:, None].expand(4, 3, 8), captions, 10.0) < 1e-6
+
+
+def test_flow_teacher_tokens_cover_a_quarter_of_the_latent_frame_on_either_vae_grid():
+    from diffusers import AutoencoderKL, WanTransformer3DModel
+
+    for blocks, size, patch in (((16, 32, 64), 8, 2), ((16, 32), 16, 4)):
+        vae = AutoencoderKL(**ta.vae_config(4, blocks))
+        with torch.no_grad():
+            latents = vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mode()
+        assert latents.shape == (1, 4, size, size)
+        config = ta.flow_transformer_config(4, 16, size)
+        assert config["patch_size"] == (1, patch, patch)
+        model = WanTransformer3DModel(**{**config, "num_layers": 1})
+        with torch.no_grad():
+            out = model(torch.randn(1, 4, 8, size, size), torch.tensor([500]), torch.randn(1, 5, 16)).sample
+        assert out.shape == (1, 4, 8, size, size)
+
+
+def test_off_palette_clips_paint_every_object_far_from_the_palette():
+    clips = ta.off_palette_clips(6, seed=0)
+    assert clips.shape == (6, ta.world.NUM_FRAMES, ta.world.HEIGHT, ta.world.WIDTH, 3) and clips.dtype == np.uint8
+    palette = np.array(list(ta.world.COLOURS.values()), dtype=np.float64)
+    visible = 0
+    for clip in clips:
+        frame = clip[0].reshape(-1, 3).astype(np.float64)
+        background = np.median(frame, axis=0)
+        inside = frame[np.linalg.norm(frame - background, axis=1) > 60]
+        if len(inside) < 50:  # r >= 5 px: an object this small is one painted close to its background
+            continue
+        visible += 1
+        colour = np.median(inside, axis=0)  # fully covered pixels dominate
+        assert np.linalg.norm(palette - colour, axis=1).min() >= 95
+    assert visible >= 4
+    assert np.array_equal(clips, ta.off_palette_clips(6, seed=0)) and not np.array_equal(clips, ta.off_palette_clips(6, seed=1))
 
 
 def test_time_reversal_rows_pair_each_caption_with_its_reversal():
