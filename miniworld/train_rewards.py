@@ -82,6 +82,11 @@ def _parse(text: str) -> tuple[world.Attributes, bool]:
     return world.parse_caption(text if with_motion else text.replace(" on a ", " staying still on a ", 1)), with_motion
 
 
+def one_field_variants(attrs: world.Attributes, field: str) -> list[world.Attributes]:
+    """``attrs`` with ``field`` set to each of its other values, in the palette's order."""
+    return [dataclasses.replace(attrs, **{field: v}) for v in ATTRIBUTE_VALUES[field] if v != getattr(attrs, field)]
+
+
 def variant_sets(texts: list[str], field: str) -> torch.Tensor:
     """(len(texts), K) indices into ``texts``: per caption, itself first, then every caption of ``texts`` that
     differs from it in ``field`` only (the hard negatives a reward must tell apart), padded with -1 where that
@@ -92,7 +97,7 @@ def variant_sets(texts: list[str], field: str) -> torch.Tensor:
     rows = []
     for text in texts:
         attrs, with_motion = _parse(text)
-        variants = [dataclasses.replace(attrs, **{field: v}) for v in values if v != getattr(attrs, field)]
+        variants = one_field_variants(attrs, field)
         missing = [world.caption_of(a, with_motion) for a in variants
                    if world.caption_of(a, with_motion) not in index and not a.held_out]
         if missing:
@@ -113,8 +118,7 @@ def variant_videos(attributes: Sequence[world.Attributes], fields: Sequence[str]
     for i, attrs in enumerate(tqdm(attributes, desc="render variant videos", mininterval=10)):
         chosen.append([])
         for j, field in enumerate(fields):
-            variants = [dataclasses.replace(attrs, **{field: v}) for v in ATTRIBUTE_VALUES[field] if v != getattr(attrs, field)]
-            variants = [a for a in variants if not a.held_out]
+            variants = [a for a in one_field_variants(attrs, field) if not a.held_out]
             chosen[-1].append(variants[rng.integers(len(variants))])
             out[i, j] = world.make_sample(chosen[-1][-1], rng).video
     return out, chosen
