@@ -7,7 +7,7 @@ configs/miniworld.yaml ...``) with the same steps and data; only ``rewards`` and
 differ. MiniBench per dimension as mean +- std over the seeds (sample std), seen / held-out, on the
 shipped evaluation prompt set (every model sampled from the same noise); the sampling speed ratio (4-step
 student vs 50-step CFG teacher, same batch); the paper's claims checked against the numbers; and
-MiniBench of the first seed's T2V-Turbo student against its training steps (``--curve-every``).
+MiniBench of the T2V-Turbo students against their training steps, mean +- std over the seeds (``--curve-every``).
 
     python bench/miniworld_ablation.py [--seeds 0,1,2] [--world DIR] [--parallel 2] [--curve-every 50] [--write-results]
 
@@ -56,7 +56,8 @@ def run_dir(out: Path, seed: int, key: str) -> Path:
 
 def train_all(out: Path, jobs: list[tuple[int, str]], steps: int, overrides: dict, parallel: int) -> dict:
     """Train every (seed, variant key) job whose student is not there yet, ``parallel`` at a time (one torch
-    thread each); returns the wall seconds of each. A failed run stops the others and raises, naming its log."""
+    thread each); returns the wall seconds of each job, kept in a ``.seconds`` file beside its log so that a
+    rerun over trained students still reports them. A failed run stops the others and raises, naming its log."""
     from miniworld.report import run_commands
 
     commands = {
@@ -65,7 +66,11 @@ def train_all(out: Path, jobs: list[tuple[int, str]], steps: int, overrides: dic
                        f"train.max_steps={steps}", "logging.tensorboard=true", *overrides[(seed, key)]],
                       run_dir(out, seed, key).with_suffix(".log"))
         for seed, key in jobs if not (run_dir(out, seed, key) / "student" / "student.json").is_file()}
-    return run_commands(commands, parallel, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    seconds = run_commands(commands, parallel, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    for job, value in seconds.items():
+        run_dir(out, *job).with_suffix(".seconds").write_text(f"{value}\n")
+    files = {job: run_dir(out, *job).with_suffix(".seconds") for job in jobs}
+    return {job: float(path.read_text()) for job, path in files.items() if path.is_file()}
 
 
 def claims(stats: dict, teacher: dict, speedup: float | None) -> dict:
@@ -105,7 +110,7 @@ def main() -> int:
     parser.add_argument("--world", default=None, help="a `t2v-turbo miniworld build` output folder instead of the shipped assets")
     parser.add_argument("--parallel", type=int, default=2, help="student trainings at once (one torch thread each)")
     parser.add_argument("--curve-every", type=int, default=0,
-                        help="save the first seed's T2V-Turbo student every N steps and evaluate each (0: no curve)")
+                        help="save every seed's T2V-Turbo student every N steps and evaluate each (0: no curve)")
     parser.add_argument("--teacher-guidance", type=float, default=None, help="teacher CFG scale (default: config validation.guidance_scale)")
     parser.add_argument("--num-prompts", type=int, default=None, help="only the first N evaluation prompts (quick checks)")
     parser.add_argument("--write-results", action="store_true", help="write the table into bench/RESULTS.md")
@@ -144,9 +149,9 @@ def main() -> int:
     prompts = evaluation_prompts()[: args.num_prompts]
     jobs = [(seed, key) for seed in seeds for key in keys]
     overrides = {job: args.overrides + variant_overrides(job[1], cfg["rewards"], world) for job in jobs}
-    curve_job = (seeds[0], "both") if args.curve_every and "both" in keys else None
-    if curve_job:
-        overrides[curve_job] += [f"train.checkpoint_every={args.curve_every}", "train.keep_checkpoints=1000"]
+    curve_jobs = [(seed, "both") for seed in seeds] if args.curve_every and "both" in keys else []
+    for job in curve_jobs:
+        overrides[job] += [f"train.checkpoint_every={args.curve_every}", "train.keep_checkpoints=1000"]
 
     t0 = time.time()
     # the training split is written once, before any run, so parallel runs never race on it
@@ -193,14 +198,16 @@ def main() -> int:
         rp.write_videos(folder, videos, prompts)
         per_seed[key].append(rp.compact(minibench.evaluate_folder(folder)))
         if speed is None:
-            speed = rp.time_sampling(pipe, adapter, prompts[:8], guidance_scale=guidance)
-    curve = []
-    if curve_job:
-        folders = sorted(run_dir(out, *curve_job).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        for folder in folders:
+            speed = rp.time_sampling(pipe, adapter, prompts[:8], guidance_scale=guidance, repeats=3)
+    curve_reports: dict[int, list[dict]] = {}  # step -> one report per seed
+    for job in curve_jobs:
+        for folder in run_dir(out, *job).glob("checkpoint-*"):
             pipe = load_student_pipeline(folder / "student")
             report = minibench.evaluate(rp.sample_videos(pipe, prompts, seed=sample_seed, guidance_scale=guidance), prompts)
-            curve.append({"step": int(folder.name.split("-")[1]), **rp.compact(report)["overall"]})
+            curve_reports.setdefault(int(folder.name.split("-")[1]), []).append(rp.compact(report))
+    curve = [{"step": step, "seeds": len(reports_), **rp.seed_statistics(reports_)["overall"]}
+             for step, reports_ in sorted(curve_reports.items())]
+    if curve:
         rp.plot_minibench_curve(curve, out / "minibench_vs_steps.png")
 
     stats = {key: rp.seed_statistics(values) for key, values in per_seed.items()}
@@ -239,7 +246,7 @@ def write_results_section(table: str, result: dict) -> None:
         f"seed {result['sample_seed']}; students as mean +- std over the training seeds (sample std).",
         "",
         table,
-        (f"Sampling speed, batch of {speed['batch']}: 4-step student {speed['student_seconds']:.2f} s, "
+        (f"Sampling speed (best of 3), batch of {speed['batch']}: 4-step student {speed['student_seconds']:.2f} s, "
          f"50-step CFG teacher {speed['teacher_seconds']:.2f} s: **{speed['speedup']:.1f}x**." if speed else ""),
         "",
     ]
@@ -249,10 +256,11 @@ def write_results_section(table: str, result: dict) -> None:
                  for name, c in claims_.items() if c["value"] is not None]
         body.append("")
     if result["minibench_vs_steps"]:
-        body += ["MiniBench of the first seed's T2V-Turbo student against its training steps "
+        body += ["MiniBench of the T2V-Turbo students against their training steps, mean ± std over the seeds "
                  "(`minibench_vs_steps.png` in the run folder):", "",
-                 "| step | total | colour | shape | motion |", "|---|---|---|---|---|"]
-        body += [f"| {p['step']} | {p['total']:.3f} | {p['colour']:.3f} | {p['shape']:.3f} | {p['motion']:.3f} |"
+                 "| step | seeds | total | colour | shape | motion |", "|---|---|---|---|---|---|"]
+        body += [f"| {p['step']} | {p['seeds']} | " + " | ".join(f"{p[k][0]:.3f} ± {p[k][1]:.3f}"
+                                                               for k in ("total", "colour", "shape", "motion")) + " |"
                  for p in result["minibench_vs_steps"]]
         body.append("")
     body += ["Training wall time per student (s, runs in parallel on the shared machine): "

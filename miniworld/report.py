@@ -154,8 +154,9 @@ def plot_training(scalars: dict, path: str | Path) -> Path:
 
 
 def plot_minibench_curve(points: Sequence[dict], path: str | Path) -> Path:
-    """MiniBench against training steps as a PNG: the total and each dimension, one line each
-    (``points``: dicts with ``step`` and the overall scores)."""
+    """MiniBench against training steps as a PNG: the total and each dimension, one line each, with the seeds'
+    spread as error bars (``points``: dicts with ``step`` and, per dimension and ``total``, the
+    ``(mean, std)`` over seeds that ``seed_statistics`` gives for the overall part)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -164,9 +165,10 @@ def plot_minibench_curve(points: Sequence[dict], path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [p["step"] for p in points]
     for key in ["total", *minibench.DIMENSIONS]:
-        ax.plot(steps, [p[key] for p in points], marker="o", linewidth=2.0 if key == "total" else 1.0, label=key)
+        ax.errorbar(steps, [p[key][0] for p in points], yerr=[p[key][1] for p in points], marker="o", capsize=2,
+                    linewidth=2.0 if key == "total" else 1.0, label=key)
     ax.set_xlabel("training step")
-    ax.set_ylabel("MiniBench")
+    ax.set_ylabel("MiniBench (mean ± std over seeds)")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()

@@ -101,7 +101,8 @@ def test_seeds_table_writes_mean_plus_minus_std_under_minibench_columns():
 
 
 def test_minibench_curve_is_written_as_an_image(tmp_path):
-    points = [{"step": s, **_report(0.6 + s / 1000, 0.2, None)["overall"]} for s in (50, 100, 150)]
+    points = [{"step": s, **seed_statistics([_report(0.6 + s / 1000, 0.2, None), _report(0.7, 0.3, None)])["overall"]}
+              for s in (50, 100, 150)]
     path = plot_minibench_curve(points, tmp_path / "curve.png")
     assert Image.open(path).size[0] > 100
 
