@@ -214,7 +214,8 @@ def main() -> int:
     result = {
         "machine": "2-core CPU (shared with other jobs), no GPU",
         "world": f"the build `{world.name}`" if world else "shipped assets", "teacher_weights": teacher_weights,
-        "student_steps": steps, "batch_size": cfg["dataloader"]["batch_size"], "seeds": seeds, "sample_seed": sample_seed,
+        "student_steps": steps, "batch_size": cfg["dataloader"]["batch_size"],
+        "learning_rate": f"{cfg['optimizer']['lr']:g}, {cfg['lr_scheduler']['name']} schedule", "seeds": seeds, "sample_seed": sample_seed,
         "student_guidance_scale": guidance, "teacher_guidance_scale": teacher_guidance,
         "train_seconds": {f"seed{s}/{k}": v for (s, k), v in trainings.items()},
         "speed": speed, "total_seconds": time.time() - t0,
@@ -240,7 +241,7 @@ def write_results_section(table: str, result: dict) -> None:
         "## Mini world: the paper's ablation (bench/miniworld_ablation.py)",
         "",
         f"Machine: {result['machine']}. World: {result['world']}. Students: LoRA, {result['student_steps']} steps, "
-        f"batch {result['batch_size']}, training seeds {', '.join(map(str, result['seeds']))}, sampled with 4 steps at "
+        f"batch {result['batch_size']}, lr {result['learning_rate']}, training seeds {', '.join(map(str, result['seeds']))}, sampled with 4 steps at "
         f"guidance {result['student_guidance_scale']}; teacher: its 50-step sampler, CFG {result['teacher_guidance_scale']}. "
         f"MiniBench on the 90 evaluation prompts (45 held-out, 45 seen), one video each, every model from the noise of "
         f"seed {result['sample_seed']}; students as mean +- std over the training seeds (sample std).",

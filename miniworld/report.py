@@ -296,7 +296,7 @@ def compact(report: dict) -> dict:
 def save_json(path: str | Path, data) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2))
+    path.write_text(json.dumps(data, indent=2) + "\n")
     return path
 
 
