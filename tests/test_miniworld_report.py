@@ -173,3 +173,17 @@ def test_run_commands_runs_every_job_into_its_log_and_names_a_failure(tmp_path):
     assert [(tmp_path / p).read_text() for p in ("a/a.log", "b.log", "c.log")] == ["one\n", "two\n", "three\n"]
     with pytest.raises(RuntimeError, match=r"bad failed \(exit 3\); see .*bad\.log"):
         run_commands({"bad": (echo("no", 3), tmp_path / "bad.log")}, parallel=1)
+
+
+def test_ablation_rerun_over_trained_students_reports_their_training_seconds(tmp_path):
+    """A rerun trains nothing when every student is there, and still reports each job's seconds from the file its
+    first run left beside the log (a job without one is left out, not reported as 0)."""
+    ablation = _ablation_module()
+    jobs = [(0, "vcm"), (0, "both"), (1, "vcm")]
+    for seed, key in jobs:
+        (ablation.run_dir(tmp_path, seed, key) / "student").mkdir(parents=True)
+        (ablation.run_dir(tmp_path, seed, key) / "student" / "student.json").write_text("{}")
+    ablation.run_dir(tmp_path, 0, "vcm").with_suffix(".seconds").write_text("61.5\n")
+    ablation.run_dir(tmp_path, 0, "both").with_suffix(".seconds").write_text("90.25\n")
+    seconds = ablation.train_all(tmp_path, jobs, 250, {job: [] for job in jobs}, parallel=2)
+    assert seconds == {(0, "vcm"): 61.5, (0, "both"): 90.25}
