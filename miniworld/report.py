@@ -75,21 +75,23 @@ def write_videos(folder: str | Path, videos: np.ndarray, prompts: Sequence[str])
     return folder
 
 
+def best_seconds(fn, repeats: int) -> float:
+    """The shortest wall time of ``repeats`` calls of ``fn`` (the least disturbed by other jobs on the machine)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def time_sampling(student_pipeline, adapter, prompts: Sequence[str], teacher_steps: int = 50, student_steps: int = 4,
                   guidance_scale: float = 4.0, repeats: int = 1) -> dict:
     """Wall time of 4-step student vs 50-step CFG teacher sampling on the same batch (best of ``repeats``)."""
-    def best(fn):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
-
-    student_s = best(lambda: sample_videos(student_pipeline, prompts, steps=student_steps, guidance_scale=guidance_scale,
-                                            batch_size=len(prompts)))
-    teacher_s = best(lambda: sample_teacher(adapter, prompts, steps=teacher_steps, guidance_scale=guidance_scale,
-                                            batch_size=len(prompts)))
+    student_s = best_seconds(lambda: sample_videos(student_pipeline, prompts, steps=student_steps,
+                                                   guidance_scale=guidance_scale, batch_size=len(prompts)), repeats)
+    teacher_s = best_seconds(lambda: sample_teacher(adapter, prompts, steps=teacher_steps, guidance_scale=guidance_scale,
+                                                    batch_size=len(prompts)), repeats)
     return {"batch": len(prompts), "student_steps": student_steps, "teacher_steps": teacher_steps,
             "student_seconds": student_s, "teacher_seconds": teacher_s, "speedup": teacher_s / student_s,
             "machine": "2-core CPU, no GPU (shared)", "torch_threads": torch.get_num_threads()}
