@@ -30,11 +30,12 @@ def compact_decoder_vae(vae, levels: tuple[int, ...]):
     from diffusers import AutoencoderKL
 
     cfg = vae.config
-    torch.manual_seed(0)  # the fresh decoder's initial weights: one draw per run, whatever ran before
-    fresh = AutoencoderKL(latent_channels=cfg.latent_channels, block_out_channels=levels,
-                          down_block_types=["DownEncoderBlock2D"] * len(levels), up_block_types=["UpDecoderBlock2D"] * len(levels),
-                          layers_per_block=cfg.layers_per_block, norm_num_groups=cfg.norm_num_groups,
-                          sample_size=cfg.sample_size, mid_block_add_attention=False)
+    with torch.random.fork_rng():  # the fresh decoder's initial weights: one draw, whatever ran before
+        torch.manual_seed(0)
+        fresh = AutoencoderKL(latent_channels=cfg.latent_channels, block_out_channels=levels,
+                              down_block_types=["DownEncoderBlock2D"] * len(levels),
+                              up_block_types=["UpDecoderBlock2D"] * len(levels), layers_per_block=cfg.layers_per_block,
+                              norm_num_groups=cfg.norm_num_groups, sample_size=cfg.sample_size, mid_block_add_attention=False)
     out = copy.deepcopy(vae)
     out.decoder, out.post_quant_conv = fresh.decoder, fresh.post_quant_conv
     return out
@@ -65,20 +66,18 @@ def main() -> int:
     prompts = evaluation_prompts()
     batch = prompts[:8]
 
-    def best(fn, repeats=args.repeats):
-        return rp.best_seconds(fn, repeats)
-
     def student_seconds(steps):
-        return best(lambda: rp.sample_videos(student, batch, steps=steps, guidance_scale=4.0, batch_size=8))
+        return rp.best_seconds(lambda: rp.sample_videos(student, batch, steps=steps, guidance_scale=4.0, batch_size=8),
+                               args.repeats)
 
-    def teacher_seconds(steps):
-        return best(lambda: rp.sample_teacher(teacher, batch, steps=steps, guidance_scale=4.0, batch_size=8), 3)
+    def teacher_seconds(steps):  # 25 times longer than a student run: 3 repeats are enough
+        return rp.best_seconds(lambda: rp.sample_teacher(teacher, batch, steps=steps, guidance_scale=4.0, batch_size=8), 3)
 
     latents = torch.randn(8, teacher.vae.config.latent_channels, 8, 8, 8)
     result: dict = {"machine": "2-core CPU, no GPU", "torch_threads": 1, "batch": 8}
     with torch.inference_mode():
         result.update(student_4=student_seconds(4), student_8=student_seconds(8), teacher_50=teacher_seconds(50),
-                      teacher_25=teacher_seconds(25), decode_shipped=best(lambda: teacher.decode_latents(latents)))
+                      teacher_25=teacher_seconds(25), decode_shipped=rp.best_seconds(lambda: teacher.decode_latents(latents), args.repeats))
     result["student_step"] = (result["student_8"] - result["student_4"]) / 4
     result["teacher_step"] = (result["teacher_50"] - result["teacher_25"]) / 25
     result["speedup_shipped"] = result["teacher_50"] / result["student_4"]
@@ -91,14 +90,14 @@ def main() -> int:
             videos = np.concatenate([videos, off_palette_clips(args.off_palette, 0)])
         compact, record = finetune_vae_decoder(compact_decoder_vae(teacher.vae, levels), videos, args.decoder_steps,
                                                lr=args.decoder_lr, seed=0)
-        shipped_vae = teacher.vae
         result["compact_decoder"] = {
             "levels": levels, "parameters": sum(p.numel() for p in compact.decoder.parameters()),
-            "shipped_parameters": sum(p.numel() for p in shipped_vae.decoder.parameters()),
+            "shipped_parameters": sum(p.numel() for p in teacher.vae.decoder.parameters()),
             **{k: v for k, v in record.items() if k != "loss_curve"}}
         teacher.vae = student.adapter.vae = compact
         with torch.inference_mode():
-            result.update(decode_compact=best(lambda: teacher.decode_latents(latents)), student_4_compact=student_seconds(4),
+            result.update(decode_compact=rp.best_seconds(lambda: teacher.decode_latents(latents), args.repeats),
+                          student_4_compact=student_seconds(4),
                           teacher_50_compact=teacher_seconds(50))
         result["speedup_compact"] = result["teacher_50_compact"] / result["student_4_compact"]
         for name, videos_ in (("roundtrip_compact", rp.vae_roundtrip(teacher, prompts, seed=0)),
