@@ -2,16 +2,21 @@
 
 Stages (each a function; ``build`` runs them in order and records ``training_log.json``):
 
-1. ``vae``          ``train_vae``: diffusers ``AutoencoderKL`` 32x32 -> 8x8x8 on single frames; scale factor = 1 / latent std.
+1. ``vae``          ``train_vae``: diffusers ``AutoencoderKL`` 32x32 -> 8x8x8 (the coarse grid) on single frames;
+                    scale factor = 1 / latent std.
 2. ``vae_decoder``  ``finetune_vae_decoder``: sharper decoder on the frozen encoder (the latent space is unchanged).
 3. ``rewards``      ``train_rewards``: open_clip ``CLIP`` on (single frame, caption without the motion phrase) and
                     our ViCLIP at tiny size with 2-frame tubelets on (clip, full caption), both contrastive.
 4. ``text_encoder`` ``text_encoder_from_viclip``: the video reward's text tower as a transformers ``CLIPTextModel``,
                     the teacher's frozen text encoder (its motion words stay apart: ``text_distinctness``).
 5. ``teacher``      ``train_flow_teacher`` over ``FLOW_TEACHER_PHASES``: a tiny diffusers ``WanTransformer3DModel``
-                    trained with flow matching, 10% caption dropout for guidance; written as a flow-teacher folder
-                    (``t2v_turbo.adapters.wan.save_flow_teacher``).
-6. ``eps_teacher``  (only when named) ``train_teacher`` over ``TEACHER_PHASES``: diffusers ``UNet3DConditionModel``
+                    trained with flow matching on the coarse latents, 10% caption dropout for guidance; written as
+                    a flow-teacher folder (``t2v_turbo.adapters.wan.save_flow_teacher``) to ``coarse_teacher/``.
+6. ``fine_vae``     ``train_vae`` + ``finetune_vae_decoder`` with ``FINE_VAE``: 32x32 -> 4x16x16, off-palette clips
+                    in the decoder stage (the round trip keeps shape, which the coarse grid does not).
+7. ``fine_teacher`` the same transformer layout on the fine latents, warm-started from the coarse teacher
+                    (``warm_start_transformer``), over ``FINE_TEACHER_PHASES``; written to ``teacher/``.
+8. ``eps_teacher``  (only when named) ``train_teacher`` over ``TEACHER_PHASES``: diffusers ``UNet3DConditionModel``
                     (epsilon, scaled_linear 1000 steps) jointly with a small ``CLIPTextModel``, written as a diffusers
                     ``TextToVideoSDPipeline`` folder: the recipe of the shipped v1 teacher.
 
@@ -39,7 +44,8 @@ from t2v_turbo.diffusion.flow import shift_sigmas
 log = logging.getLogger("miniworld.build")
 
 #: optimiser steps of the VAE, its decoder fine-tuning and the two reward models
-DEFAULT_STEPS = {"vae": 1200, "vae_decoder": 1500, "image_reward": 1500, "video_reward": 1500, "video_reward_variants": 1000}
+DEFAULT_STEPS = {"vae": 1200, "vae_decoder": 1500, "image_reward": 1500, "video_reward": 1500, "video_reward_variants": 1000,
+                 "fine_vae": 2400, "fine_vae_decoder": 1500}
 
 #: the teacher's training phases, in order; each continues from the previous phase's EMA weights (``seed`` is
 #: added to the build's seed). This is the shipped teacher's history (``training_log.json``):
@@ -552,7 +558,7 @@ def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: t
                        empty_embedding: torch.Tensor, steps: int, batch_size: int = 32, lr: float = 1e-3,
                        caption_dropout: float = 0.1, ema_decay: float = 0.995, seed: int = 0, shift: float = FLOW_SHIFT,
                        temporal_loss_weight: float = 0.0, time_reversal_pairs: bool = False,
-                       reversed_rows: torch.Tensor | None = None):
+                       reversed_rows: torch.Tensor | None = None, trainable: Sequence[str] | None = None):
     """Flow matching in place for ``steps`` (one phase: warm-up, cosine decay, EMA weights at the end).
 
     x_sigma = (1 - sigma) x0 + sigma eps and the regression target v = eps - x0 (``t2v_turbo.diffusion.flow``),
@@ -567,10 +573,15 @@ def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: t
     frame order, so the caption's motion sign is the one thing that tells the network which target it has: a
     direct gradient for the direction, which the plain loss left to the noise (the world's distribution is
     unchanged, time reversal being one of its symmetries).
+
+    ``trainable``: train only the parameters whose names start with one of these prefixes (the others frozen for
+    the phase), e.g. a warm-started transformer's new ``patch_embedding`` and ``proj_out`` under its kept blocks.
     """
     from t2v_turbo.diffusion.flow import flow_add_noise, flow_model_timesteps, flow_velocity
 
     torch.manual_seed(seed)
+    for name, p in transformer.named_parameters():
+        p.requires_grad_(trainable is None or name.startswith(tuple(trainable)))
     params = [p for p in transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(30, steps))
@@ -596,21 +607,46 @@ def train_flow_teacher(transformer, latents: torch.Tensor, caption_embeddings: t
         if step % 50 == 0:
             log.info("flow teacher step %d loss %.4f (%.1fs)", step, np.mean(losses[-50:]), time.time() - t0)
     ema.copy_to()
-    transformer.eval()
+    transformer.eval().requires_grad_(True)
     return transformer, {"steps": steps, "batch_size": batch_size, "lr": lr, "caption_dropout": caption_dropout,
                          "ema_decay": ema_decay, "shift": shift, "temporal_loss_weight": temporal_loss_weight,
-                         "time_reversal_pairs": time_reversal_pairs,
+                         "time_reversal_pairs": time_reversal_pairs, "trainable": list(trainable) if trainable else "all",
                          "seconds": time.time() - t0,
                          "final_loss": float(np.mean(losses[-50:])), "loss_curve": losses[:: max(1, steps // 50)]}
+
+
+def warm_start_transformer(transformer, source: dict[str, torch.Tensor]) -> list[str]:
+    """Copy into ``transformer`` every tensor of the state dict ``source`` (another flow teacher's) whose name and
+    shape match, and return the names that keep their initial values.
+
+    The fine-grid teacher keeps the coarse one's token grid (4x4 tokens a frame on either latent grid), so only
+    the patch embedding and the output projection change shape; the blocks, which hold what the coarse teacher
+    learnt about captions, positions and motion, carry over."""
+    state = transformer.state_dict()
+    kept = {k: v.to(state[k].dtype) for k, v in source.items() if k in state and v.shape == state[k].shape}
+    transformer.load_state_dict(kept, strict=False)
+    return sorted(set(state) - set(kept))
 
 
 # ---- the whole build --------------------------------------------------------------------------
 #: the build's stages, in order; ``eps_teacher`` (the UNet3D epsilon teacher over ``TEACHER_PHASES``) is not run
 #: by default
-STAGES = ("vae", "vae_decoder", "rewards", "text_encoder", "video_reward", "teacher", "eps_teacher")
-DEFAULT_STAGES = STAGES[:6]
-#: latent channels of the world's VAE
+STAGES = ("vae", "vae_decoder", "rewards", "text_encoder", "video_reward", "teacher", "fine_vae", "fine_teacher",
+          "eps_teacher")
+DEFAULT_STAGES = STAGES[:8]
+#: latent channels of the coarse VAE (8x8 latents)
 LATENT_CHANNELS = 8
+#: the fine VAE (16x16 latents; ``vae_blocks`` its levels): on the coarse 8x8 grid the round trip's held-out shape
+#: stays at 0.73-0.89 whatever the channels; two levels of 16 and 32 channels with off-palette clips in the decoder
+#: stage keep every MiniBench dimension >= 0.95 (bench/RESULTS.md, mini world v2)
+FINE_VAE = {"latent_channels": 4, "vae_blocks": (16, 32), "decoder_off_palette": 2500}
+#: the fine teacher's phases, warm-started from the coarse teacher (``warm_start_transformer``): first only the new
+#: patch embedding and output projection under the coarse teacher's frozen blocks, then everything at the coarse
+#: teacher's late learning rate. Trained from scratch on the fine grid, a teacher had not learnt the motion's
+#: sign after 24,500 steps; warm-started it has after 2,000 (bench/RESULTS.md)
+FINE_TEACHER_PHASES: tuple[dict, ...] = (
+    dict(steps=500, batch_size=32, lr=1e-3, seed=200, temporal_loss_weight=1.0, trainable=("patch_embedding", "proj_out")),
+    *(dict(steps=500, batch_size=32, lr=5e-4, seed=201 + k, temporal_loss_weight=1.0) for k in range(7)))
 
 
 def _resume_phases(record: dict, key: str, checkpoint: Path, log_path: Path, modules: dict) -> list:
@@ -646,21 +682,70 @@ def caption_embeddings(text_encoder, captions: Sequence[str]) -> tuple[torch.Ten
     return table[:-1], torch.tensor([row[c] for c in captions]), table[-1]
 
 
+def _vae_stages(vae_dir: Path, videos: np.ndarray, steps: int, decoder_steps: int, seed: int, latent_channels: int,
+                vae_blocks: Sequence[int], decoder_off_palette: int, record: dict, key: str, train: bool) -> None:
+    """``train_vae`` into ``vae_dir`` (when ``train``), then ``finetune_vae_decoder`` on its frozen encoder with
+    ``decoder_off_palette`` off-palette clips added; statistics into ``record[key]`` and ``record[key + "_decoder"]``."""
+    from diffusers import AutoencoderKL
+
+    if train:
+        vae, record[key] = train_vae(videos, steps, seed=seed, latent_channels=latent_channels, block_out_channels=vae_blocks)
+        vae.save_pretrained(vae_dir)
+    if decoder_steps:
+        clips = np.concatenate([videos, off_palette_clips(decoder_off_palette, seed)]) if decoder_off_palette else videos
+        vae, record[key + "_decoder"] = finetune_vae_decoder(AutoencoderKL.from_pretrained(vae_dir), clips, decoder_steps, seed=seed)
+        record[key + "_decoder"]["off_palette_clips"] = decoder_off_palette
+        vae.save_pretrained(vae_dir)
+
+
+def _encoded_pool(vae_dir: Path, videos: np.ndarray, seed: int, cache: Path) -> tuple:
+    """(the VAE, the pool's latents), encoded once into ``cache`` (an encoder never changes after its stage)."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    if cache.is_file():
+        return vae, torch.load(cache, weights_only=True)
+    latents = encode_pool(vae, videos, seed)
+    torch.save(latents, cache)
+    return vae, latents
+
+
+def _flow_teacher_stage(transformer, phases: Sequence[dict], done: list, latents: torch.Tensor, captions: list[str],
+                        text_encoder, seed: int, threads: int, checkpoint: Path, save) -> None:
+    """Run the unfinished ``phases`` of a flow teacher, checkpointing the fp32 weights and logging (``save``) after each."""
+    table, labels, empty = caption_embeddings(text_encoder, captions)
+    reversed_rows = None  # the table's rows are the sorted unique captions (``caption_embeddings``)
+    if any(phase.get("time_reversal_pairs") for phase in phases[len(done):]):
+        reversed_rows = time_reversal_rows(sorted(set(captions)))
+    for phase in phases[len(done):]:
+        phase = dict(phase)
+        phase_seed = seed + phase.pop("seed")
+        _, stats = train_flow_teacher(transformer, latents, table, labels, empty, seed=phase_seed, reversed_rows=reversed_rows, **phase)
+        _save_checkpoint(checkpoint, {"transformer": transformer})
+        done.append({**stats, "seed": phase_seed, "threads": threads})
+        save()
+
+
 def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos: int = 5000,
           stages: Sequence[str] = DEFAULT_STAGES, threads: int = 1,
           teacher_phases: Sequence[dict] = FLOW_TEACHER_PHASES, eps_teacher_phases: Sequence[dict] = TEACHER_PHASES,
-          latent_channels: int = LATENT_CHANNELS, vae_blocks: Sequence[int] = VAE_BLOCKS, decoder_off_palette: int = 0) -> dict:
+          latent_channels: int = LATENT_CHANNELS, vae_blocks: Sequence[int] = VAE_BLOCKS, decoder_off_palette: int = 0,
+          fine_vae: dict = FINE_VAE, fine_teacher_phases: Sequence[dict] = FINE_TEACHER_PHASES) -> dict:
     """Run ``stages`` into ``out`` and record every model's statistics in ``out/training_log.json``.
 
-    Order: VAE, rewards (the image reward and the video reward's first phase, contrastive over captions), text
-    encoder (the first phase's text tower, frozen for the teacher), the video reward's second phase (adds videos
-    that differ in one attribute as negatives, ``train_rewards.sample_ranking_loss``), flow teacher.
-    ``vae_blocks`` sets the VAE's levels (``(16, 32)``: 16x16 latents, on which the teacher's patches are 4x4);
-    ``decoder_off_palette`` adds that many ``off_palette_clips`` to the decoder stage's clips. The teacher stages are resumable: after each phase the fp32 weights go to a checkpoint and the
-    phase's statistics to the log, and a re-run continues after the last finished phase. A new VAE or text
-    encoder discards the teachers' progress (it was trained on the old latents / conditioning).
+    Order: the coarse VAE (8x8 latents; ``latent_channels``, levels ``vae_blocks``, ``decoder_off_palette``
+    off-palette clips in its decoder stage), rewards (the image reward and the video reward's first phase,
+    contrastive over captions), text encoder (the first phase's text tower, frozen for the teachers), the video
+    reward's second phase (adds videos that differ in one attribute as negatives,
+    ``train_rewards.sample_ranking_loss``), the coarse flow teacher (``teacher_phases``, written to
+    ``coarse_teacher/``), the fine VAE (``fine_vae``: 16x16 latents) and the fine teacher, warm-started from the
+    coarse one (``fine_teacher_phases``, written to ``teacher/``): coarse to fine, because on the fine grid a
+    teacher trained from scratch learnt the motion's sign too late to build.
+
+    The teacher stages are resumable: after each phase the fp32 weights go to a checkpoint and the phase's
+    statistics to the log, and a re-run continues after the last finished phase. A new VAE or text encoder
+    discards the progress of the teachers trained on its latents or conditioning.
     """
-    from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
     unknown = set(stages) - set(STAGES)
@@ -672,6 +757,13 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "training_log.json"
     record = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    vae_dir, fine_vae_dir, text_dir = out / "_vae_fp32", out / "_fine_vae_fp32", out / "_text_encoder"
+    flow_checkpoint, fine_checkpoint, eps_checkpoint = (out / "_flow_teacher_fp32.pt", out / "_fine_teacher_fp32.pt",
+                                                        out / "_teacher_fp32.pt")
+    fine_from_scratch = "fine_vae" in stages or not record.get("fine_teacher_phases")
+    if "fine_teacher" in stages and fine_from_scratch and "teacher" not in stages and not flow_checkpoint.is_file():
+        raise FileNotFoundError(f"fine_teacher: {flow_checkpoint} (the coarse teacher it starts from) is missing; "
+                                "run the teacher stage first")
     record.update({"seed": seed, "num_videos": num_videos, "machine": "2-core CPU, no GPU", "torch_threads": threads})
     t0 = time.time()
     videos, captions, _ = training_pool(num_videos, seed)
@@ -680,26 +772,20 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
     def save():
         log_path.write_text(json.dumps(record, indent=2))
 
-    vae_dir, text_dir, teacher_dir = out / "_vae_fp32", out / "_text_encoder", out / "teacher"
-    flow_checkpoint, eps_checkpoint = out / "_flow_teacher_fp32.pt", out / "_teacher_fp32.pt"
+    coarse, fine = ((flow_checkpoint, "flow_teacher_phases"), (eps_checkpoint, "teacher_phases")), (fine_checkpoint, "fine_teacher_phases")
 
-    def discard_teachers(latents_too: bool):
-        if latents_too:
-            (out / "_latents.pt").unlink(missing_ok=True)
-        for path, key in ((flow_checkpoint, "flow_teacher_phases"), (eps_checkpoint, "teacher_phases")):
+    def discard(*teachers, latents: Path | None = None):
+        if latents is not None:
+            latents.unlink(missing_ok=True)
+        for path, key in teachers:
             path.unlink(missing_ok=True)
             record.pop(key, None)
 
-    if "vae" in stages:
-        vae, record["vae"] = train_vae(videos, steps["vae"], seed=seed, latent_channels=latent_channels, block_out_channels=vae_blocks)
-        vae.save_pretrained(vae_dir)
-        discard_teachers(latents_too=True)
-        save()
-    if "vae_decoder" in stages and steps["vae_decoder"]:
-        decoder_videos = np.concatenate([videos, off_palette_clips(decoder_off_palette, seed)]) if decoder_off_palette else videos
-        vae, record["vae_decoder"] = finetune_vae_decoder(AutoencoderKL.from_pretrained(vae_dir), decoder_videos, steps["vae_decoder"], seed=seed)
-        record["vae_decoder"]["off_palette_clips"] = decoder_off_palette
-        vae.save_pretrained(vae_dir)
+    if "vae" in stages or "vae_decoder" in stages:
+        _vae_stages(vae_dir, videos, steps["vae"], steps["vae_decoder"] if "vae_decoder" in stages else 0, seed,
+                    latent_channels, vae_blocks, decoder_off_palette, record, "vae", train="vae" in stages)
+        if "vae" in stages:
+            discard(*coarse, fine, latents=out / "_latents.pt")
         save()
     if "rewards" in stages:
         from miniworld import train_rewards
@@ -715,7 +801,7 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
         text_encoder = text_encoder_from_viclip(build_video_reward(out / "_video_reward_base").model.text_encoder)
         text_encoder.save_pretrained(text_dir)
         record["text_encoder"] = {"source": "text tower of the video reward's first phase", **text_distinctness(text_encoder)}
-        discard_teachers(latents_too=False)
+        discard(*coarse, fine)
         save()
     if "video_reward" in stages:
         from miniworld import train_rewards
@@ -723,40 +809,43 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
         record["video_reward"] = train_rewards.train_and_save_video_reward(
             out / "video_reward", videos, captions, steps["video_reward_variants"], seed, lr=5e-4, init=out / "_video_reward_base")
         save()
-    if "teacher" in stages or "eps_teacher" in stages:
-        vae = AutoencoderKL.from_pretrained(vae_dir)
-        cache = out / "_latents.pt"  # the encoded pool (the encoder never changes after the "vae" stage)
-        if cache.is_file():
-            lat = torch.load(cache, weights_only=True)
-        else:
-            lat = encode_pool(vae, videos, seed)
-            torch.save(lat, cache)
-        record["latent_std_after_scaling"] = float(lat.std())
-    if "teacher" in stages:
+    if "teacher" in stages or "fine_teacher" in stages:
         from diffusers import WanTransformer3DModel
 
         from miniworld.tokenizer import build_hf_tokenizer
         from t2v_turbo.adapters.wan import save_flow_teacher
 
         text_encoder = CLIPTextModel.from_pretrained(text_dir).eval().requires_grad_(False)
-        table, labels, empty = caption_embeddings(text_encoder, captions)
-        torch.manual_seed(seed)
-        transformer = WanTransformer3DModel(**flow_transformer_config(lat.shape[1], text_encoder.config.hidden_size, lat.shape[-1]))
-        modules = {"transformer": transformer}
-        done = _resume_phases(record, "flow_teacher_phases", flow_checkpoint, log_path, modules)
-        reversed_rows = None  # the table's rows are the sorted unique captions (``caption_embeddings``)
-        if any(phase.get("time_reversal_pairs") for phase in teacher_phases[len(done):]):
-            reversed_rows = time_reversal_rows(sorted(set(captions)))
-        for phase in teacher_phases[len(done):]:
-            phase = dict(phase)
-            phase_seed = seed + phase.pop("seed")
-            transformer, stats = train_flow_teacher(transformer, lat, table, labels, empty, seed=phase_seed,
-                                                    reversed_rows=reversed_rows, **phase)
-            _save_checkpoint(flow_checkpoint, modules)
-            done.append({**stats, "seed": phase_seed, "threads": threads})
-            save()
-        save_flow_teacher(teacher_dir, transformer, vae, text_encoder, build_hf_tokenizer(), flow_scheduler())
+
+        def new_transformer(latents: torch.Tensor):
+            torch.manual_seed(seed)
+            return WanTransformer3DModel(**flow_transformer_config(latents.shape[1], text_encoder.config.hidden_size,
+                                                                   latents.shape[-1]))
+    if "teacher" in stages:
+        vae, lat = _encoded_pool(vae_dir, videos, seed, out / "_latents.pt")
+        record["latent_std_after_scaling"] = float(lat.std())
+        transformer = new_transformer(lat)
+        done = _resume_phases(record, "flow_teacher_phases", flow_checkpoint, log_path, {"transformer": transformer})
+        _flow_teacher_stage(transformer, teacher_phases, done, lat, captions, text_encoder, seed, threads, flow_checkpoint, save)
+        save_flow_teacher(out / "coarse_teacher", transformer, vae, text_encoder, build_hf_tokenizer(), flow_scheduler())
+    if "fine_vae" in stages:
+        _vae_stages(fine_vae_dir, videos, steps["fine_vae"], steps["fine_vae_decoder"], seed, fine_vae["latent_channels"],
+                    fine_vae["vae_blocks"], fine_vae["decoder_off_palette"], record, "fine_vae", train=True)
+        discard(fine, latents=out / "_fine_latents.pt")
+        save()
+    if "fine_teacher" in stages:
+        vae, lat = _encoded_pool(fine_vae_dir, videos, seed, out / "_fine_latents.pt")
+        record["fine_latent_std_after_scaling"] = float(lat.std())
+        transformer = new_transformer(lat)
+        done = _resume_phases(record, "fine_teacher_phases", fine_checkpoint, log_path, {"transformer": transformer})
+        if not done:
+            coarse_state = torch.load(flow_checkpoint, weights_only=True)["transformer"]
+            record["fine_teacher_init"] = {"coarse_teacher_phases": len(record.get("flow_teacher_phases", [])),
+                                           "reinitialised": warm_start_transformer(transformer, coarse_state)}
+        _flow_teacher_stage(transformer, fine_teacher_phases, done, lat, captions, text_encoder, seed, threads, fine_checkpoint, save)
+        save_flow_teacher(out / "teacher", transformer, vae, text_encoder, build_hf_tokenizer(), flow_scheduler())
     if "eps_teacher" in stages:
+        vae, lat = _encoded_pool(vae_dir, videos, seed, out / "_latents.pt")
         unet, text_encoder = load_teacher_modules(latent_channels=lat.shape[1])
         modules = {"unet": unet, "text_encoder": text_encoder}
         done = _resume_phases(record, "teacher_phases", eps_checkpoint, log_path, modules)

@@ -56,7 +56,11 @@ def test_flow_matching_loss_frame_difference_term_sees_only_what_changes_between
 
 EPS_PHASES = (dict(steps=2, batch_size=2, lr=1e-3, loss_weighting="v", dropout=0.0, offset_noise=0.3, seed=1),)
 FLOW_PHASES = (dict(steps=2, batch_size=2, lr=1e-3, seed=0), dict(steps=2, batch_size=2, lr=5e-4, seed=1))
-STEPS = {"vae": 2, "vae_decoder": 2, "image_reward": 2, "video_reward": 2, "video_reward_variants": 2}
+FINE_PHASES = (dict(steps=2, batch_size=2, lr=1e-3, seed=2, trainable=("patch_embedding", "proj_out")),
+               dict(steps=2, batch_size=2, lr=5e-4, seed=3))
+STEPS = {"vae": 2, "vae_decoder": 2, "image_reward": 2, "video_reward": 2, "video_reward_variants": 2, "fine_vae": 2,
+         "fine_vae_decoder": 2}
+FINE_VAE = {**ta.FINE_VAE, "decoder_off_palette": 4}
 
 
 @pytest.mark.slow  # > 10 s on 2 CPU cores
@@ -69,7 +73,12 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     from t2v_turbo.pipeline import TeacherPipeline
 
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
-    record = ta.build(resumed, steps=STEPS, num_videos=8, teacher_phases=FLOW_PHASES[:1])
+    tiny = dict(steps=STEPS, num_videos=8, fine_vae=FINE_VAE, fine_teacher_phases=FINE_PHASES)
+    # the fine teacher starts from the coarse one's checkpoint: without it, the file is named
+    with pytest.raises(FileNotFoundError, match="_flow_teacher_fp32.pt"):
+        ta.build(resumed, stages=("fine_vae", "fine_teacher"), **tiny)
+    assert not resumed.exists() or not any(resumed.iterdir())  # before anything is trained or written
+    record = ta.build(resumed, teacher_phases=FLOW_PHASES[:1], **tiny)
     assert [p["lr"] for p in record["flow_teacher_phases"]] == [1e-3]
     assert set(record["video_reward"]["attribute_accuracy"]) == {"background", "colour", "shape", "motion"}
     assert record["video_reward_base"]["hard_negatives"] == {"captions": ["motion"], "videos": []}
@@ -78,29 +87,37 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     assert set(record["text_encoder"]["distances"]["motion"]) == {"right", "up", "down", "still"}
     first = record["flow_teacher_phases"][0]
 
-    record = ta.build(resumed, steps=STEPS, num_videos=8, stages=("teacher",), teacher_phases=FLOW_PHASES)
+    assert record["fine_teacher_init"] == {"coarse_teacher_phases": 1,
+                                           "reinitialised": ["patch_embedding.weight", "proj_out.bias", "proj_out.weight"]}
+    assert [p["trainable"] for p in record["fine_teacher_phases"]] == [["patch_embedding", "proj_out"], "all"]
+    assert record["fine_vae_decoder"]["off_palette_clips"] == 4
+    record = ta.build(resumed, stages=("teacher",), teacher_phases=FLOW_PHASES, **tiny)
     assert len(record["flow_teacher_phases"]) == 2 and record["flow_teacher_phases"][0] == first
     assert json.loads((resumed / "training_log.json").read_text())["flow_teacher_phases"][1]["lr"] == 5e-4
 
     # an uninterrupted build of both phases ends with the same weights as the interrupted one
-    ta.build(straight, steps=STEPS, num_videos=8, stages=ta.DEFAULT_STAGES, teacher_phases=FLOW_PHASES)
+    ta.build(straight, stages=ta.DEFAULT_STAGES, teacher_phases=FLOW_PHASES, **tiny)
     a, b = torch.load(resumed / "_flow_teacher_fp32.pt"), torch.load(straight / "_flow_teacher_fp32.pt")
     assert all(torch.equal(a["transformer"][k], b["transformer"][k]) for k in a["transformer"])
 
     # a lost checkpoint is named, not silently replaced by a fresh teacher
     (straight / "_flow_teacher_fp32.pt").unlink()
     with pytest.raises(FileNotFoundError, match="_flow_teacher_fp32.pt"):
-        ta.build(straight, steps=STEPS, num_videos=8, stages=("teacher",), teacher_phases=FLOW_PHASES)
+        ta.build(straight, stages=("teacher",), teacher_phases=FLOW_PHASES, **tiny)
 
     # time-reversal pairs need the reversal of every training caption in the pool, which 8 videos lack: named
     with pytest.raises(ValueError, match="time-reversal pairs: the reversal of 'a "):
-        ta.build(resumed, steps=STEPS, num_videos=8, stages=("teacher",),
-                 teacher_phases=FLOW_PHASES + (dict(FLOW_PHASES[1], time_reversal_pairs=True),))
+        ta.build(resumed, stages=("teacher",), teacher_phases=FLOW_PHASES + (dict(FLOW_PHASES[1], time_reversal_pairs=True),),
+                 **tiny)
 
-    # the written folders load through the public loaders: the flow teacher on the 8-channel VAE with the
-    # text tower of the video reward's first phase, and the optional epsilon teacher on the same VAE
+    # the written folders load through the public loaders: the fine flow teacher on the 16x16 VAE and the coarse
+    # one on the 8x8 VAE, both with the text tower of the video reward's first phase, and the optional epsilon
+    # teacher on the coarse VAE
+    coarse = load_teacher(resumed / "coarse_teacher")
+    assert coarse.latent_shape(1, 8, 32, 32) == (1, ta.LATENT_CHANNELS, 8, 8, 8)
     adapter = load_teacher(resumed / "teacher")
     assert isinstance(adapter, WanAdapter) and adapter.prediction_type == "flow"
+    assert adapter.latent_shape(1, 8, 32, 32) == (1, 4, 8, 16, 16)
     video = TeacherPipeline(adapter)(["a red circle moving left on a black background"], num_inference_steps=2,
                                      guidance_scale=4.0, generator=torch.Generator().manual_seed(0))
     assert video.shape == (1, 3, 8, 32, 32)
@@ -112,7 +129,7 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
     hidden = adapter.text_encoder(tokens)[0]
     torch.testing.assert_close(hidden[0, tokens.argmax(-1)] @ reward.model.text_encoder.text_projection.float(),
                                reward.model.encode_text(tokens), rtol=1e-3, atol=1e-3)  # fp16 reward weights
-    ta.build(resumed, steps=STEPS, num_videos=8, stages=("eps_teacher",), eps_teacher_phases=EPS_PHASES)
+    ta.build(resumed, stages=("eps_teacher",), eps_teacher_phases=EPS_PHASES, **tiny)
     eps_adapter = load_teacher(resumed / "eps_teacher")
     assert isinstance(eps_adapter, DiffusersT2VAdapter)
     assert eps_adapter.decode_latents(torch.randn(1, ta.LATENT_CHANNELS, 8, 8, 8)).shape == (1, 3, 8, 32, 32)
@@ -304,3 +321,29 @@ def test_the_build_commands_stage_names_are_the_builds():
     from t2v_turbo.commands import miniworld_build
 
     assert miniworld_build.STAGES == ta.STAGES and miniworld_build.DEFAULT_STAGES == ta.DEFAULT_STAGES
+
+
+def test_warm_start_keeps_the_blocks_of_a_teacher_on_another_latent_grid_and_trains_only_what_is_named():
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    old = WanTransformer3DModel(**{**ta.flow_transformer_config(8, 16, 8), "num_layers": 1})
+    torch.manual_seed(1)
+    new = WanTransformer3DModel(**{**ta.flow_transformer_config(4, 16, 16), "num_layers": 1})
+    fresh = {k: v.clone() for k, v in new.state_dict().items()}
+    reinitialised = ta.warm_start_transformer(new, old.state_dict())
+    # 4 x 16x16 latents in 4x4 patches against 8 x 8x8 in 2x2: only the patch's in and out projections change shape
+    assert reinitialised == ["patch_embedding.weight", "proj_out.bias", "proj_out.weight"]
+    for name, value in new.state_dict().items():
+        assert torch.equal(value, fresh[name] if name in reinitialised else old.state_dict()[name]), name
+
+    # a phase that trains only the new projections leaves every block as the old teacher had it
+    before = {k: v.clone() for k, v in new.state_dict().items()}
+    latents = torch.randn(6, 4, 8, 16, 16)
+    table, labels, empty = torch.randn(3, 5, 16), torch.tensor([0, 1, 2, 0, 1, 2]), torch.zeros(5, 16)
+    _, stats = ta.train_flow_teacher(new, latents, table, labels, empty, steps=2, batch_size=2,
+                                     trainable=("patch_embedding", "proj_out"))
+    changed = {k for k, v in new.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed and all(k.startswith(("patch_embedding", "proj_out")) for k in changed)
+    assert stats["trainable"] == ["patch_embedding", "proj_out"]
+    assert all(p.requires_grad for p in new.parameters())  # the next phase trains everything again

@@ -1,13 +1,15 @@
 """``t2v-turbo miniworld build [--out DIR] [--stages ...] [--steps vae=1200,...]``: train the mini world's models.
 
-Trains, with fixed seeds and on the world's training split only: the VAE (8 latent channels), the
-image-text reward and the video-text reward's first phase, the teacher's frozen text encoder (that
+Trains, with fixed seeds and on the world's training split only: the coarse VAE (8x8 latents), the
+image-text reward and the video-text reward's first phase, the teachers' frozen text encoder (that
 phase's text tower as a ``CLIPTextModel``), the video reward's second phase (videos that differ in one
-attribute as negatives) and the flow teacher (a Wan-layout DiT) over the phases of
-``train_assets.FLOW_TEACHER_PHASES``; ``--stages ...,eps_teacher`` also trains the UNet3D epsilon
-teacher (``train_assets.TEACHER_PHASES``) into ``eps_teacher/``. Writes the layout the shipped assets
-use (``teacher/``, ``image_reward/``, ``video_reward/``, ``training_log.json``). Re-running resumes a
-teacher after its last finished phase. Default output: a new folder, never the shipped assets.
+attribute as negatives), the coarse flow teacher (a Wan-layout DiT) over ``train_assets.FLOW_TEACHER_PHASES``
+into ``coarse_teacher/``, the fine VAE (16x16 latents, ``train_assets.FINE_VAE``) and the fine teacher,
+warm-started from the coarse one, over ``train_assets.FINE_TEACHER_PHASES`` into ``teacher/``;
+``--stages ...,eps_teacher`` also trains the UNet3D epsilon teacher (``train_assets.TEACHER_PHASES``) on the
+coarse VAE into ``eps_teacher/``. Writes the layout the shipped assets use (``teacher/``, ``image_reward/``,
+``video_reward/``, ``training_log.json``). Re-running resumes a teacher after its last finished phase.
+Default output: a new folder, never the shipped assets.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import logging
 from t2v_turbo.commands import CommandError, positive_int
 
 #: ``miniworld.train_assets.STAGES`` (named here so that building the parser imports no torch)
-STAGES = ("vae", "vae_decoder", "rewards", "text_encoder", "video_reward", "teacher", "eps_teacher")
-DEFAULT_STAGES = STAGES[:6]
+STAGES = ("vae", "vae_decoder", "rewards", "text_encoder", "video_reward", "teacher", "fine_vae", "fine_teacher",
+          "eps_teacher")
+DEFAULT_STAGES = STAGES[:8]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/miniworld-assets", help="output folder (default runs/miniworld-assets)")
     parser.add_argument("--steps", default="", help="optimiser steps per model, e.g. vae=1200,vae_decoder=0,image_reward=1500,video_reward=1500,"
-                        "video_reward_variants=1000 "
+                        "video_reward_variants=1000,fine_vae=2400,fine_vae_decoder=1500 "
                         "(default: train_assets.DEFAULT_STEPS; the teachers' phases are train_assets.FLOW_TEACHER_PHASES "
                         "and TEACHER_PHASES)")
     parser.add_argument("--stages", default=",".join(DEFAULT_STAGES),
