@@ -4,7 +4,8 @@ Paths are resolved relative to the installed package, so configs work from any d
 in a config is ``miniworld/assets/v2/teacher``). Two worlds are shipped:
 
 - ``assets/v2/`` (``V2``): the world ``configs/miniworld.yaml`` and the quick start use: a flow-matching DiT
-  teacher in diffusers' Wan layout that follows every attribute, motion included, on an 8-channel VAE, with the
+  teacher in diffusers' Wan layout that follows every attribute, motion included, on a VAE with 4 x 16x16 latents
+  (trained coarse to fine: ``train_assets.build``), with the
   video reward's text tower as its text encoder; the tubelet ViCLIP video reward; the image reward; the
   quick-start student, one seed of the ablation (bench/RESULTS.md).
 - ``assets/`` itself (``TEACHER``, ``STUDENT``, ``IMAGE_REWARD``, ``VIDEO_REWARD``): the first world, an

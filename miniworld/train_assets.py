@@ -646,7 +646,7 @@ FINE_VAE = {"latent_channels": 4, "vae_blocks": (16, 32), "decoder_off_palette":
 #: sign after 24,500 steps; warm-started it has after 2,000 (bench/RESULTS.md)
 FINE_TEACHER_PHASES: tuple[dict, ...] = (
     dict(steps=500, batch_size=32, lr=1e-3, seed=200, temporal_loss_weight=1.0, trainable=("patch_embedding", "proj_out")),
-    *(dict(steps=500, batch_size=32, lr=5e-4, seed=201 + k, temporal_loss_weight=1.0) for k in range(7)))
+    *(dict(steps=500, batch_size=32, lr=5e-4, seed=201 + k, temporal_loss_weight=1.0) for k in range(15)))
 
 
 def _resume_phases(record: dict, key: str, checkpoint: Path, log_path: Path, modules: dict) -> list:
