@@ -1,6 +1,6 @@
 """Where the mini world's sampling time goes, and what a compact VAE decoder would change; prints JSON.
 
-    python bench/miniworld_sampling_breakdown.py [--student DIR] [--decoder-levels 16,16,32] [--decoder-steps 3000]
+    python bench/miniworld_sampling_breakdown.py [--student DIR] [--decoder-levels 16,16] [--decoder-steps 3000]
 
 One process, one torch thread, batch 8, best of ``--repeats``. Per-step costs come from the difference of two
 step counts (student 8 - 4 steps, teacher 50 - 25 steps), so what a sampler does once (text encoding, the VAE
@@ -44,7 +44,9 @@ def compact_decoder_vae(vae, levels: tuple[int, ...]):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student", default=None, help="a trained student folder (default: the shipped v2 student)")
-    parser.add_argument("--decoder-levels", default="16,16,32")
+    parser.add_argument("--decoder-levels", default=None,
+                        help="block channels of the compact decoder, one per level of the shipped VAE "
+                             "(default: the shipped levels with every level after the first halved)")
     parser.add_argument("--decoder-steps", type=int, default=3000)
     parser.add_argument("--decoder-lr", type=float, default=1e-3)
     parser.add_argument("--off-palette", type=int, default=2500)
@@ -55,7 +57,7 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(1)
-    from miniworld import minibench
+    from miniworld import minibench, world
     from miniworld import report as rp
     from miniworld.assets import V2, evaluation_prompts, load_teacher
     from miniworld.train_assets import finetune_vae_decoder, off_palette_clips, training_pool
@@ -73,7 +75,12 @@ def main() -> int:
     def teacher_seconds(steps):  # 25 times longer than a student run: 3 repeats are enough
         return rp.best_seconds(lambda: rp.sample_teacher(teacher, batch, steps=steps, guidance_scale=4.0, batch_size=8), 3)
 
-    latents = torch.randn(8, teacher.vae.config.latent_channels, 8, 8, 8)
+    levels = tuple(teacher.vae.config.block_out_channels)
+    levels = tuple(int(c) for c in args.decoder_levels.split(",")) if args.decoder_levels else levels[:1] + tuple(c // 2 for c in levels[1:])
+    if len(levels) != len(teacher.vae.config.block_out_channels):
+        parser.error(f"--decoder-levels {args.decoder_levels}: the shipped VAE has {len(teacher.vae.config.block_out_channels)} "
+                     "levels (its latent grid fixes the number of upsamplings)")
+    latents = torch.randn(teacher.latent_shape(8, world.NUM_FRAMES, world.HEIGHT, world.WIDTH))
     result: dict = {"machine": "2-core CPU, no GPU", "torch_threads": 1, "batch": 8}
     with torch.inference_mode():
         result.update(student_4=student_seconds(4), student_8=student_seconds(8), teacher_50=teacher_seconds(50),
@@ -84,7 +91,6 @@ def main() -> int:
     result["speedup_networks_only"] = 50 * result["teacher_step"] / (4 * result["student_step"])
 
     if args.decoder_steps:
-        levels = tuple(int(c) for c in args.decoder_levels.split(","))
         videos, _, _ = training_pool(5000, 0)
         if args.off_palette:
             videos = np.concatenate([videos, off_palette_clips(args.off_palette, 0)])
