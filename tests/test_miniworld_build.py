@@ -91,6 +91,10 @@ def test_tiny_build_writes_loadable_assets_and_resumes_the_teacher(tmp_path):
                                            "reinitialised": ["patch_embedding.weight", "proj_out.bias", "proj_out.weight"]}
     assert [p["trainable"] for p in record["fine_teacher_phases"]] == [["patch_embedding", "proj_out"], "all"]
     assert record["fine_vae_decoder"]["off_palette_clips"] == 4
+    # the fine teacher resumes after its last finished phase too, from its own checkpoint
+    fine_done = record["fine_teacher_phases"]
+    record = ta.build(resumed, stages=("fine_teacher",), **{**tiny, "fine_teacher_phases": FINE_PHASES + (dict(FINE_PHASES[1], seed=4),)})
+    assert record["fine_teacher_phases"][:2] == fine_done and record["fine_teacher_phases"][2]["seed"] == 4
     record = ta.build(resumed, stages=("teacher",), teacher_phases=FLOW_PHASES, **tiny)
     assert len(record["flow_teacher_phases"]) == 2 and record["flow_teacher_phases"][0] == first
     assert json.loads((resumed / "training_log.json").read_text())["flow_teacher_phases"][1]["lr"] == 5e-4
