@@ -63,6 +63,13 @@ def main() -> int:
     from miniworld.train_assets import finetune_vae_decoder, off_palette_clips, training_pool
     from t2v_turbo.pipeline import load_student_pipeline
 
+    # the compact decoder's levels, checked before any model loads: one per level of the shipped VAE, whose latent
+    # grid fixes the number of upsamplings
+    shipped_levels = json.loads((V2 / "teacher" / "vae" / "config.json").read_text())["block_out_channels"]
+    levels = (tuple(int(c) for c in args.decoder_levels.split(",")) if args.decoder_levels
+              else (shipped_levels[0], *(c // 2 for c in shipped_levels[1:])))
+    if len(levels) != len(shipped_levels):
+        parser.error(f"--decoder-levels {args.decoder_levels}: the shipped VAE has {len(shipped_levels)} levels")
     student = load_student_pipeline(args.student or V2 / "student")
     teacher = load_teacher(V2 / "teacher")
     prompts = evaluation_prompts()
@@ -75,11 +82,6 @@ def main() -> int:
     def teacher_seconds(steps):  # 25 times longer than a student run: 3 repeats are enough
         return rp.best_seconds(lambda: rp.sample_teacher(teacher, batch, steps=steps, guidance_scale=4.0, batch_size=8), 3)
 
-    levels = tuple(teacher.vae.config.block_out_channels)
-    levels = tuple(int(c) for c in args.decoder_levels.split(",")) if args.decoder_levels else levels[:1] + tuple(c // 2 for c in levels[1:])
-    if len(levels) != len(teacher.vae.config.block_out_channels):
-        parser.error(f"--decoder-levels {args.decoder_levels}: the shipped VAE has {len(teacher.vae.config.block_out_channels)} "
-                     "levels (its latent grid fixes the number of upsamplings)")
     latents = torch.randn(teacher.latent_shape(8, world.NUM_FRAMES, world.HEIGHT, world.WIDTH))
     result: dict = {"machine": "2-core CPU, no GPU", "torch_threads": 1, "batch": 8}
     with torch.inference_mode():

@@ -710,20 +710,29 @@ def _encoded_pool(vae_dir: Path, videos: np.ndarray, seed: int, cache: Path) -> 
     return vae, latents
 
 
+def _run_phases(phases: Sequence[dict], done: list, train_phase, modules: dict, checkpoint: Path, seed: int,
+                threads: int, save) -> None:
+    """Run the unfinished ``phases`` (``train_phase(seed=..., **phase)`` trains ``modules`` in place and returns the
+    phase's statistics), checkpointing the fp32 weights and logging (``save``) after each."""
+    for phase in phases[len(done):]:
+        phase = dict(phase)
+        phase_seed = seed + phase.pop("seed")
+        stats = train_phase(seed=phase_seed, **phase)
+        _save_checkpoint(checkpoint, modules)
+        done.append({**stats, "seed": phase_seed, "threads": threads})
+        save()
+
+
 def _flow_teacher_stage(transformer, phases: Sequence[dict], done: list, latents: torch.Tensor, captions: list[str],
                         text_encoder, seed: int, threads: int, checkpoint: Path, save) -> None:
-    """Run the unfinished ``phases`` of a flow teacher, checkpointing the fp32 weights and logging (``save``) after each."""
+    """Run the unfinished ``phases`` of a flow teacher (``_run_phases``) on the frozen text encoder's conditioning."""
     table, labels, empty = caption_embeddings(text_encoder, captions)
     reversed_rows = None  # the table's rows are the sorted unique captions (``caption_embeddings``)
     if any(phase.get("time_reversal_pairs") for phase in phases[len(done):]):
         reversed_rows = time_reversal_rows(sorted(set(captions)))
-    for phase in phases[len(done):]:
-        phase = dict(phase)
-        phase_seed = seed + phase.pop("seed")
-        _, stats = train_flow_teacher(transformer, latents, table, labels, empty, seed=phase_seed, reversed_rows=reversed_rows, **phase)
-        _save_checkpoint(checkpoint, {"transformer": transformer})
-        done.append({**stats, "seed": phase_seed, "threads": threads})
-        save()
+    _run_phases(phases, done, lambda **phase: train_flow_teacher(transformer, latents, table, labels, empty,
+                                                                 reversed_rows=reversed_rows, **phase)[1],
+                {"transformer": transformer}, checkpoint, seed, threads, save)
 
 
 def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos: int = 5000,
@@ -849,13 +858,8 @@ def build(out: str | Path, steps: dict | None = None, seed: int = 0, num_videos:
         unet, text_encoder = load_teacher_modules(latent_channels=lat.shape[1])
         modules = {"unet": unet, "text_encoder": text_encoder}
         done = _resume_phases(record, "teacher_phases", eps_checkpoint, log_path, modules)
-        for phase in eps_teacher_phases[len(done):]:
-            phase = dict(phase)
-            phase_seed = seed + phase.pop("seed")
-            unet, text_encoder, stats = train_teacher(unet, text_encoder, lat, captions, seed=phase_seed, **phase)
-            _save_checkpoint(eps_checkpoint, modules)
-            done.append({**stats, "seed": phase_seed, "threads": threads})
-            save()
+        _run_phases(eps_teacher_phases, done, lambda **phase: train_teacher(unet, text_encoder, lat, captions, **phase)[2],
+                    modules, eps_checkpoint, seed, threads, save)
         save_teacher(out / "eps_teacher", unet, vae, text_encoder)
     record["total_seconds"] = record.get("total_seconds", 0.0) + time.time() - t0
     save()
