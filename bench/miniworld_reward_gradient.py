@@ -31,16 +31,13 @@ KINDS = {"video": ("miniworld-video", "video_reward", "motion"), "image": ("mini
 def wrong_start(caption: str, kind: str):
     """uint8 (T, H, W, 3): a clip of ``caption`` that is wrong in the attribute the reward of ``kind`` must fix, and
     the caption that clip does show."""
-    import numpy as np
-
     from miniworld import world
 
     if kind == "video":
         return world.sample_for_caption(caption).video[::-1].copy(), world.time_reversed_caption(caption)
     attrs = world.parse_caption(caption)
     other = dataclasses.replace(attrs, shape=world.SHAPES[(world.SHAPES.index(attrs.shape) + 1) % len(world.SHAPES)])
-    rng = np.random.default_rng([0, 0, 7919, world.all_captions().index(caption)])  # sample_for_caption's draws
-    return world.make_sample(other, rng).video, world.caption_of(other)
+    return world.make_sample(other, world.caption_draws(caption)).video, world.caption_of(other)
 
 
 def main() -> int:

@@ -233,11 +233,15 @@ def sample_at(index: int, seed: int = 0, split: str = "train") -> Sample:
     return make_sample(attrs, rng)
 
 
+def caption_draws(caption: str, seed: int = 0, index: int = 0) -> np.random.Generator:
+    """The random draws (radius, speed, start, noise) of ``sample_for_caption(caption, seed, index)``; another
+    composition rendered from them keeps the object's size, speed, path and background noise."""
+    return np.random.default_rng([seed, index, 7919, all_captions().index(caption_of(parse_caption(caption)))])
+
+
 def sample_for_caption(caption: str, seed: int = 0, index: int = 0) -> Sample:
     """A ground-truth video of ``caption`` (reproducible from ``seed``, ``index``)."""
-    attrs = parse_caption(caption)
-    rng = np.random.default_rng([seed, index, 7919, all_captions().index(caption_of(attrs))])
-    return make_sample(attrs, rng)
+    return make_sample(parse_caption(caption), caption_draws(caption, seed, index))
 
 
 def stream(seed: int = 0, split: str = "train", start: int = 0) -> Iterator[Sample]:
