@@ -252,6 +252,31 @@ def test_video_only_fraction_selects_by_position_and_weights_terms(adapter, stud
     assert out.cd_loss.item() == pytest.approx(regular.cd_loss.item(), rel=1e-5)
 
 
+def test_reward_max_noise_scores_only_the_quiet_samples(adapter, student):
+    """Rewards score only samples with sigma_{t_{n+k}} <= reward_max_noise; their terms are still divided by B."""
+    latents, text, uncond, prompts = batch(adapter, size=2)
+    probe = bound(adapter, student)
+    quiet_p, noisy_p = positions_drawing(probe, latents.shape[1:], 0, [5, 45])
+    _, sigma = probe.coefficients(probe.grid[torch.tensor([5, 45])], 1)
+    limit = float(sigma.mean())  # between the two samples' noise levels
+    assert sigma[0] < limit < sigma[1]
+    img = ColourReward([1])
+    objective = bound(adapter, student, [RewardTerm("img", img, 2.0)], reward_max_noise=limit)
+    out = objective.loss(student, latents, text, uncond, prompts, [quiet_p, noisy_p])
+    assert img.calls == [(1, 3, 1, 16, 16)] and out.decoded == [(1, 1)]  # only the quiet sample is decoded
+    assert out.terms["img"].item() == pytest.approx(-2.0 * out.rewards["img"].item() / 2, rel=1e-6)
+    # its score is the unlimited objective's score of that sample alone
+    alone = bound(adapter, student, [RewardTerm("img", img, 2.0)]).loss(
+        student, latents[:1], text[:1], uncond[:1], prompts[:1], [quiet_p])
+    assert out.rewards["img"].item() == pytest.approx(alone.rewards["img"].item(), rel=1e-5)
+    # above every sample's noise: no reward term at all, the loss is CD alone
+    none = bound(adapter, student, [RewardTerm("img", img, 2.0)], reward_max_noise=float(sigma[0]) / 2)
+    quiet = none.loss(student, latents, text, uncond, prompts, [quiet_p, noisy_p])
+    assert "img" not in quiet.terms and quiet.loss.item() == pytest.approx(quiet.terms["cd"].item(), rel=1e-6)
+    with pytest.raises(ValueError, match="reward_max_noise"):
+        T2VTurboObjective(reward_max_noise=0.0)
+
+
 def test_ema_update_and_target(adapter, student):
     ema = EMATarget(student, decay=0.9)
     theta0 = {n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad}

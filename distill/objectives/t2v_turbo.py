@@ -111,7 +111,9 @@ class T2VTurboObjective(RewardDecoding, ConsistencySettings, Objective):
     loss_type, huber_c, sigma_data, timestep_scaling, target, ema_decay), ``video_only_fraction``
     (the public-code weighting), ``decode_chunk_size`` and ``vae_gradient_checkpointing`` (how the
     reward frames are decoded) and ``frame_window`` N (the rewards choose their frames among the first N
-    pixel frames only, so a causal VAE decodes only the latent frames those need; null: the whole video).
+    pixel frames only, so a causal VAE decodes only the latent frames those need; null: the whole video) and
+    ``reward_max_noise`` s (the rewards score only samples whose noise coefficient sigma_{t_{n+k}} <= s, the
+    flow sigma or sqrt(1 - abar_t); null: every sample, as in the paper).
     """
 
     batch_inputs: ClassVar[str] = "videos"
@@ -119,6 +121,7 @@ class T2VTurboObjective(RewardDecoding, ConsistencySettings, Objective):
 
     video_only_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.0
     frame_window: Annotated[int, Range(ge=1)] | None = None
+    reward_max_noise: Annotated[float, Range(gt=0, le=1)] | None = None
 
     def __post_init__(self):
         Objective.__post_init__(self)  # every field against its annotation
@@ -265,7 +268,7 @@ class T2VTurboObjective(RewardDecoding, ConsistencySettings, Objective):
 
         # 8. rewards on the decoded single-step prediction f_theta(z_{t_{n+k}})
         reward_values, norms, decoded, latent_frames = self.reward_terms(
-            f_theta, prompts, positions, seed, video_only, grad_norms, terms
+            f_theta, prompts, positions, seed, self.reward_mask(t_nk, video_only), grad_norms, terms
         )
         loss = sum(terms.values()) if terms else f_theta.sum() * 0.0
         scalars = {"loss/cd": cd_loss} if cd_loss is not None else {}
@@ -290,10 +293,22 @@ class T2VTurboObjective(RewardDecoding, ConsistencySettings, Objective):
         with swap:
             return self.consistency_fn(unet, z_n, t_n, text_embedding, w_emb)
 
-    def reward_terms(self, f_theta, prompts, positions, seed, video_only, grad_norms, terms):
+    def reward_mask(self, t_nk: torch.Tensor, video_only: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B,) bool per granularity ("frame", "clip"): the samples its rewards score. Video-only samples
+        score only the clip-level rewards (``video_only_fraction``); samples noisier than ``reward_max_noise``
+        score none."""
+        quiet = torch.ones_like(video_only)
+        if self.reward_max_noise is not None:
+            _, sigma = self.coefficients(t_nk, 1)
+            quiet = sigma.cpu() <= self.reward_max_noise
+        if self.video_only_fraction == 0:
+            return {"frame": quiet, "clip": quiet}
+        return {"frame": quiet & ~video_only, "clip": quiet & video_only}
+
+    def reward_terms(self, f_theta, prompts, positions, seed, scored_by, grad_norms, terms):
         """Decode only the frames some reward needs (per group of samples needing the same
         frames) and add sum_b loss_i(R_i,b) / B (-beta_i R_i for the default linear form) to
-        ``terms`` for every reward."""
+        ``terms`` for every reward; ``scored_by`` (``reward_mask``) picks each granularity's samples."""
         if not self.rewards:
             return {}, {}, [], []
         batch, num_frames = f_theta.shape[0], self.adapter.pixel_frames(f_theta.shape[2])
@@ -301,12 +316,7 @@ class T2VTurboObjective(RewardDecoding, ConsistencySettings, Objective):
             num_frames = min(num_frames, self.frame_window)
         g = sample_generator(seed, positions[0], FRAME_STREAM)
         frame_idx = [list(r.reward.frame_indices(num_frames, g)) for r in self.rewards]
-        split = self.video_only_fraction > 0
-        # which samples each reward scores
-        rows = []
-        for r in self.rewards:
-            clip = r.reward.granularity == "clip"
-            rows.append([b for b in range(batch) if not split or bool(video_only[b]) == clip])
+        rows = [scored_by[r.reward.granularity].nonzero().flatten().tolist() for r in self.rewards]
         scored, decoded, latent_frames = decode_and_score(
             self.adapter, f_theta, self.rewards, prompts, frame_idx, rows,
             options=self.decode_options)
