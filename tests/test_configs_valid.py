@@ -42,6 +42,6 @@ def test_ms_config_has_the_paper_settings():
                                 "w_min": 5.0, "w_max": 15.0, "loss_type": "huber", "huber_c": 0.001, "sigma_data": 0.5,
                                 "timestep_scaling": 10.0, "target": "online", "ema_decay": 0.95,
                                 "video_only_fraction": 0.0, "decode_chunk_size": 4, "vae_gradient_checkpointing": True,
-                                "frame_window": None}
+                                "frame_window": None, "reward_max_noise": None}
     assert cfg["train"]["max_steps"] == 10000 and cfg["train"]["mixed_precision"] == "bf16"
     assert cfg["train"]["max_grad_norm"] == 1.0
