@@ -217,6 +217,8 @@ def main() -> int:
         "student_steps": steps, "batch_size": cfg["dataloader"]["batch_size"],
         "learning_rate": f"{cfg['optimizer']['lr']:g}, {cfg['lr_scheduler']['name']} schedule", "seeds": seeds, "sample_seed": sample_seed,
         "student_guidance_scale": guidance, "teacher_guidance_scale": teacher_guidance,
+        "rewards": {t["name"]: t["weight"] for t in cfg["rewards"]},
+        "reward_max_noise": cfg["objective"].get("reward_max_noise"),
         "train_seconds": {f"seed{s}/{k}": v for (s, k), v in trainings.items()},
         "speed": speed, "total_seconds": time.time() - t0,
         "minibench": {n: {k: r[k] for k in ("overall", "seen", "held_out", "unreadable")} for n, r in reports.items()},
@@ -244,7 +246,10 @@ def write_results_section(table: str, result: dict) -> None:
         f"batch {result['batch_size']}, lr {result['learning_rate']}, training seeds {', '.join(map(str, result['seeds']))}, sampled with 4 steps at "
         f"guidance {result['student_guidance_scale']}; teacher: its 50-step sampler, CFG {result['teacher_guidance_scale']}. "
         f"MiniBench on the 90 evaluation prompts (45 held-out, 45 seen), one video each, every model from the noise of "
-        f"seed {result['sample_seed']}; students as mean +- std over the training seeds (sample std).",
+        f"seed {result['sample_seed']}; students as mean +- std over the training seeds (sample std). Rewards (weight): "
+        + ", ".join(f"{name} {weight:g}" for name, weight in result["rewards"].items())
+        + (f", scoring the samples with noise sigma <= {result['reward_max_noise']:g} only (`objective.reward_max_noise`)."
+           if result["reward_max_noise"] is not None else ", scoring every sample (the paper)."),
         "",
         table,
         (f"Sampling speed (best of 3), batch of {speed['batch']}: 4-step student {speed['student_seconds']:.2f} s, "
