@@ -16,7 +16,10 @@ Objective (T2V-Turbo, arXiv 2405.18750, Algorithm 1 and Eq. 10):
 
     L = L_CD - sum_i beta_i R_i,
     L_CD = d(f_theta(z_{t_{n+k}}, w, c, t_{n+k}), f_target(z_hat_{t_n}, w, c, t_n)),
-    R_i = mean score of reward i on the decoded frames of f_theta(z_{t_{n+k}}, ...).
+    R_i = mean score of reward i on the decoded frames of f_theta(z_{t_{n+k}}, ...)
+
+(with ``reward_max_noise`` s, a departure from the paper: R_i over the samples with sigma_{t_{n+k}} <= s only;
+a one-step prediction from more noise is a blur, on which a reward may prefer other things than the caption).
 
 Public-code weighting (``video_only_fraction`` q > 0): samples whose global position p
 satisfies ``p mod D >= D - K`` (q = K / D as a reduced fraction) are *video-only*: they compute
@@ -316,7 +319,8 @@ class T2VTurboObjective(RewardDecoding, ConsistencySettings, Objective):
             num_frames = min(num_frames, self.frame_window)
         g = sample_generator(seed, positions[0], FRAME_STREAM)
         frame_idx = [list(r.reward.frame_indices(num_frames, g)) for r in self.rewards]
-        rows = [scored_by[r.reward.granularity].nonzero().flatten().tolist() for r in self.rewards]
+        rows = [scored_by["clip" if r.reward.granularity == "clip" else "frame"].nonzero().flatten().tolist()
+                for r in self.rewards]
         scored, decoded, latent_frames = decode_and_score(
             self.adapter, f_theta, self.rewards, prompts, frame_idx, rows,
             options=self.decode_options)
