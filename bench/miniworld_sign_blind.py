@@ -106,6 +106,7 @@ def one_step_signs(student: Path, num_prompts: int = 24) -> dict:
     from miniworld import minibench, world
     from miniworld.assets import V2, evaluation_prompts
     from rewards import build_reward
+    from t2v_turbo.diffusion.prediction import interpolate, x0_eps_from_output
     from t2v_turbo.diffusion.solver import guidance_scale_embedding
     from t2v_turbo.pipeline import load_student_pipeline
     from t2v_turbo.video_io import to_uint8_videos
@@ -115,7 +116,7 @@ def one_step_signs(student: Path, num_prompts: int = 24) -> dict:
     reward = build_reward("miniworld-video", checkpoint=str(V2 / "video_reward"))
     prompts = [p for p in evaluation_prompts() if world.parse_caption(p).motion != "still"][:num_prompts]
     reversed_prompts = [world.time_reversed_caption(p) for p in prompts]
-    _, sigmas = adapter.noise_coefficients()
+    alphas, sigmas = adapter.noise_coefficients()
     rows = {}
     with torch.no_grad():
         clips = world.to_pixels(np.stack([world.sample_for_caption(p).video for p in prompts]))
@@ -124,10 +125,10 @@ def one_step_signs(student: Path, num_prompts: int = 24) -> dict:
         text = adapter.encode_prompts(prompts)
         w = guidance_scale_embedding(torch.full((len(prompts),), float(pipe.meta.guidance_scale)), unet.config.time_cond_proj_dim)
         for t in TIMESTEPS:
-            sigma = float(sigmas[t])
-            z = (1 - sigma) * x0 + sigma * eps  # flow noising: the student's velocity v gives x0 = z - sigma v
-            velocity = adapter.predict(unet, z, torch.full((len(prompts),), t), text, timestep_cond=w)
-            prediction = adapter.decode_latents(z - sigma * velocity)
+            alpha, sigma = float(alphas[t]), float(sigmas[t])
+            z = interpolate(x0, eps, alpha, sigma)
+            output = adapter.predict(unet, z, torch.full((len(prompts),), t), text, timestep_cond=w)
+            prediction = adapter.decode_latents(x0_eps_from_output(adapter.prediction_type, z, output, alpha, sigma)[0])
             own, flipped = reward.score(prediction, prompts), reward.score(prediction, reversed_prompts)
             seen = [minibench.analyse_video(v)["motion"] for v in to_uint8_videos(prediction)]
             rows[t] = {"sigma": sigma,

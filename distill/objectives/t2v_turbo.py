@@ -300,10 +300,10 @@ class T2VTurboObjective(RewardDecoding, ConsistencySettings, Objective):
         """(B,) bool per granularity ("frame", "clip"): the samples its rewards score. Video-only samples
         score only the clip-level rewards (``video_only_fraction``); samples noisier than ``reward_max_noise``
         score none."""
-        quiet = torch.ones_like(video_only)
-        if self.reward_max_noise is not None:
-            _, sigma = self.coefficients(t_nk, 1)
-            quiet = sigma.cpu() <= self.reward_max_noise
+        if self.reward_max_noise is None:
+            quiet = torch.ones_like(video_only)
+        else:
+            quiet = self.coefficients(t_nk, 1)[1].cpu() <= self.reward_max_noise
         if self.video_only_fraction == 0:
             return {"frame": quiet, "clip": quiet}
         return {"frame": quiet & ~video_only, "clip": quiet & video_only}
